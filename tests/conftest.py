@@ -1,0 +1,37 @@
+"""Shared fixtures: a real redis-server and a fresh SQLite path per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from servers import run_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[tuple[str, Any]]:
+    """``(url, process)`` of a redis-server started for this test session."""
+    with run_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: tuple[str, Any]) -> Iterator[str]:
+    import redis
+
+    url = redis_server[0]
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Any) -> str:
+    return str(tmp_path / "uploadmeter.sqlite3")

@@ -1,0 +1,45 @@
+"""uploadmeter: upload progress measured on the server, for any WSGI app.
+
+::
+
+    from uploadmeter import UploadMeterMiddleware
+    app = UploadMeterMiddleware(app, secret_key="change me")
+
+The middleware counts the bytes of multipart uploads as the application reads them,
+records per-field progress in a store shared by every worker, and answers
+``GET /uploadmeter/progress?id=...`` itself.  Flask users start from
+:class:`uploadmeter.flask.UploadMeter` instead.
+"""
+
+from uploadmeter.errors import (
+    InvalidUploadId,
+    StoreError,
+    UploadCancelled,
+    UploadMeterError,
+    UploadTooLarge,
+)
+from uploadmeter.middleware import UploadHandle, UploadMeterMiddleware, current_upload
+from uploadmeter.observer import MultipartObserver
+from uploadmeter.record import FieldProgress, UploadRecord
+from uploadmeter.stores import MemoryStore, ProgressStore, RedisStore, SQLiteStore, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FieldProgress",
+    "InvalidUploadId",
+    "MemoryStore",
+    "MultipartObserver",
+    "ProgressStore",
+    "RedisStore",
+    "SQLiteStore",
+    "StoreError",
+    "UploadCancelled",
+    "UploadHandle",
+    "UploadMeterError",
+    "UploadMeterMiddleware",
+    "UploadRecord",
+    "UploadTooLarge",
+    "current_upload",
+    "open_store",
+]

@@ -1,0 +1,148 @@
+"""The endpoints the middleware answers itself, under its prefix (``/uploadmeter``).
+
+* ``GET  {prefix}/progress?id=ID[&format=xml]`` -- the upload's record, JSON or XML
+* ``POST {prefix}/cancel?id=ID`` -- stop an upload of this session
+* ``GET  {prefix}/static/...`` -- the component's script and stylesheet
+
+Polls never reach the application (the JSF design's ``PagePhaseListener``), so they stay
+cheap however busy the app is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.exceptions import NotFound
+from werkzeug.http import parse_accept_header
+from werkzeug.middleware.shared_data import SharedDataMiddleware
+from werkzeug.wrappers import Request, Response
+
+from uploadmeter.errors import StoreError
+from uploadmeter.record import CANCELLED, unknown_record
+from uploadmeter.responses import NO_STORE, error_response, json_response
+from uploadmeter.tracker import load_record, request_cancel
+
+if TYPE_CHECKING:
+    from uploadmeter.middleware import UploadMeterMiddleware
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{8,128}")
+INVALID_ID_MESSAGE = "The upload id must be 8 to 128 characters of A-Z, a-z, 0-9, '_' and '-'."
+
+
+def valid_upload_id(value: str) -> bool:
+    return UPLOAD_ID.fullmatch(value) is not None
+
+
+class Endpoints:
+    """Dispatches requests under the prefix; owned by :class:`UploadMeterMiddleware`."""
+
+    def __init__(self, meter: UploadMeterMiddleware) -> None:
+        self.meter = meter
+        self.static = SharedDataMiddleware(
+            NotFound(), {"/static": ("uploadmeter", "static")}, cache_timeout=3600
+        )
+        self.mounts: dict[str, WSGIApp] = {}
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], sub: str
+    ) -> Iterable[bytes]:
+        if sub == "/progress":
+            return self.progress(environ)(environ, start_response)
+        if sub == "/cancel":
+            return self.cancel(environ)(environ, start_response)
+        if sub.startswith("/static/"):
+            environ = dict(environ, PATH_INFO=sub)
+            return self.static(environ, start_response)
+        for mount, app in self.mounts.items():
+            if sub == mount or sub.startswith(mount + "/"):
+                # Like werkzeug's DispatcherMiddleware: the mount moves to SCRIPT_NAME.
+                environ["SCRIPT_NAME"] = (
+                    environ.get("SCRIPT_NAME", "") + self.meter.prefix + mount
+                )
+                environ["PATH_INFO"] = sub[len(mount) :]
+                return app(environ, start_response)
+        return error_response(environ, 404, "No such uploadmeter endpoint.")(
+            environ, start_response
+        )
+
+    # -- progress ------------------------------------------------------------------------
+
+    def progress(self, environ: dict[str, Any]) -> Response:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return self._method_not_allowed(environ, "GET, HEAD")
+        request = Request(environ)
+        upload_id = _requested_id(request)
+        if upload_id is None or not valid_upload_id(upload_id):
+            return error_response(environ, 400, INVALID_ID_MESSAGE)
+        session, cookie = self.meter.session_for(environ)
+        extra = [("Set-Cookie", cookie)] if cookie else []
+        record = None
+        if session is not None:
+            try:
+                record = load_record(
+                    self.meter.store, session, upload_id, self.meter.settings.stale_after
+                )
+            except StoreError as exc:
+                return error_response(environ, 503, f"Progress is unavailable: {exc}", extra)
+        if record is None:
+            record = unknown_record(upload_id)
+        if _wants_xml(request):
+            response = Response(
+                record.to_xml(), mimetype="text/xml", headers=NO_STORE
+            )
+            for name, value in extra:
+                response.headers.add(name, value)
+            return response
+        return json_response(record.to_json_dict(), 200, extra)
+
+    # -- cancel --------------------------------------------------------------------------
+
+    def cancel(self, environ: dict[str, Any]) -> Response:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return self._method_not_allowed(environ, "POST")
+        request = Request(environ)
+        upload_id = _requested_id(request)
+        if upload_id is None or not valid_upload_id(upload_id):
+            return error_response(environ, 400, INVALID_ID_MESSAGE)
+        session, cookie = self.meter.session_for(environ)
+        extra = [("Set-Cookie", cookie)] if cookie else []
+        record = None
+        if session is not None:
+            try:
+                record = request_cancel(
+                    self.meter.store, session, upload_id, self.meter.settings
+                )
+            except StoreError as exc:
+                return error_response(environ, 503, f"Cannot cancel now: {exc}", extra)
+        if record is None:
+            body = unknown_record(upload_id).to_json_dict()
+            body["error"] = {"status": 404, "message": "No such upload in this session."}
+            return json_response(body, 404, extra)
+        # Cancelled now (200), or it had already finished (409): its final state either way.
+        status = 200 if record.state == CANCELLED else 409
+        return json_response(record.to_json_dict(), status, extra)
+
+    def _method_not_allowed(self, environ: dict[str, Any], allow: str) -> Response:
+        return error_response(environ, 405, f"Use {allow}.", [("Allow", allow)])
+
+
+def _requested_id(request: Request) -> str | None:
+    return (
+        request.args.get("id")
+        or request.headers.get("X-Upload-ID")
+        or request.headers.get("X-Progress-ID")
+    )
+
+
+def _wants_xml(request: Request) -> bool:
+    fmt = request.args.get("format")
+    if fmt:
+        return fmt.lower() == "xml"
+    accept = parse_accept_header(request.environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
+    best = accept.best_match(["application/json", "application/xml", "text/xml"])
+    return best in ("application/xml", "text/xml")

@@ -1,0 +1,219 @@
+"""The progress record: what uploadmeter knows about one upload, and how it is shown.
+
+A record is written by the worker that receives the upload and read by whichever worker
+answers the poll, so it travels through the store as JSON.  Derived numbers (percentage,
+ETA, average speed) are computed when the record is shown, never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Any
+
+# Upload states.  ``unknown`` is never stored: it is what a poll answers for an id this
+# session has no record of (yet).
+UNKNOWN = "unknown"
+STARTING = "starting"
+UPLOADING = "uploading"
+PROCESSING = "processing"
+DONE = "done"
+ERROR = "error"
+CANCELLED = "cancelled"
+
+IN_FLIGHT = frozenset({STARTING, UPLOADING, PROCESSING})
+FINISHED = frozenset({DONE, ERROR, CANCELLED})
+
+
+@dataclass
+class FieldProgress:
+    """One part of a multipart body, as far as it has arrived."""
+
+    name: str | None
+    filename: str | None = None
+    content_type: str | None = None
+    bytes_received: int = 0
+    state: str = UPLOADING
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "bytes_received": self.bytes_received,
+            "state": self.state,
+        }
+
+
+@dataclass
+class UploadRecord:
+    """Everything a poll can learn about one upload."""
+
+    id: str
+    state: str = STARTING
+    bytes_received: int = 0
+    content_length: int | None = None
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    speed: float | None = None  # recent speed in bytes/s, smoothed by the tracker
+    fields: list[FieldProgress] = field(default_factory=list)
+    field_count: int = 0  # every part seen, also those past the tracked-field cap
+    error: dict[str, Any] | None = None  # {"status": int, "message": str}
+    processing: dict[str, Any] | None = None  # {"phase", "done", "total"} after the upload
+    result: dict[str, Any] | None = None  # what the app chose to tell the client
+
+    # -- derived -------------------------------------------------------------------------
+
+    @property
+    def percentage(self) -> int | None:
+        """Whole-request progress, 0-100, or ``None`` when the length is unknown."""
+        if self.state in (DONE, PROCESSING):
+            return 100
+        if not self.content_length:
+            return None
+        return min(100, self.bytes_received * 100 // self.content_length)
+
+    @property
+    def average_speed(self) -> float | None:
+        end = self.finished_at or self.updated_at
+        elapsed = end - self.started_at
+        if elapsed <= 0 or not self.bytes_received:
+            return None
+        return self.bytes_received / elapsed
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the recent speed, when both length and speed are known."""
+        if self.state != UPLOADING or not self.content_length:
+            return None
+        speed = self.speed or self.average_speed
+        if not speed:
+            return None
+        return max(0.0, (self.content_length - self.bytes_received) / speed)
+
+    def with_staleness(self, stale_after: float, now: float | None = None) -> UploadRecord:
+        """Turn a record whose worker stopped reporting into an ``error``.
+
+        A worker killed mid-upload never writes its final state; without this the record
+        would read ``uploading`` until it expired.
+        """
+        now = time.time() if now is None else now
+        if self.state in IN_FLIGHT and now - self.updated_at > stale_after:
+            self.state = ERROR
+            self.finished_at = self.updated_at
+            self.error = {
+                "status": 500,
+                "message": "The upload stopped reporting progress; its server process "
+                "may have stopped.",
+            }
+        return self
+
+    # -- storage -------------------------------------------------------------------------
+
+    def dumps(self) -> str:
+        """Compact JSON for the store (raw values only)."""
+        data = self._raw()
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def loads(cls, text: str) -> UploadRecord:
+        data = json.loads(text)
+        fields = [FieldProgress(**f) for f in data.pop("fields", [])]
+        return cls(fields=fields, **data)
+
+    def _raw(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "bytes_received": self.bytes_received,
+            "content_length": self.content_length,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "speed": self.speed,
+            "fields": [f.to_dict() for f in self.fields],
+            "field_count": self.field_count,
+            "error": self.error,
+            "processing": self.processing,
+            "result": self.result,
+        }
+
+    # -- presentation --------------------------------------------------------------------
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The public JSON shape of the progress endpoint."""
+        data = self._raw()
+        data["percentage"] = self.percentage
+        data["average_speed"] = _round(self.average_speed)
+        data["speed"] = _round(self.speed)
+        data["eta"] = _round(self.eta)
+        if self.processing is not None:
+            total = self.processing.get("total")
+            done = self.processing.get("done", 0)
+            data["processing"] = dict(
+                self.processing,
+                percentage=min(100, done * 100 // total) if total else None,
+            )
+        return data
+
+    def to_xml(self) -> bytes:
+        """The JSF component's ``<progress>`` document, extended with the same data."""
+        root = ET.Element("progress")
+        pct = self.percentage
+        ET.SubElement(root, "percentage").text = "" if pct is None else str(pct)
+        if self.state != UNKNOWN:
+            # The JSF client treats a missing clientId as "upload not seen yet".
+            ET.SubElement(root, "clientId").text = self.id
+        data = self.to_json_dict()
+        for key in (
+            "state",
+            "bytes_received",
+            "content_length",
+            "speed",
+            "average_speed",
+            "eta",
+            "started_at",
+            "updated_at",
+            "finished_at",
+            "field_count",
+        ):
+            value = data[key]
+            ET.SubElement(root, _camel(key)).text = "" if value is None else str(value)
+        fields = ET.SubElement(root, "fields")
+        for f in self.fields:
+            ET.SubElement(
+                fields,
+                "field",
+                {_camel(k): "" if v is None else str(v) for k, v in f.to_dict().items()},
+            )
+        if self.error is not None:
+            err = ET.SubElement(root, "error", {"status": str(self.error.get("status", ""))})
+            err.text = str(self.error.get("message", ""))
+        if data["processing"] is not None:
+            proc = data["processing"]
+            ET.SubElement(
+                root,
+                "processing",
+                {_camel(k): "" if v is None else str(v) for k, v in proc.items()},
+            )
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def unknown_record(upload_id: str) -> UploadRecord:
+    """What a poll answers before (or without) a record for ``upload_id``."""
+    return UploadRecord(id=upload_id, state=UNKNOWN, started_at=0.0, updated_at=0.0)
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, 1)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

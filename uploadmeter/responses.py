@@ -1,0 +1,59 @@
+"""Small responses the middleware writes itself: errors and JSON.
+
+Errors are short and in the client's language: JSON for scripts (``Accept`` preferring
+``application/json``, or ``*/*``), a minimal HTML page for browsers (a form posted into
+the component's iframe).  Never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
+from werkzeug.wrappers import Response
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def wants_json(environ: dict[str, Any]) -> bool:
+    accept = parse_accept_header(environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
+    return accept.best_match(["application/json", "text/html"]) != "text/html"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
+) -> Response:
+    response = Response(
+        json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+        headers=NO_STORE,
+    )
+    for name, value in headers:
+        response.headers.add(name, value)
+    return response
+
+
+def error_response(
+    environ: dict[str, Any],
+    status: int,
+    message: str,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """A short error in JSON or HTML, as the client prefers."""
+    if wants_json(environ):
+        return json_response({"error": {"status": status, "message": message}}, status, headers)
+    title = f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}"
+    body = (
+        "<!doctype html>\n<html lang=en><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title>\n"
+        f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p>\n"
+    )
+    response = Response(body, status=status, mimetype="text/html", headers=NO_STORE)
+    for name, value in headers:
+        response.headers.add(name, value)
+    return response

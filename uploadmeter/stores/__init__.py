@@ -1,0 +1,98 @@
+"""Progress stores: where upload records live between the uploading worker and the poller.
+
+A store is a tiny expiring key-value map with five operations, chosen because each maps
+onto one Redis command and one SQLite statement.  Everything uploadmeter keeps (progress
+records, cancel flags, in-flight locks, single-use link marks, rate-limit counters) is
+built from them, so a new backend needs only these five methods.
+
+Stores::
+
+    MemoryStore()                  # one process; the fast path for tests and dev servers
+    SQLiteStore("/tmp/um.sqlite3") # the default: many processes on one machine, no server
+    RedisStore("redis://localhost:6379/0")  # many machines
+
+or by URL through :func:`open_store`: ``memory://``, ``sqlite:///path``, ``redis://host:port/db``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+
+__all__ = [
+    "MemoryStore",
+    "ProgressStore",
+    "RedisStore",
+    "SQLiteStore",
+    "default_sqlite_path",
+    "open_store",
+]
+
+
+class ProgressStore(ABC):
+    """An expiring string map shared by every worker that serves the app.
+
+    Every method may raise :class:`uploadmeter.errors.StoreError` when the backend cannot
+    be reached; callers on the upload path catch it and degrade instead of failing the
+    upload.  ``ttl`` is in seconds.
+    """
+
+    @abstractmethod
+    def get(self, key: str) -> str | None:
+        """The value of ``key``, or ``None`` when absent or expired."""
+
+    @abstractmethod
+    def set(self, key: str, value: str, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds, replacing any value."""
+
+    @abstractmethod
+    def add(self, key: str, value: str, ttl: float) -> bool:
+        """Store ``value`` only if ``key`` is absent or expired; tell whether it did."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; tell whether it was there."""
+
+    @abstractmethod
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one to the counter at ``key`` and return it.
+
+        A new counter starts at 1 and expires ``ttl`` seconds after its creation; later
+        increments do not extend it (a fixed window, as rate limits want).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release connections.  The store must not be used afterwards."""
+
+
+def default_sqlite_path() -> str:
+    """The embedded default: one SQLite file in the system's temp dir, shared by workers."""
+    return os.path.join(tempfile.gettempdir(), "uploadmeter.sqlite3")
+
+
+def open_store(spec: str | ProgressStore | None) -> ProgressStore:
+    """Return a store from a store object, a URL, or ``None`` for the embedded default.
+
+    ``sqlite:///tmp/um.db`` names ``/tmp/um.db``: everything after ``sqlite://`` is the
+    path, so ``sqlite://um.db`` is relative to the working directory.
+    """
+    if isinstance(spec, ProgressStore):
+        return spec
+    if spec is None or spec == "sqlite://":
+        return SQLiteStore(default_sqlite_path())
+    if spec.startswith("memory://"):
+        return MemoryStore()
+    if spec.startswith("sqlite://"):
+        return SQLiteStore(spec[len("sqlite://") :])
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(spec)
+    raise ValueError(
+        f"Unknown store {spec!r}: use memory://, sqlite:///path or redis://host:port/db"
+    )
+
+
+# Imported last: the backends import ProgressStore from this module.
+from uploadmeter.stores.memory import MemoryStore  # noqa: E402
+from uploadmeter.stores.redis import RedisStore  # noqa: E402
+from uploadmeter.stores.sqlite import SQLiteStore  # noqa: E402

@@ -1,0 +1,202 @@
+"""The life of one tracked upload in the store: start, throttled progress, one final write.
+
+The tracker owns the :class:`~uploadmeter.record.UploadRecord` of an upload while its
+worker receives it.  It decides when a write is worth making (a 2 GB upload costs tens of
+writes, not tens of thousands), learns about cancellation from the store, and survives a
+store that goes away: the upload carries on, a warning is logged, progress resumes when
+the store answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from uploadmeter.errors import StoreError
+from uploadmeter.observer import MultipartObserver
+from uploadmeter.record import CANCELLED, ERROR, FINISHED, IN_FLIGHT, UPLOADING, UploadRecord
+from uploadmeter.stores import ProgressStore
+
+log = logging.getLogger("uploadmeter")
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How often and how long records are kept; shared by every upload of a middleware."""
+
+    ttl: float = 300.0  # how long a finished record stays readable
+    stale_after: float = 120.0  # an in-flight record not updated for this long is dead
+    update_interval: float = 0.2  # at most one progress write per this many seconds
+    heartbeat: float = 2.0  # ... and at least one per this long while bytes arrive
+    min_step: float = 0.01  # ... otherwise only when progress moved by 1 % of the length
+    store_retry: float = 1.0  # after a store failure, wait this long before trying again
+
+
+def record_key(session: str, upload_id: str) -> str:
+    return f"upload:{session}:{upload_id}"
+
+
+def cancel_key(session: str, upload_id: str) -> str:
+    return f"cancel:{session}:{upload_id}"
+
+
+def lock_key(session: str, upload_id: str) -> str:
+    return f"lock:{session}:{upload_id}"
+
+
+def load_record(
+    store: ProgressStore, session: str, upload_id: str, stale_after: float
+) -> UploadRecord | None:
+    """The record as a poller should see it, or ``None``."""
+    text = store.get(record_key(session, upload_id))
+    if text is None:
+        return None
+    return UploadRecord.loads(text).with_staleness(stale_after)
+
+
+def request_cancel(
+    store: ProgressStore, session: str, upload_id: str, settings: TrackerSettings
+) -> UploadRecord | None:
+    """Ask the worker receiving an upload to stop it.  ``None`` if there is no such upload.
+
+    The flag is read by the uploading worker at its next write; the record is marked
+    ``cancelled`` at once so polls show it even while the worker waits for bytes.
+    """
+    record = load_record(store, session, upload_id, settings.stale_after)
+    if record is None or record.state not in IN_FLIGHT:
+        return record
+    store.set(cancel_key(session, upload_id), "1", settings.stale_after + settings.ttl)
+    record.state = CANCELLED
+    record.finished_at = time.time()
+    record.error = {"status": 499, "message": "The upload was cancelled."}
+    store.set(record_key(session, upload_id), record.dumps(), settings.ttl)
+    return record
+
+
+class UploadTracker:
+    """Writes one upload's record; used by the middleware and the metered stream."""
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        session: str,
+        record: UploadRecord,
+        settings: TrackerSettings,
+        observer: MultipartObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.record = record
+        self.settings = settings
+        self.observer = observer
+        self.writes = 0  # store writes made, for benchmarks and tests
+        self._key = record_key(session, record.id)
+        self._cancel_key = cancel_key(session, record.id)
+        self._lock_key = lock_key(session, record.id)
+        self._last_bytes = 0
+        self._last_time = time.monotonic()
+        self._last_write = 0.0
+        self._store_down_until = 0.0
+        self._step = (
+            int(record.content_length * settings.min_step) if record.content_length else 0
+        )
+
+    # -- start ---------------------------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Take the id for this upload.  ``False`` when an upload with it is still in flight.
+
+        The lock makes two near-simultaneous requests with one id (a double submit) safe;
+        the record check covers uploads that outlived the lock.
+        """
+        try:
+            locked = self.store.add(self._lock_key, "1", self.settings.stale_after)
+            existing = self.store.get(self._key)
+            if existing is not None:
+                previous = UploadRecord.loads(existing).with_staleness(self.settings.stale_after)
+                if previous.state in IN_FLIGHT:
+                    return False
+            elif not locked:
+                return False
+            self.store.delete(self._cancel_key)
+        except StoreError as exc:
+            # No store, no conflict detection: the upload itself must still go through.
+            self._store_failed(exc)
+        return True
+
+    # -- progress ------------------------------------------------------------------------
+
+    def progress(self, received: int, now: float) -> bool:
+        """Record ``received`` bytes if a write is due.  Returns ``True`` if cancelled."""
+        record = self.record
+        record.bytes_received = received
+        moved = received - self._last_bytes
+        due = (
+            self.record.state != UPLOADING
+            or not self._step
+            or moved >= self._step
+            or now - self._last_write >= self.settings.heartbeat
+        )
+        if not due or now < self._store_down_until:
+            return False
+        elapsed = now - self._last_time
+        if elapsed > 0 and moved:
+            speed = moved / elapsed
+            # Exponential smoothing keeps the ETA from jumping with every burst.
+            record.speed = speed if record.speed is None else 0.7 * record.speed + 0.3 * speed
+        self._last_bytes = received
+        self._last_time = now
+        record.state = UPLOADING
+        return self._write(now, check_cancel=True)
+
+    def finish(self, state: str, error: dict[str, object] | None = None) -> None:
+        """The final write: ``done``, ``error`` or ``cancelled``.  Idempotent."""
+        record = self.record
+        if record.state in FINISHED:
+            return
+        if self.observer is not None:
+            self.observer.close()
+        record.state = state
+        record.error = error
+        record.finished_at = record.updated_at = time.time()
+        if state == ERROR and record.fields:
+            for f in record.fields:
+                if f.state == UPLOADING:
+                    f.state = ERROR
+        self._store_down_until = 0.0  # the last word is always worth one more try
+        self._write(time.monotonic(), check_cancel=False, ttl=self.settings.ttl)
+        try:
+            self.store.delete(self._lock_key)
+        except StoreError:
+            pass  # the lock expires on its own
+
+    def write_now(self) -> None:
+        """Write the record as it is (first event, state changes, app results)."""
+        self._write(time.monotonic(), check_cancel=False)
+
+    # -- store ---------------------------------------------------------------------------
+
+    def _write(self, now: float, *, check_cancel: bool, ttl: float | None = None) -> bool:
+        record = self.record
+        if self.observer is not None:
+            record.fields = self.observer.fields
+            record.field_count = self.observer.field_count
+        record.updated_at = time.time()
+        if ttl is None:
+            # In flight: readable until it is stale, then for the finished-record ttl.
+            ttl = self.settings.stale_after + self.settings.ttl
+        try:
+            # Cancel first: a cancelled record must not be overwritten with "uploading".
+            if check_cancel and self.store.get(self._cancel_key) is not None:
+                return True
+            self.store.set(self._key, record.dumps(), ttl)
+            self.writes += 1
+            self._last_write = now
+        except StoreError as exc:
+            self._store_failed(exc)
+        return False
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if not self._store_down_until:
+            log.warning("uploadmeter: progress store unavailable, upload continues: %s", exc)
+        self._store_down_until = time.monotonic() + self.settings.store_retry
