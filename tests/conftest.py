@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from servers import run_redis  # noqa: E402
+from servers import run_redis
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -62,18 +64,30 @@ def serve_in_thread(app: Any) -> Iterator[str]:
 
 @contextlib.contextmanager
 def run_gunicorn(
-    app_spec: str, *, workers: int = 3, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    app_spec: str,
+    *,
+    workers: int = 3,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Run ``gunicorn -w workers app_spec`` on a free loopback port; yields the base URL."""
     port = free_port()
-    full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    paths = [ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     full_env.update(env or {})
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn",
-            "-w", str(workers), "-k", "sync",
-            "-b", f"127.0.0.1:{port}",
-            "--graceful-timeout", "2",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            str(workers),
+            "-k",
+            "sync",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--graceful-timeout",
+            "2",
             *args,
             app_spec,
         ],
@@ -150,7 +164,11 @@ class Client:
             self.cookies[name.strip()] = rest.split(";", 1)[0]
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:

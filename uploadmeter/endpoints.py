@@ -61,9 +61,7 @@ class Endpoints:
         for mount, app in self.mounts.items():
             if sub == mount or sub.startswith(mount + "/"):
                 # Like werkzeug's DispatcherMiddleware: the mount moves to SCRIPT_NAME.
-                environ["SCRIPT_NAME"] = (
-                    environ.get("SCRIPT_NAME", "") + self.meter.prefix + mount
-                )
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.meter.prefix + mount
                 environ["PATH_INFO"] = sub[len(mount) :]
                 return app(environ, start_response)
         return error_response(environ, 404, "No such uploadmeter endpoint.")(
@@ -92,9 +90,7 @@ class Endpoints:
         if record is None:
             record = unknown_record(upload_id)
         if _wants_xml(request):
-            response = Response(
-                record.to_xml(), mimetype="text/xml", headers=NO_STORE
-            )
+            response = Response(record.to_xml(), mimetype="text/xml", headers=NO_STORE)
             for name, value in extra:
                 response.headers.add(name, value)
             return response
@@ -114,9 +110,7 @@ class Endpoints:
         record = None
         if session is not None:
             try:
-                record = request_cancel(
-                    self.meter.store, session, upload_id, self.meter.settings
-                )
+                record = request_cancel(self.meter.store, session, upload_id, self.meter.settings)
             except StoreError as exc:
                 return error_response(environ, 503, f"Cannot cancel now: {exc}", extra)
         if record is None:

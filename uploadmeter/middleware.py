@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
+from werkzeug.wrappers import Response
 from werkzeug.wsgi import ClosingIterator
 
 from uploadmeter.endpoints import INVALID_ID_MESSAGE, Endpoints, WSGIApp, valid_upload_id
@@ -104,7 +105,7 @@ class UploadMeterMiddleware:
     def __init__(
         self,
         app: WSGIApp,
-        secret_key: str | bytes | list[str | bytes],
+        secret_key: str | bytes | list[str] | list[bytes],
         store: str | ProgressStore | None = None,
         *,
         prefix: str = "/uploadmeter",
@@ -250,7 +251,7 @@ class UploadMeterMiddleware:
 
     def _too_large(
         self, environ: dict[str, Any], extra: list[tuple[str, str]] | None = None
-    ) -> Any:
+    ) -> Response:
         response = error_response(environ, 413, _TOO_LARGE, extra or [])
         # The body is not read; tell the client the connection will not be reused.
         response.headers["Connection"] = "close"
@@ -308,14 +309,16 @@ def _content_length(environ: dict[str, Any]) -> int | None:
 
 
 def _upload_id(environ: dict[str, Any]) -> str | None:
-    query = environ.get("QUERY_STRING", "")
+    query: str = environ.get("QUERY_STRING", "")
     if "uploadmeter_id=" in query:
         values = parse_qs(query).get("uploadmeter_id")
         if values:
             return values[0]
         return ""  # present but empty: invalid, not untracked
-    value = environ.get("HTTP_X_UPLOAD_ID") or environ.get("HTTP_X_PROGRESS_ID")
-    return value if value is not None else None
+    for header in ("HTTP_X_UPLOAD_ID", "HTTP_X_PROGRESS_ID"):
+        if header in environ:
+            return str(environ[header])
+    return None
 
 
 def _observer_for(content_type: str, max_fields: int) -> MultipartObserver | None:
@@ -326,5 +329,3 @@ def _observer_for(content_type: str, max_fields: int) -> MultipartObserver | Non
         return MultipartObserver(boundary.encode("latin-1"), max_fields=max_fields)
     except (ValueError, UnicodeEncodeError):
         return None  # odd boundary: whole-request progress only
-
-

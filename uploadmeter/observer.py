@@ -100,7 +100,7 @@ class MultipartObserver:
         dlen = len(delimiter)
         while True:
             state = self._state
-            if state == _BODY or state == _PREAMBLE:
+            if state in (_BODY, _PREAMBLE):
                 found = buf.find(delimiter, pos)
                 if found < 0:
                     keep = _partial_suffix(buf, pos, delimiter)

@@ -200,7 +200,7 @@ class UploadRecord:
                 "processing",
                 {_camel(k): "" if v is None else str(v) for k, v in proc.items()},
             )
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def unknown_record(upload_id: str) -> UploadRecord:

@@ -33,7 +33,7 @@ class SessionCookie:
 
     def __init__(
         self,
-        secret_key: str | bytes | list[str | bytes],
+        secret_key: str | bytes | list[str] | list[bytes],
         settings: CookieSettings | None = None,
         hook: SessionHook | None = None,
     ) -> None:

@@ -58,7 +58,7 @@ class MeteredInput:
             self._account(data)
         elif size != 0:
             self._ended()
-        return data  # type: ignore[no-any-return]
+        return data
 
     def readline(self, size: int | None = -1) -> bytes:
         try:
@@ -70,7 +70,7 @@ class MeteredInput:
             self._account(data)
         elif size != 0:
             self._ended()
-        return data  # type: ignore[no-any-return]
+        return data
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

@@ -9,6 +9,7 @@ the store answers again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -97,9 +98,7 @@ class UploadTracker:
         self._last_time = time.monotonic()
         self._last_write = 0.0
         self._store_down_until = 0.0
-        self._step = (
-            int(record.content_length * settings.min_step) if record.content_length else 0
-        )
+        self._step = int(record.content_length * settings.min_step) if record.content_length else 0
 
     # -- start ---------------------------------------------------------------------------
 
@@ -165,10 +164,8 @@ class UploadTracker:
                     f.state = ERROR
         self._store_down_until = 0.0  # the last word is always worth one more try
         self._write(time.monotonic(), check_cancel=False, ttl=self.settings.ttl)
-        try:
+        with contextlib.suppress(StoreError):  # the lock expires on its own anyway
             self.store.delete(self._lock_key)
-        except StoreError:
-            pass  # the lock expires on its own
 
     def write_now(self) -> None:
         """Write the record as it is (first event, state changes, app results)."""

@@ -31,7 +31,7 @@ class RedisStore(ProgressStore):
 
     def __init__(
         self,
-        url_or_client: str | redis.Redis = "redis://127.0.0.1:6379/0",
+        url_or_client: str | redis.Redis[str] = "redis://127.0.0.1:6379/0",
         *,
         key_prefix: str = "uploadmeter:",
         socket_timeout: float = 1.0,
@@ -44,7 +44,7 @@ class RedisStore(ProgressStore):
             ) from exc
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         if isinstance(url_or_client, str):
-            self._redis: redis.Redis = redis.Redis.from_url(
+            self._redis: redis.Redis[str] = redis.Redis.from_url(
                 url_or_client,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_timeout,
