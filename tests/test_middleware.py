@@ -461,3 +461,48 @@ def test_a_bare_lf_body_still_reaches_the_app_with_whole_request_progress() -> N
 def test_a_secret_key_is_required() -> None:
     with pytest.raises(ValueError, match="secret_key"):
         UploadMeterMiddleware(lambda e, s: [], secret_key="")
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts progress-record writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_writes = 0
+
+    def set(self, key: str, value: str, ttl: float) -> None:
+        self.record_writes += key.startswith("upload:")
+        super().set(key, value, ttl)
+
+
+def big_upload(store: CountingStore, **options: Any) -> dict[str, Any]:
+    payload = b"\x00" * (48 * 1024 * 1024)
+    body, ctype = multipart_body([("doc", "big.bin", payload)])
+
+    def slow_reader(environ: Environ, start_response: Any) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        while stream.read(64 * 1024):
+            pass
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    app = meter(slow_reader, store=store, **options)
+    _, headers, _ = call(app, upload_environ(body=body, content_type=ctype))
+    return poll(app, headers)  # type: ignore[no-any-return]
+
+
+def test_store_writes_are_throttled_by_progress_step() -> None:
+    # No time throttle at all: the 1 % step alone bounds the writes.
+    store = CountingStore()
+    record = big_upload(store, update_interval=0)
+    assert record["state"] == "done" and record["fields"][0]["bytes_received"] == 48 * 1024 * 1024
+    # first write + at most one per 1 % + the final write
+    assert 50 <= store.record_writes <= 103, store.record_writes
+
+
+def test_store_writes_are_throttled_by_time() -> None:
+    store = CountingStore()
+    record = big_upload(store, update_interval=10)
+    assert record["state"] == "done"
+    # An in-process read of 48 MiB takes well under 10 s: first, one progress, last byte, final.
+    assert store.record_writes <= 4, store.record_writes
