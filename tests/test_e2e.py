@@ -286,3 +286,19 @@ def test_gunicorn_workers_share_progress_through_redis(upload_dir: str, redis_ur
 
     keys = redis.Redis.from_url(redis_url).keys("uploadmeter:upload:*")
     assert len(keys) == 1  # the finished record, kept for its ttl; no lock or cancel left
+
+
+def test_another_session_can_neither_see_nor_cancel_a_live_upload(live: str) -> None:
+    owner, stranger = Client(live), Client(live)
+    upload_id = new_upload_id()
+    owner.progress(upload_id)
+    upload = RawUpload(owner, f"/upload?uploadmeter_id={upload_id}", BODY, CTYPE)
+    upload.send(PIECE * 4)
+    wait_until(lambda: owner.progress(upload_id)["state"] == "uploading")
+    assert stranger.progress(upload_id)["state"] == "unknown"
+    status, _, data = stranger.request("POST", f"/uploadmeter/cancel?id={upload_id}")
+    assert status == 404 and json.loads(data)["state"] == "unknown"
+    assert owner.progress(upload_id)["state"] == "uploading"
+    upload.send_rest()
+    check_saved(upload.finish())
+    assert owner.progress(upload_id)["state"] == "done"
