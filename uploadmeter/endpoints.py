@@ -21,7 +21,7 @@ from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter.errors import StoreError
-from uploadmeter.record import CANCELLED, unknown_record
+from uploadmeter.record import CANCELLED, UploadRecord, unknown_record
 from uploadmeter.responses import NO_STORE, error_response, json_response
 from uploadmeter.tracker import load_record, request_cancel
 
@@ -68,27 +68,21 @@ class Endpoints:
             environ, start_response
         )
 
-    # -- progress ------------------------------------------------------------------------
+    # -- progress and cancel --------------------------------------------------------------
 
     def progress(self, environ: dict[str, Any]) -> Response:
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return self._method_not_allowed(environ, "GET, HEAD")
-        request = Request(environ)
-        upload_id = _requested_id(request)
-        if upload_id is None or not valid_upload_id(upload_id):
-            return error_response(environ, 400, INVALID_ID_MESSAGE)
-        session, cookie = self.meter.session_for(environ)
-        extra = [("Set-Cookie", cookie)] if cookie else []
-        record = None
-        if session is not None:
-            try:
-                record = load_record(
-                    self.meter.store, session, upload_id, self.meter.settings.stale_after
-                )
-            except StoreError as exc:
-                return error_response(environ, 503, f"Progress is unavailable: {exc}", extra)
-        if record is None:
-            record = unknown_record(upload_id)
+        found = self._lookup(
+            environ,
+            ("GET", "HEAD"),
+            lambda session, upload_id: load_record(
+                self.meter.store, session, upload_id, self.meter.settings.stale_after
+            ),
+            "Progress is unavailable",
+        )
+        if isinstance(found, Response):
+            return found
+        request, upload_id, record, extra = found
+        record = record or unknown_record(upload_id)
         if _wants_xml(request):
             response = Response(record.to_xml(), mimetype="text/xml", headers=NO_STORE)
             for name, value in extra:
@@ -96,23 +90,18 @@ class Endpoints:
             return response
         return json_response(record.to_json_dict(), 200, extra)
 
-    # -- cancel --------------------------------------------------------------------------
-
     def cancel(self, environ: dict[str, Any]) -> Response:
-        if environ.get("REQUEST_METHOD") != "POST":
-            return self._method_not_allowed(environ, "POST")
-        request = Request(environ)
-        upload_id = _requested_id(request)
-        if upload_id is None or not valid_upload_id(upload_id):
-            return error_response(environ, 400, INVALID_ID_MESSAGE)
-        session, cookie = self.meter.session_for(environ)
-        extra = [("Set-Cookie", cookie)] if cookie else []
-        record = None
-        if session is not None:
-            try:
-                record = request_cancel(self.meter.store, session, upload_id, self.meter.settings)
-            except StoreError as exc:
-                return error_response(environ, 503, f"Cannot cancel now: {exc}", extra)
+        found = self._lookup(
+            environ,
+            ("POST",),
+            lambda session, upload_id: request_cancel(
+                self.meter.store, session, upload_id, self.meter.settings
+            ),
+            "Cannot cancel now",
+        )
+        if isinstance(found, Response):
+            return found
+        _, upload_id, record, extra = found
         if record is None:
             body = unknown_record(upload_id).to_json_dict()
             body["error"] = {"status": 404, "message": "No such upload in this session."}
@@ -120,6 +109,32 @@ class Endpoints:
         # Cancelled now (200), or it had already finished (409): its final state either way.
         status = 200 if record.state == CANCELLED else 409
         return json_response(record.to_json_dict(), status, extra)
+
+    def _lookup(
+        self,
+        environ: dict[str, Any],
+        methods: tuple[str, ...],
+        action: Callable[[str, str], UploadRecord | None],
+        unavailable: str,
+    ) -> tuple[Request, str, UploadRecord | None, list[tuple[str, str]]] | Response:
+        """Check method and id, find the session, run ``action(session, id)`` on the store.
+
+        Returns ``(request, id, record or None, extra headers)``, or an error response.
+        """
+        if environ.get("REQUEST_METHOD") not in methods:
+            return self._method_not_allowed(environ, ", ".join(methods))
+        request = Request(environ)
+        upload_id = _requested_id(request)
+        if upload_id is None or not valid_upload_id(upload_id):
+            return error_response(environ, 400, INVALID_ID_MESSAGE)
+        session, cookie = self.meter.session_for(environ)
+        if cookie is not None:
+            # A session issued just now cannot own an upload: no store round trip.
+            return request, upload_id, None, [("Set-Cookie", cookie)]
+        try:
+            return request, upload_id, action(session, upload_id), []
+        except StoreError as exc:
+            return error_response(environ, 503, f"{unavailable}: {exc}")
 
     def _method_not_allowed(self, environ: dict[str, Any], allow: str) -> Response:
         return error_response(environ, 405, f"Use {allow}.", [("Allow", allow)])
