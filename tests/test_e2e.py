@@ -302,3 +302,23 @@ def test_another_session_can_neither_see_nor_cancel_a_live_upload(live: str) -> 
     upload.send_rest()
     check_saved(upload.finish())
     assert owner.progress(upload_id)["state"] == "done"
+
+
+def test_cancel_then_disconnect_stays_cancelled(live: str, upload_dir: str) -> None:
+    # The worker is blocked waiting for bytes when the cancel arrives; then the browser
+    # drops the request.  The worker sees a disconnect, but the user cancelled.
+    client = Client(live)
+    upload_id = new_upload_id()
+    client.progress(upload_id)
+    upload = RawUpload(client, f"/upload?uploadmeter_id={upload_id}", BODY, CTYPE)
+    upload.send(PIECE * 3)
+    wait_until(lambda: client.progress(upload_id)["state"] == "uploading")
+    assert client.request("POST", f"/uploadmeter/cancel?id={upload_id}")[0] == 200
+    upload.abort()
+    wait_until(lambda: os.listdir(upload_dir) == [])
+    # The worker's own final write has updated_at == finished_at; the cancel endpoint's
+    # record (written first) has an older updated_at.  Wait for the worker's word.
+    record = wait_until(
+        lambda: (r := client.progress(upload_id))["updated_at"] >= (r["finished_at"] or 1e100) and r
+    )
+    assert record["state"] == "cancelled", record

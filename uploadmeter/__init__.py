@@ -11,6 +11,7 @@ records per-field progress in a store shared by every worker, and answers
 :class:`uploadmeter.flask.UploadMeter` instead.
 """
 
+from uploadmeter.component import render_file_upload
 from uploadmeter.errors import (
     InvalidUploadId,
     StoreError,
@@ -42,4 +43,5 @@ __all__ = [
     "UploadTooLarge",
     "current_upload",
     "open_store",
+    "render_file_upload",
 ]

@@ -19,8 +19,9 @@ from werkzeug.wrappers import Response
 from werkzeug.wsgi import ClosingIterator
 
 from uploadmeter.endpoints import INVALID_ID_MESSAGE, Endpoints, WSGIApp, valid_upload_id
+from uploadmeter.errors import UploadCancelled
 from uploadmeter.observer import MultipartObserver
-from uploadmeter.record import DONE, ERROR, FINISHED, UploadRecord
+from uploadmeter.record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
 from uploadmeter.responses import error_response
 from uploadmeter.session import CookieSettings, SessionCookie, SessionHook
 from uploadmeter.stores import ProgressStore, open_store
@@ -44,8 +45,9 @@ class UploadHandle:
             # or: upload.fail("Only PDF files are accepted.", status=400)
     """
 
-    def __init__(self, tracker: UploadTracker) -> None:
+    def __init__(self, tracker: UploadTracker, session: str | None = None) -> None:
         self._tracker = tracker
+        self.session = session  # for processing tasks: uploadmeter.processing.task()
         self.failure: tuple[int, str] | None = None
 
     @property
@@ -64,6 +66,17 @@ class UploadHandle:
     def fail(self, message: str, status: int = 400) -> None:
         """Report the upload as failed with ``message``, whatever the response status."""
         self.failure = (status, message)
+
+    def start_processing(self, phase: str, total: int | None = None) -> None:
+        """Processing follows: the record goes to ``processing`` now, never to ``done``.
+
+        Call it once the upload has been read, then report with
+        ``uploadmeter.processing.task(meter, upload.session, upload.id, phase)``, which
+        ends in ``done`` or ``error``.  Raises :class:`~uploadmeter.UploadCancelled` when
+        the user already cancelled.
+        """
+        if self._tracker.start_processing(phase, total):
+            raise UploadCancelled()
 
 
 def current_upload(environ: dict[str, Any]) -> UploadHandle | None:
@@ -164,7 +177,7 @@ class UploadMeterMiddleware:
             return self._page_with_cookie(environ, start_response)
         return self.app(environ, start_response)
 
-    def session_for(self, environ: dict[str, Any]) -> tuple[str | None, str | None]:
+    def session_for(self, environ: dict[str, Any]) -> tuple[str, str | None]:
         """``(session, Set-Cookie value or None)``; issues a cookie when there is none."""
         session = self.cookie.session_of(environ)
         if session is not None:
@@ -205,7 +218,6 @@ class UploadMeterMiddleware:
             return error_response(environ, 400, INVALID_ID_MESSAGE)(environ, start_response)
 
         session, cookie = self.session_for(environ)
-        assert session is not None
         extra = [("Set-Cookie", cookie)] if cookie else []
         tracker = UploadTracker(
             self.store,
@@ -231,7 +243,7 @@ class UploadMeterMiddleware:
             update_interval=self.settings.update_interval,
         )
         environ["wsgi.input"] = stream
-        handle = UploadHandle(tracker)
+        handle = UploadHandle(tracker, session)
         environ[ENVIRON_KEY] = handle
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -271,8 +283,8 @@ def _finish(
 ) -> None:
     """Decide the upload's final state from what the application did.  Idempotent."""
     record = tracker.record
-    if record.state in FINISHED:
-        return
+    if record.state in FINISHED or record.state == PROCESSING:
+        return  # decided already; processing: a task owns the record now
     length = stream.content_length
     complete = stream.received >= length if length is not None else stream.eof
     if crashed:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from uploadmeter.errors import UploadCancelled, UploadTooLarge
 from uploadmeter.record import CANCELLED, ERROR
-from uploadmeter.tracker import UploadTracker
+from uploadmeter.tracker import CANCELLED_ERROR, UploadTracker
 
 _monotonic = time.monotonic
 
@@ -38,6 +38,7 @@ class MeteredInput:
         self._stream = stream
         self._tracker = tracker
         self._observer = tracker.observer
+        self._record = tracker.record
         self._interval = update_interval
         self._next_report = 0.0
         self.content_length = content_length
@@ -121,6 +122,9 @@ class MeteredInput:
 
     def _account(self, data: bytes) -> None:
         self.received += len(data)
+        # Kept current on every read, not only on throttled writes: the final write after
+        # a disconnect, cancel or error must count every byte that arrived.
+        self._record.bytes_received = self.received
         if self._observer is not None:
             self._observer.feed(data)
         if self.limit is not None and self.received > self.limit:
@@ -152,5 +156,5 @@ class MeteredInput:
 
     def _cancelled(self) -> None:
         self.failure = "cancelled"
-        self._tracker.finish(CANCELLED, {"status": 499, "message": "The upload was cancelled."})
+        self._tracker.finish(CANCELLED, dict(CANCELLED_ERROR))
         raise UploadCancelled()

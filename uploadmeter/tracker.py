@@ -16,7 +16,15 @@ from dataclasses import dataclass
 
 from uploadmeter.errors import StoreError
 from uploadmeter.observer import MultipartObserver
-from uploadmeter.record import CANCELLED, ERROR, FINISHED, IN_FLIGHT, UPLOADING, UploadRecord
+from uploadmeter.record import (
+    CANCELLED,
+    ERROR,
+    FINISHED,
+    IN_FLIGHT,
+    PROCESSING,
+    UPLOADING,
+    UploadRecord,
+)
 from uploadmeter.stores import ProgressStore
 
 log = logging.getLogger("uploadmeter")
@@ -32,6 +40,9 @@ class TrackerSettings:
     heartbeat: float = 2.0  # ... and at least one per this long while bytes arrive
     min_step: float = 0.01  # ... otherwise only when progress moved by 1 % of the length
     store_retry: float = 1.0  # after a store failure, wait this long before trying again
+
+
+CANCELLED_ERROR = {"status": 499, "message": "The upload was cancelled."}
 
 
 def record_key(session: str, upload_id: str) -> str:
@@ -70,7 +81,7 @@ def request_cancel(
     store.set(cancel_key(session, upload_id), "1", settings.stale_after + settings.ttl)
     record.state = CANCELLED
     record.finished_at = time.time()
-    record.error = {"status": 499, "message": "The upload was cancelled."}
+    record.error = dict(CANCELLED_ERROR)
     store.set(record_key(session, upload_id), record.dumps(), settings.ttl)
     return record
 
@@ -94,7 +105,7 @@ class UploadTracker:
         self._key = record_key(session, record.id)
         self._cancel_key = cancel_key(session, record.id)
         self._lock_key = lock_key(session, record.id)
-        self._last_bytes = 0
+        self._last_bytes = record.bytes_received  # a resumed record counts on from here
         self._last_time = time.monotonic()
         self._last_write = 0.0
         self._store_down_until = 0.0
@@ -155,6 +166,10 @@ class UploadTracker:
             return
         if self.observer is not None:
             self.observer.close()
+        if state == ERROR and self._cancel_requested():
+            # Cancelled elsewhere, then the client went away: that is a cancel, and the
+            # record the cancel endpoint wrote must not be overwritten with an error.
+            state, error = CANCELLED, dict(CANCELLED_ERROR)
         record.state = state
         record.error = error
         record.finished_at = record.updated_at = time.time()
@@ -166,6 +181,29 @@ class UploadTracker:
         self._write(time.monotonic(), check_cancel=False, ttl=self.settings.ttl)
         with contextlib.suppress(StoreError):  # the lock expires on its own anyway
             self.store.delete(self._lock_key)
+
+    def start_processing(self, phase: str, total: int | None) -> bool:
+        """Hand the record to a processing task: ``processing``, not ``done``.
+
+        Returns ``True`` (and writes nothing) when the upload was cancelled.
+        """
+        record = self.record
+        if record.state in FINISHED:
+            return record.state == CANCELLED
+        record.state = PROCESSING
+        record.processing = {"phase": phase, "done": 0, "total": total}
+        self._store_down_until = 0.0
+        if self._write(time.monotonic(), check_cancel=True):
+            return True
+        with contextlib.suppress(StoreError):  # the lock expires on its own anyway
+            self.store.delete(self._lock_key)
+        return False
+
+    def _cancel_requested(self) -> bool:
+        try:
+            return self.store.get(self._cancel_key) is not None
+        except StoreError:
+            return False
 
     def write_now(self) -> None:
         """Write the record as it is (first event, state changes, app results)."""

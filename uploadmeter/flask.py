@@ -1,0 +1,199 @@
+"""The Flask extension: the middleware, the component's templates and a view helper.
+
+::
+
+    from uploadmeter.flask import UploadMeter, current_upload
+
+    meter = UploadMeter(app)            # or: meter = UploadMeter(); meter.init_app(app)
+
+    @app.post("/upload")
+    def upload():
+        saved = save(request.files["document"])
+        if (handle := current_upload()) is not None:
+            handle.set_result(filename=saved)   # shown by the widget's stage 3
+        ...
+
+Templates import the component with
+``{% import "uploadmeter/macros.html" as uploadmeter %}``; its script and stylesheet are
+served by the middleware under ``{UPLOADMETER_PREFIX}/static/``.  Settings come from
+``app.config["UPLOADMETER_*"]`` (see :data:`CONFIG_DEFAULTS`).
+
+This is the only module of uploadmeter that imports Flask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, has_app_context, has_request_context, request
+
+from uploadmeter.component import DEFAULT_FIRST_POLL, DEFAULT_POLL_INTERVAL, component_settings
+from uploadmeter.errors import UploadMeterError
+from uploadmeter.middleware import UploadHandle, UploadMeterMiddleware
+from uploadmeter.middleware import current_upload as _current_upload
+from uploadmeter.stores import ProgressStore
+
+__all__ = ["CONFIG_DEFAULTS", "ConfigurationError", "UploadMeter", "current_upload"]
+
+EXTENSION_KEY = "uploadmeter"
+
+#: ``UPLOADMETER_*`` keys and their defaults.  ``SECRET_KEY`` falls back to the app's
+#: ``SECRET_KEY`` (with ``SECRET_KEY_FALLBACKS`` accepted for rotation);
+#: ``MAX_CONTENT_LENGTH`` to the app's ``MAX_CONTENT_LENGTH``.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "UPLOADMETER_SECRET_KEY": None,
+    "UPLOADMETER_STORE": None,  # URL or ProgressStore; None: SQLite file in the temp dir
+    "UPLOADMETER_PREFIX": "/uploadmeter",
+    "UPLOADMETER_MAX_CONTENT_LENGTH": None,
+    "UPLOADMETER_TTL": 300.0,
+    "UPLOADMETER_UPDATE_INTERVAL": 0.2,
+    "UPLOADMETER_STALE_AFTER": 120.0,
+    "UPLOADMETER_MAX_TRACKED_FIELDS": 256,
+    "UPLOADMETER_POLL_INTERVAL": DEFAULT_POLL_INTERVAL,
+    "UPLOADMETER_FIRST_POLL": DEFAULT_FIRST_POLL,
+    "UPLOADMETER_SESSION_ID": None,  # hook(environ) -> str | None, instead of the cookie
+    "UPLOADMETER_COOKIE_NAME": "uploadmeter_session",
+    "UPLOADMETER_COOKIE_PATH": "/",
+    "UPLOADMETER_COOKIE_DOMAIN": None,
+    "UPLOADMETER_COOKIE_SAMESITE": "Lax",
+    "UPLOADMETER_COOKIE_SECURE": None,  # None: Secure when the request came over https
+    "UPLOADMETER_SET_COOKIE_ON_PAGES": True,
+}
+
+
+class ConfigurationError(UploadMeterError, RuntimeError):
+    """The app's configuration does not let uploadmeter start."""
+
+
+@dataclass
+class UploadMeterState:
+    """What one app's :class:`UploadMeter` keeps, in ``app.extensions["uploadmeter"]``."""
+
+    meter: UploadMeter
+    middleware: UploadMeterMiddleware
+    poll_interval: float
+    first_poll: float
+
+
+class UploadMeter:
+    """Upload progress for a Flask app.
+
+    Wraps ``app.wsgi_app`` in :class:`~uploadmeter.UploadMeterMiddleware`.  Middleware
+    installed on ``app.wsgi_app`` *after* ``init_app`` sees requests before the meter (put
+    ``ProxyFix`` there); middleware installed *before* runs inside it, and its reads of the
+    body are the ones measured.
+
+    Per-app state lives in ``app.extensions["uploadmeter"]`` (:class:`UploadMeterState`),
+    so one instance can serve several apps (``init_app`` with each).
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self.app = app
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise ConfigurationError("UploadMeter is already initialised on this app.")
+        for key, value in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, value)
+        config = app.config
+
+        secret_key = config["UPLOADMETER_SECRET_KEY"]
+        if not secret_key and config.get("SECRET_KEY"):
+            # Old keys first: itsdangerous signs with the last key and accepts them all.
+            secret_key = [*(config.get("SECRET_KEY_FALLBACKS") or []), config["SECRET_KEY"]]
+        if not secret_key:
+            raise ConfigurationError(
+                "uploadmeter signs its session cookie: set app.config['SECRET_KEY'] "
+                "(or UPLOADMETER_SECRET_KEY) before UploadMeter.init_app(app)."
+            )
+        max_length = config["UPLOADMETER_MAX_CONTENT_LENGTH"]
+        if max_length is None:
+            max_length = config.get("MAX_CONTENT_LENGTH")
+        store: str | ProgressStore | None = config["UPLOADMETER_STORE"]
+
+        middleware = UploadMeterMiddleware(
+            app.wsgi_app,
+            secret_key,
+            store,
+            prefix=config["UPLOADMETER_PREFIX"],
+            max_content_length=max_length,
+            ttl=float(config["UPLOADMETER_TTL"]),
+            update_interval=float(config["UPLOADMETER_UPDATE_INTERVAL"]),
+            stale_after=float(config["UPLOADMETER_STALE_AFTER"]),
+            max_tracked_fields=int(config["UPLOADMETER_MAX_TRACKED_FIELDS"]),
+            session_id=config["UPLOADMETER_SESSION_ID"],
+            cookie_name=config["UPLOADMETER_COOKIE_NAME"],
+            cookie_path=config["UPLOADMETER_COOKIE_PATH"],
+            cookie_domain=config["UPLOADMETER_COOKIE_DOMAIN"],
+            cookie_samesite=config["UPLOADMETER_COOKIE_SAMESITE"],
+            cookie_secure=config["UPLOADMETER_COOKIE_SECURE"],
+            set_cookie_on_pages=bool(config["UPLOADMETER_SET_COOKIE_ON_PAGES"]),
+        )
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        state = UploadMeterState(
+            meter=self,
+            middleware=middleware,
+            poll_interval=float(config["UPLOADMETER_POLL_INTERVAL"]),
+            first_poll=float(config["UPLOADMETER_FIRST_POLL"]),
+        )
+        app.extensions[EXTENSION_KEY] = state
+
+        # Templates ship in the package; a blueprint with a template folder puts them on
+        # the app's loader (after the app's own templates, which may override them).
+        app.register_blueprint(Blueprint("uploadmeter", __name__, template_folder="templates"))
+        app.jinja_env.globals["uploadmeter_settings"] = _template_settings(state)
+
+    # -- access --------------------------------------------------------------------------
+
+    def state(self, app: Flask | None = None) -> UploadMeterState:
+        """This extension's state for ``app`` (default: the current app, else the one given
+        to the constructor)."""
+        if app is None and has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is None:
+            app = self.app
+        if app is None:
+            raise RuntimeError("No Flask app: pass one, or work inside an app context.")
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, UploadMeterState):
+            raise RuntimeError("UploadMeter.init_app(app) was not called for this app.")
+        return state
+
+    @property
+    def middleware(self) -> UploadMeterMiddleware:
+        """The app's :class:`~uploadmeter.UploadMeterMiddleware`."""
+        return self.state().middleware
+
+    @property
+    def store(self) -> ProgressStore:
+        return self.middleware.store
+
+
+def current_upload() -> UploadHandle | None:
+    """The tracked upload this request carries, or ``None`` (untracked, or no JavaScript).
+
+    Tell the widget the outcome before returning the response::
+
+        handle = current_upload()
+        if handle is not None:
+            handle.set_result(filename=saved_name)      # stage 3 can show it
+            # or: handle.fail("Only PDF files are accepted.", status=415)
+    """
+    return _current_upload(request.environ)
+
+
+def _template_settings(state: UploadMeterState) -> Callable[[], dict[str, Any]]:
+    def uploadmeter_settings() -> dict[str, Any]:
+        return component_settings(
+            prefix=state.middleware.prefix,
+            script_name=request.script_root if has_request_context() else "",
+            poll_interval=state.poll_interval,
+            first_poll=state.first_poll,
+            max_content_length=state.middleware.max_content_length,
+        )
+
+    return uploadmeter_settings
