@@ -24,6 +24,7 @@ from typing import Any
 
 from flask import Flask
 
+from demo_app.downloads import init_downloads
 from demo_app.throttle import ReadThrottle
 from demo_app.views import bp
 from uploadmeter.flask import UploadMeter
@@ -53,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
         app.wsgi_app = ReadThrottle(app.wsgi_app, kbps * 1024)  # type: ignore[method-assign]
     meter.init_app(app)
     app.register_blueprint(bp)
+    init_downloads(app)  # /downloads/: Range, zips with progress, signed and shared links
     return app
 
 

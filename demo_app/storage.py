@@ -86,10 +86,10 @@ class UploadFolder:
         for entry in os.scandir(self.root):
             if entry.name.startswith(".") or not entry.is_file():
                 continue
-            found.append(self._describe(entry.name))
+            found.append(self.describe(entry.name))
         return sorted(found, key=lambda f: (f.saved_at, f.name), reverse=True)
 
-    def _describe(self, name: str) -> StoredFile:
+    def describe(self, name: str) -> StoredFile:
         meta = os.path.join(self.meta, name + ".json")
         with contextlib.suppress(OSError, ValueError, TypeError), open(meta, encoding="utf-8") as f:
             return StoredFile(**json.load(f))

@@ -426,3 +426,41 @@ def test_demo_upload_without_javascript_redirects_to_files(tmp_path: Any) -> Non
     empty, ctype = multipart_body([("document", "", b"")])
     response = client.post("/upload", data=empty, content_type=ctype, follow_redirects=True)
     assert b"Choose a file first." in response.data
+
+
+def test_views_download_files_and_hand_out_signed_links(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF-" + bytes(range(256)) * 40)
+    targets = {"quarterly": Path(report)}
+    app = make_app(UPLOADMETER_DOWNLOAD_RESOLVER=targets.get)
+    meter = UploadMeter(app)
+
+    @app.get("/report")
+    def get_report() -> Any:
+        return meter.download(Path(report))
+
+    @app.get("/share")
+    def share() -> Any:
+        return {"url": meter.signed_url("quarterly", expires_in=60, single_use=True)}
+
+    client = app.test_client()
+    whole = client.get("/report")
+    assert whole.status_code == 200 and whole.data == report.read_bytes()
+    part = client.get("/report", headers={"Range": "bytes=5-9"})
+    assert part.status_code == 206 and part.data == report.read_bytes()[5:10]
+
+    url = client.get("/share").json["url"]
+    assert str(report) not in url and "report.pdf" not in url  # never the real path
+    stranger = app.test_client()  # no session needed
+    got = stranger.get(url)
+    assert got.status_code == 200 and got.data == report.read_bytes()
+    assert stranger.get(url).status_code == 410  # single use
+
+
+def test_signed_links_need_a_resolver() -> None:
+    app = make_app()
+    meter = UploadMeter(app)
+    with app.test_request_context("/"), pytest.raises(ConfigurationError, match="RESOLVER"):
+        meter.signed_url("anything")

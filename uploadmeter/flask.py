@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, current_app, has_app_context, has_request_context, request
 
@@ -34,6 +34,11 @@ from uploadmeter.errors import UploadMeterError
 from uploadmeter.middleware import UploadHandle, UploadMeterMiddleware
 from uploadmeter.middleware import current_upload as _current_upload
 from uploadmeter.stores import ProgressStore
+
+if TYPE_CHECKING:
+    from werkzeug.wrappers import Response
+
+    from uploadmeter.links import DownloadLinks
 
 __all__ = ["CONFIG_DEFAULTS", "ConfigurationError", "UploadMeter", "current_upload"]
 
@@ -60,6 +65,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "UPLOADMETER_COOKIE_SAMESITE": "Lax",
     "UPLOADMETER_COOKIE_SECURE": None,  # None: Secure when the request came over https
     "UPLOADMETER_SET_COOKIE_ON_PAGES": True,
+    # resolver(target) -> what to download, for signed links (uploadmeter.links); None: off
+    "UPLOADMETER_DOWNLOAD_RESOLVER": None,
 }
 
 
@@ -75,6 +82,7 @@ class UploadMeterState:
     middleware: UploadMeterMiddleware
     poll_interval: float
     first_poll: float
+    links: DownloadLinks | None = None  # with UPLOADMETER_DOWNLOAD_RESOLVER
 
 
 class UploadMeter:
@@ -140,6 +148,11 @@ class UploadMeter:
             poll_interval=float(config["UPLOADMETER_POLL_INTERVAL"]),
             first_poll=float(config["UPLOADMETER_FIRST_POLL"]),
         )
+        resolver = config["UPLOADMETER_DOWNLOAD_RESOLVER"]
+        if resolver is not None:
+            from uploadmeter.links import DownloadLinks  # needs the downloads extra
+
+            state.links = DownloadLinks.attach(middleware, resolver, secret_key)
         app.extensions[EXTENSION_KEY] = state
 
         # Templates ship in the package; a blueprint with a template folder puts them on
@@ -171,6 +184,37 @@ class UploadMeter:
     @property
     def store(self) -> ProgressStore:
         return self.middleware.store
+
+    # -- downloads -----------------------------------------------------------------------
+
+    def download(self, source: Any, filename: str | None = None, **options: Any) -> Response:
+        """Send ``source`` from a view: a file with Range/ETag support, or several sources
+        as one streamed zip, with progress under the request's tracking id.
+
+        See :func:`uploadmeter.download.download` for sources and options.
+        """
+        from uploadmeter.download import download  # needs the downloads extra
+
+        return download(source, filename, environ=request.environ, meter=self.middleware, **options)
+
+    def signed_url(
+        self, target: str, expires_in: float = 300, single_use: bool = False, **options: Any
+    ) -> str:
+        """A session-less, expiring URL for ``target`` (resolved by
+        ``UPLOADMETER_DOWNLOAD_RESOLVER``); the URL never contains the real path."""
+        links = self.state().links
+        if links is None:
+            raise ConfigurationError(
+                "Signed links need app.config['UPLOADMETER_DOWNLOAD_RESOLVER']: a function "
+                "turning a link's target into what to download."
+            )
+        return links.signed_url(
+            target,
+            expires_in=expires_in,
+            single_use=single_use,
+            environ=request.environ,
+            **options,
+        )
 
 
 def current_upload() -> UploadHandle | None:

@@ -204,7 +204,7 @@ class UploadMeterMiddleware:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         length = _content_length(environ)
-        upload_id = _upload_id(environ)
+        upload_id = requested_upload_id(environ)
         too_large = (
             self.max_content_length is not None
             and length is not None
@@ -320,7 +320,9 @@ def _content_length(environ: dict[str, Any]) -> int | None:
     return length if length >= 0 else None
 
 
-def _upload_id(environ: dict[str, Any]) -> str | None:
+def requested_upload_id(environ: dict[str, Any]) -> str | None:
+    """The tracking id a request carries (query ``uploadmeter_id``, ``X-Upload-ID`` or
+    ``X-Progress-ID``), ``""`` when the parameter is present but empty, else ``None``."""
     query: str = environ.get("QUERY_STRING", "")
     if "uploadmeter_id=" in query:
         values = parse_qs(query).get("uploadmeter_id")
