@@ -1,0 +1,350 @@
+"""Progress of the work an application does after an upload (compress, scan, transcode).
+
+The work reports into the upload's own progress record, so the same poll and the same
+100-segment bar show it: state ``processing``, a phase label and real numbers
+(``{"phase": "compressing", "done": 5242880, "total": 20971520}``), then ``done`` with a
+result, or ``error``.  Only the store is needed, so the work may run in a thread, in a
+process pool or on another machine::
+
+    from uploadmeter.processing import task
+
+    t = task(meter, session, upload_id, "compressing", total=size)
+    pool.submit(compress, path, t)          # returns at once
+
+    def compress(path, t):
+        with t:                             # state: processing
+            for block in blocks(path):
+                t.advance(len(block))       # throttled writes, checks for cancel
+            t.set_result(url=...)           # shown with state done
+        # an exception inside the block ends in state "error"
+
+An upload measured by the middleware is marked ``done`` when the application answers.
+A view that will process the file afterwards calls
+``current_upload(environ).start_processing("compressing")`` first, so the record goes
+straight from ``uploading`` to ``processing`` (polls never see a premature ``done``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from uploadmeter.endpoints import valid_upload_id
+from uploadmeter.errors import InvalidUploadId, StoreError, UploadMeterError
+from uploadmeter.record import CANCELLED, DONE, ERROR, PROCESSING, UploadRecord
+from uploadmeter.stores import ProgressStore
+from uploadmeter.tracker import TrackerSettings, cancel_key, record_key
+
+if TYPE_CHECKING:
+    from uploadmeter.middleware import UploadMeterMiddleware
+
+log = logging.getLogger("uploadmeter")
+
+__all__ = [
+    "ProcessingCancelled",
+    "ProcessingFailed",
+    "ProcessingTask",
+    "request_task",
+    "task",
+]
+
+
+class ProcessingCancelled(UploadMeterError):
+    """The user cancelled the upload while it was being processed.
+
+    Raised by :meth:`ProcessingTask.advance` (and :meth:`~ProcessingTask.start`); the
+    record already says ``cancelled``.  Let it end the work.
+    """
+
+
+class ProcessingFailed(UploadMeterError):
+    """Raise inside a task to end it in ``error`` with this message shown to the user.
+
+    Other exceptions end it in ``error`` too, with a generic message (their text may hold
+    paths or secrets, so it only goes to the log).
+    """
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ProcessingTask:
+    """Reports one phase (or several) of processing into an upload's record.
+
+    Create it with :func:`task`.  Thread-safe: a pool of threads may share one task.
+    Writes are throttled to one per ``settings.update_interval``; each also checks whether
+    the user cancelled.  Call :meth:`advance` (or :meth:`touch`) at least every
+    ``settings.stale_after`` seconds, or polls will report the task as stopped.
+    """
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        session: str,
+        upload_id: str,
+        phase: str,
+        *,
+        total: int | None = None,
+        settings: TrackerSettings | None = None,
+    ) -> None:
+        if not valid_upload_id(upload_id):
+            raise InvalidUploadId(upload_id)
+        self.store = store
+        self.session = session
+        self.upload_id = upload_id
+        self.settings = settings or TrackerSettings()
+        self.phase = phase
+        self.done = 0
+        self.total = total
+        self.result: dict[str, Any] = {}
+        self.started = False
+        self.finished = False
+        self._record: UploadRecord | None = None
+        self._key = record_key(session, upload_id)
+        self._cancel_key = cancel_key(session, upload_id)
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> ProcessingTask:
+        """Mark the record ``processing`` now (idempotent).
+
+        Works on a record in any state but ``cancelled`` (which raises
+        :class:`ProcessingCancelled`): ``done`` goes back to ``processing``, and with no
+        record at all a new one is made.
+        """
+        with self._lock:
+            if self.started:
+                return self
+            text = self.store.get(self._key)
+            record = UploadRecord.loads(text) if text is not None else None
+            if record is not None and record.state == CANCELLED:
+                raise ProcessingCancelled(f"upload {self.upload_id} was cancelled")
+            if record is None:
+                record = UploadRecord(id=self.upload_id, state=PROCESSING)
+            # A cancel flag under a record that is not cancelled is left from an earlier
+            # upload with this id.
+            self.store.delete(self._cancel_key)
+            previous = record.processing
+            if (
+                record.state == PROCESSING
+                and previous is not None
+                and previous.get("phase") == self.phase
+            ):
+                # Handed over (start_processing, or another process): continue its count.
+                self.done = max(self.done, int(previous.get("done") or 0))
+                if self.total is None and previous.get("total") is not None:
+                    self.total = int(previous["total"])
+            record.state = PROCESSING
+            record.finished_at = None
+            record.error = None
+            self._record = record
+            self.started = True
+            self._write(force=True)
+        return self
+
+    def advance(self, n: int, total: int | None = None) -> None:
+        """``n`` more units (bytes, files, ...) are done; ``total`` may be learnt late."""
+        self.update(self.done + n, total)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """Set the absolute amount done."""
+        self._ensure_started()
+        with self._lock:
+            self.done = done
+            if total is not None:
+                self.total = total
+            self._write()
+
+    def set_phase(self, phase: str, total: int | None = None) -> None:
+        """Move to the next phase (``"compressing"`` → ``"thumbnails"``); resets ``done``."""
+        self._ensure_started()
+        with self._lock:
+            self.phase, self.done, self.total = phase, 0, total
+            self._write(force=True)
+
+    def touch(self, *, force: bool = False) -> None:
+        """Prove the work is alive during a long step without measurable progress."""
+        self._ensure_started()
+        with self._lock:
+            self._write(force=force)
+
+    def set_result(self, **result: Any) -> None:
+        """JSON-serialisable data shown to the client (from the next write on)."""
+        with self._lock:
+            self.result.update(result)
+            if self._record is not None:
+                self._record.result = dict(self._record.result or {}, **result)
+
+    def abandon(self) -> None:
+        """Stop reporting without a final state (another task takes the record over)."""
+        with self._lock:
+            self.finished = True
+
+    def finish(self, **result: Any) -> None:
+        """End in ``done`` (``with`` does this when the block ends without an exception)."""
+        self._ensure_started()
+        with self._lock:
+            if self.finished:
+                return
+            self.result.update(result)
+            self._end(DONE, None)
+
+    def fail(self, message: str, status: int = 422) -> None:
+        """End in ``error`` with ``message`` shown to the user."""
+        self._ensure_started()
+        with self._lock:
+            if self.finished:
+                return
+            self._end(ERROR, {"status": status, "message": message})
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the user asked to cancel (one store read)."""
+        try:
+            return self.store.get(self._cancel_key) is not None
+        except StoreError:
+            return False
+
+    # -- context manager -----------------------------------------------------------------
+
+    def __enter__(self) -> ProcessingTask:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.finished or not self.started:
+            return
+        if exc is None:
+            self.finish()
+        elif isinstance(exc, ProcessingCancelled):
+            self.finished = True  # the cancel endpoint already wrote the record
+        elif isinstance(exc, ProcessingFailed):
+            self.fail(exc.message, exc.status)
+        else:
+            log.error(
+                "uploadmeter: processing %s of upload %s failed",
+                self.phase,
+                self.upload_id,
+                exc_info=(exc_type, exc, tb) if exc_type else None,
+            )
+            self.fail("Processing failed.", 500)
+
+    # -- store ---------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if not self.started:
+            self.start()
+
+    def _end(self, state: str, error: dict[str, Any] | None) -> None:
+        record = self._record
+        assert record is not None
+        self.finished = True
+        if self._is_cancelled():
+            self._write_cancelled(record)
+            return
+        record.state = state
+        record.error = error
+        record.finished_at = time.time()
+        if self.result:
+            record.result = dict(record.result or {}, **self.result)
+        self._store_processing(record)
+        record.updated_at = time.time()
+        try:
+            self.store.set(self._key, record.dumps(), self.settings.ttl)
+        except StoreError as exc:
+            log.warning("uploadmeter: could not record the end of processing: %s", exc)
+
+    def _write(self, *, force: bool = False) -> None:
+        """Write the record if due; raise :class:`ProcessingCancelled` when cancelled."""
+        now = time.monotonic()
+        if self.finished:
+            return
+        complete = self.total is not None and self.done >= self.total
+        if not (force or complete or now - self._last_write >= self.settings.update_interval):
+            return
+        record = self._record
+        assert record is not None
+        if self._is_cancelled():
+            self.finished = True
+            self._write_cancelled(record)
+            raise ProcessingCancelled(f"upload {self.upload_id} was cancelled")
+        self._store_processing(record)
+        record.updated_at = time.time()
+        try:
+            self.store.set(self._key, record.dumps(), self.settings.stale_after + self.settings.ttl)
+        except StoreError as exc:
+            # Like uploads: the work goes on without a store, progress resumes later.
+            log.warning("uploadmeter: progress store unavailable during processing: %s", exc)
+        self._last_write = now
+
+    def _store_processing(self, record: UploadRecord) -> None:
+        record.processing = {"phase": self.phase, "done": self.done, "total": self.total}
+
+    def _is_cancelled(self) -> bool:
+        try:
+            return self.store.get(self._cancel_key) is not None
+        except StoreError:
+            return False
+
+    def _write_cancelled(self, record: UploadRecord) -> None:
+        # The cancel endpoint wrote this already; writing it again repairs the record if
+        # one of our writes crossed the endpoint's.
+        record.state = CANCELLED
+        record.finished_at = record.finished_at or time.time()
+        record.error = {"status": 499, "message": "The upload was cancelled."}
+        record.updated_at = time.time()
+        with contextlib.suppress(StoreError):
+            self.store.set(self._key, record.dumps(), self.settings.ttl)
+
+
+def task(
+    target: UploadMeterMiddleware | ProgressStore,
+    session: str,
+    upload_id: str,
+    phase: str,
+    *,
+    total: int | None = None,
+    settings: TrackerSettings | None = None,
+) -> ProcessingTask:
+    """A :class:`ProcessingTask` for ``upload_id`` of ``session``, not started yet.
+
+    ``target`` is the middleware (its store and settings are used) or a store, e.g. in a
+    worker process: ``task(open_store(url), session, upload_id, "scanning")``.
+    """
+    if isinstance(target, ProgressStore):
+        store = target
+    else:
+        store = target.store
+        settings = settings or target.settings
+    return ProcessingTask(store, session, upload_id, phase, total=total, settings=settings)
+
+
+def request_task(
+    meter: UploadMeterMiddleware,
+    environ: dict[str, Any],
+    upload_id: str,
+    phase: str,
+    *,
+    total: int | None = None,
+) -> ProcessingTask:
+    """A task for an upload of the session making this request (call it in the view).
+
+    The task carries the session, so it can be handed to a thread or a pool.  Raises
+    ``LookupError`` when the request has no uploadmeter session.
+    """
+    session = meter.cookie.session_of(environ)
+    if session is None:
+        raise LookupError("This request has no uploadmeter session.")
+    return task(meter, session, upload_id, phase, total=total)

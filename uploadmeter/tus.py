@@ -1,0 +1,588 @@
+"""A tus 1.0.0 server (https://tus.io/protocols/resumable-upload) as a WSGI app.
+
+Core protocol plus the ``creation``, ``creation-with-upload``, ``termination``,
+``checksum`` and ``expiration`` extensions::
+
+    meter = UploadMeterMiddleware(app, secret_key="...")
+    meter.mount("/tus", TusUploads(meter, "/var/lib/myapp/uploads", on_complete=keep))
+    # creation URL: /uploadmeter/tus/
+
+Uploads belong to the session that created them (the ``uploadmeter_session`` cookie or
+the middleware's ``session_id`` hook); another session gets ``404``.  Each upload has a
+progress record under its id (the last segment of its URL), so
+``GET {prefix}/progress?id=`` and ``POST {prefix}/cancel?id=`` work as for forms.
+
+PATCH requests to one upload are serialized by a :class:`~uploadmeter.locks.StoreLock`,
+which holds across worker processes (SQLite store) and machines (Redis store).  When the
+last byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
+``verifying``), moved into the content-addressed store and handed to ``on_complete``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import http_date
+from werkzeug.wrappers import Response
+from werkzeug.wsgi import get_input_stream
+
+from uploadmeter.completion import CompletionFailed, OnComplete, UploadRejected, deliver
+from uploadmeter.errors import StoreError
+from uploadmeter.filestore import FileInfo, FileStore, InvalidName, clean_filename
+from uploadmeter.locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.processing import ProcessingCancelled, ProcessingTask
+from uploadmeter.record import CANCELLED, DONE, FINISHED, UPLOADING, FieldProgress, UploadRecord
+from uploadmeter.stores import ProgressStore
+from uploadmeter.tracker import UploadTracker, cancel_key, record_key
+
+if TYPE_CHECKING:
+    from uploadmeter.middleware import UploadMeterMiddleware
+
+log = logging.getLogger("uploadmeter")
+
+__all__ = ["TusUploads"]
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
+OFFSET_TYPE = "application/offset+octet-stream"
+_ALGORITHMS: dict[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "sha512": hashlib.sha512,
+    "md5": hashlib.md5,
+}
+_INT = re.compile(r"\d{1,18}")
+_ID = re.compile(r"[A-Za-z0-9_-]{24}")
+_METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
+_BLOCK = 256 * 1024
+
+
+class _Answer(Exception):
+    """A non-success answer: ``status``, a short text and headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass
+class _Upload:
+    id: str
+    session: str
+    directory: str
+    info: dict[str, Any]
+
+    @property
+    def data_path(self) -> str:
+        return os.path.join(self.directory, "data")
+
+    @property
+    def info_path(self) -> str:
+        return os.path.join(self.directory, "info.json")
+
+    @property
+    def length(self) -> int:
+        return int(self.info["length"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.info.get("complete"))
+
+    def offset(self) -> int:
+        if self.complete:
+            return self.length
+        try:
+            return os.path.getsize(self.data_path)
+        except FileNotFoundError:
+            raise _Answer(404, "Upload not found.") from None
+
+
+class TusUploads:
+    """The tus endpoint (WSGI app); mount it with ``meter.mount("/tus", tus)``.
+
+    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
+    :param files: a :class:`~uploadmeter.filestore.FileStore` or its directory (its
+        ``expire_after`` is the uploads' expiration).
+    :param on_complete: ``on_complete(FileInfo)``, as for
+        :class:`~uploadmeter.chunks.ChunkUploads`; ``FileInfo.metadata`` holds the
+        decoded ``Upload-Metadata``.
+    :param max_size: ``Tus-Max-Size``; larger uploads get ``413``.
+    :param session_quota: bytes one session may have in unfinished uploads.
+    :param lock_ttl: seconds a PATCH's lock outlives a stalled worker.
+    :param lock_wait: seconds a PATCH waits for another one on the same upload
+        before ``423 Locked``.
+    """
+
+    def __init__(
+        self,
+        meter: UploadMeterMiddleware,
+        files: FileStore | str | os.PathLike[str],
+        *,
+        on_complete: OnComplete | None = None,
+        max_size: int = 4 * 1024**3,
+        session_quota: int = 16 * 1024**3,
+        lock_ttl: float = 15.0,
+        lock_wait: float = 20.0,
+        max_metadata_length: int = 8192,
+    ) -> None:
+        self.meter = meter
+        self.files = files if isinstance(files, FileStore) else FileStore(files)
+        self.on_complete = on_complete
+        self.max_size = max_size
+        self.session_quota = session_quota
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+        self.max_metadata_length = max_metadata_length
+
+    @property
+    def store(self) -> ProgressStore:
+        return self.meter.store
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        try:
+            response = self._dispatch(environ)
+        except _Answer as answer:
+            response = _text(answer.status, answer.message, answer.headers)
+        except (StoreError, LockLost, LockTimeout) as exc:
+            log.warning("uploadmeter: tus request deferred: %s", exc)
+            response = _text(503, "The server is busy; try again.", {"Retry-After": "2"})
+        except Exception:
+            log.exception("uploadmeter: tus request failed")
+            response = _text(500, "The server failed.")
+        response.headers["Tus-Resumable"] = TUS_VERSION
+        return response(environ, start_response)
+
+    def _dispatch(self, environ: dict[str, Any]) -> Response:
+        method = (
+            environ.get("HTTP_X_HTTP_METHOD_OVERRIDE") or environ.get("REQUEST_METHOD", "GET")
+        ).upper()
+        if method == "OPTIONS":
+            return self._options()
+        if environ.get("HTTP_TUS_RESUMABLE") != TUS_VERSION:
+            raise _Answer(412, "Unsupported tus version.", {"Tus-Version": TUS_VERSION})
+        self.files.maybe_cleanup(self.store)
+        path = environ.get("PATH_INFO", "")
+        if path in ("", "/"):
+            if method == "POST":
+                return self._create(environ)
+            raise _Answer(405, "Use POST to create an upload.", {"Allow": "POST, OPTIONS"})
+        match = re.fullmatch(r"/([^/]+)/?", path)
+        if match is None or not _ID.fullmatch(match.group(1)):
+            raise _Answer(404, "Upload not found.")
+        upload_id = match.group(1)
+        if method == "HEAD":
+            return self._head(environ, upload_id)
+        if method == "PATCH":
+            return self._patch(environ, upload_id)
+        if method == "DELETE":
+            return self._delete(environ, upload_id)
+        raise _Answer(405, "Use HEAD, PATCH or DELETE.", {"Allow": "HEAD, PATCH, DELETE, OPTIONS"})
+
+    def _options(self) -> Response:
+        response = Response(status=204)
+        response.headers.update(
+            {
+                "Tus-Version": TUS_VERSION,
+                "Tus-Extension": EXTENSIONS,
+                "Tus-Max-Size": str(self.max_size),
+                "Tus-Checksum-Algorithm": ",".join(_ALGORITHMS),
+            }
+        )
+        return response
+
+    # -- lookup --------------------------------------------------------------------------
+
+    def _gone_key(self, session: str, upload_id: str) -> str:
+        return f"tus-gone:{self.files.session_key(session)}:{upload_id}"
+
+    def _find(self, environ: dict[str, Any], upload_id: str) -> _Upload:
+        session = self.meter.cookie.session_of(environ)
+        if session is None:
+            raise _Answer(404, "Upload not found.")
+        directory = self.files.upload_dir("tus", session, upload_id)
+        info = self.files.read_json(os.path.join(directory, "info.json"))
+        if info is None:
+            if self.store.get(self._gone_key(session, upload_id)) is not None:
+                raise _Answer(410, "The upload was terminated or has expired.")
+            raise _Answer(404, "Upload not found.")
+        upload = _Upload(upload_id, session, directory, info)
+        if float(info["expires_at"]) < time.time():
+            self._terminate(upload)
+            raise _Answer(410, "The upload has expired.")
+        return upload
+
+    def _terminate(self, upload: _Upload) -> None:
+        self.files.remove_tree(upload.directory)
+        self.store.set(
+            self._gone_key(upload.session, upload.id), "1", max(self.files.expire_after, 3600)
+        )
+
+    def _headers(self, upload: _Upload, offset: int) -> dict[str, str]:
+        headers = {
+            "Upload-Offset": str(offset),
+            "Upload-Expires": http_date(float(upload.info["expires_at"])),
+            "Cache-Control": "no-store",
+        }
+        return headers
+
+    # -- POST: creation (with upload) ----------------------------------------------------
+
+    def _create(self, environ: dict[str, Any]) -> Response:
+        session = self.meter.cookie.session_of(environ)
+        if session is None:
+            raise _Answer(
+                403,
+                "No upload session: send the uploadmeter session cookie (load a page of "
+                "this site first) or configure the middleware's session_id hook.",
+            )
+        if "HTTP_UPLOAD_DEFER_LENGTH" in environ:
+            raise _Answer(400, "Deferred upload length is not supported.")
+        length_text = environ.get("HTTP_UPLOAD_LENGTH", "")
+        if not _INT.fullmatch(length_text):
+            raise _Answer(400, "Upload-Length must be a non-negative integer.")
+        length = int(length_text)
+        if length > self.max_size:
+            raise _Answer(413, f"Uploads may have at most {self.max_size} bytes.")
+        raw_metadata, metadata = self._metadata(environ.get("HTTP_UPLOAD_METADATA"))
+        try:
+            filename = clean_filename(metadata.get("filename") or metadata.get("name") or "upload")
+        except InvalidName as exc:
+            raise _Answer(400, str(exc)) from None
+        has_body = _has_body(environ)
+        if has_body and _content_type(environ) != OFFSET_TYPE:
+            raise _Answer(415, f"A creation request with data must be {OFFSET_TYPE}.")
+        checksum = self._checksum(environ) if has_body else None
+
+        upload_id = secrets.token_urlsafe(18)
+        directory = self.files.upload_dir("tus", session, upload_id)
+        now = time.time()
+        info: dict[str, Any] = {
+            "id": upload_id,
+            "length": length,
+            "metadata": raw_metadata,
+            "meta": metadata,
+            "filename": filename,
+            "created": now,
+            "expires_at": now + self.files.expire_after,
+            "complete": False,
+        }
+        with StoreLock(self.store, "files-session:" + self.files.session_key(session), wait=10):
+            reserved = self.files.reserved_bytes(session)
+            if reserved + length > self.session_quota:
+                raise _Answer(413, "This session has too many unfinished uploads.")
+            if self.files.free_space() < length:
+                raise _Answer(507, "The server has no room for this upload now.")
+            os.makedirs(directory)
+            open(os.path.join(directory, "data"), "wb").close()
+            self.files.write_json(os.path.join(directory, "info.json"), info)
+        upload = _Upload(upload_id, session, directory, info)
+        record = UploadRecord(
+            id=upload_id,
+            state=UPLOADING,
+            content_length=length,
+            fields=[FieldProgress("file", filename, None, 0, UPLOADING)],
+            field_count=1,
+        )
+        self._save_record(upload, record)
+
+        location = environ.get("SCRIPT_NAME", "").rstrip("/") + "/" + upload_id
+        headers = {"Location": location, "Upload-Expires": http_date(info["expires_at"])}
+        if has_body or length == 0:
+            with self._lock(upload) as lock:
+                offset = self._receive(environ, upload, 0, checksum, lock)
+            headers["Upload-Offset"] = str(offset)
+        response = Response(status=201, headers=headers)
+        return response
+
+    def _metadata(self, header: str | None) -> tuple[str | None, dict[str, str]]:
+        """Validate ``Upload-Metadata``; return it re-encoded and decoded."""
+        if header is None or not header.strip():
+            return None, {}
+        if len(header) > self.max_metadata_length:
+            raise _Answer(400, "Upload-Metadata is too long.")
+        raw: list[str] = []
+        decoded: dict[str, str] = {}
+        for pair in header.split(","):
+            key, _, value = pair.strip().partition(" ")
+            value = value.strip()
+            if not _METADATA_KEY.fullmatch(key) or key in decoded:
+                raise _Answer(400, "Upload-Metadata keys must be unique, non-empty ASCII.")
+            try:
+                data = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise _Answer(400, f"Upload-Metadata value of {key!r} is not Base64.") from None
+            decoded[key] = data.decode("utf-8", "replace")
+            # Re-encoded from the decoded bytes, so nothing but Base64 is echoed back.
+            raw.append(f"{key} {base64.b64encode(data).decode('ascii')}" if value else key)
+        return ",".join(raw), decoded
+
+    def _checksum(self, environ: dict[str, Any]) -> tuple[str, bytes] | None:
+        header = environ.get("HTTP_UPLOAD_CHECKSUM")
+        if header is None:
+            return None
+        algo, _, value = header.strip().partition(" ")
+        if algo not in _ALGORITHMS:
+            raise _Answer(400, f"Unsupported checksum algorithm; use {','.join(_ALGORITHMS)}.")
+        try:
+            return algo, base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise _Answer(400, "Upload-Checksum is not Base64.") from None
+
+    # -- HEAD ----------------------------------------------------------------------------
+
+    def _head(self, environ: dict[str, Any], upload_id: str) -> Response:
+        upload = self._find(environ, upload_id)
+        if not upload.complete and upload.offset() == upload.length:
+            # Every byte is here but the worker that received the last ones stopped
+            # before handing the file over: do it now (unless another request is).
+            lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=0)
+            try:
+                lock.acquire()
+            except LockTimeout:
+                pass
+            else:
+                with lock:
+                    upload = self._find(environ, upload_id)
+                    if not upload.complete:
+                        self._finish(upload, self._load_record(upload), lock)
+        headers = self._headers(upload, upload.offset())
+        headers["Upload-Length"] = str(upload.length)
+        if upload.info.get("metadata"):
+            headers["Upload-Metadata"] = upload.info["metadata"]
+        return Response(status=200, headers=headers)
+
+    # -- PATCH ---------------------------------------------------------------------------
+
+    def _patch(self, environ: dict[str, Any], upload_id: str) -> Response:
+        if _content_type(environ) != OFFSET_TYPE:
+            raise _Answer(415, f"PATCH requests must be {OFFSET_TYPE}.")
+        offset_text = environ.get("HTTP_UPLOAD_OFFSET", "")
+        if not _INT.fullmatch(offset_text):
+            raise _Answer(400, "Upload-Offset must be a non-negative integer.")
+        offset = int(offset_text)
+        checksum = self._checksum(environ)
+        upload = self._find(environ, upload_id)
+        declared = _content_length(environ)
+        if declared is not None and offset + declared > upload.length:
+            raise _Answer(413, "The data goes past Upload-Length.")
+        with self._lock(upload) as lock:
+            # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
+            upload = self._find(environ, upload_id)
+            current = upload.offset()
+            if offset != current:
+                raise _Answer(409, f"Upload-Offset is {current}.", {"Upload-Offset": str(current)})
+            if upload.complete:  # an empty PATCH at the end of a finished upload
+                return Response(status=204, headers=self._headers(upload, current))
+            new_offset = self._receive(environ, upload, current, checksum, lock)
+        return Response(status=204, headers=self._headers(upload, new_offset))
+
+    def _lock(self, upload: _Upload) -> StoreLock:
+        lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=self.lock_wait)
+        try:
+            lock.acquire()
+        except LockTimeout:
+            raise _Answer(423, "Another request is writing this upload.") from None
+        return lock
+
+    def _receive(
+        self,
+        environ: dict[str, Any],
+        upload: _Upload,
+        start: int,
+        checksum: tuple[str, bytes] | None,
+        lock: StoreLock,
+    ) -> int:
+        """Append the request body at ``start``; finish the upload when it is whole.
+
+        Called with the upload's ``lock`` held.  Returns the new offset.
+        """
+        remaining = upload.length - start
+        hasher = _ALGORITHMS[checksum[0]]() if checksum else None
+        record = self._load_record(upload)
+        record.bytes_received = start
+        tracker = UploadTracker(self.store, upload.session, record, self.meter.settings)
+        written = 0
+        failure: _Answer | None = None
+        cancelled = False
+        with open(upload.data_path, "r+b") as f:
+            f.seek(start)
+            try:
+                if _content_length(environ) is not None:
+                    stream = get_input_stream(environ)  # checked against Upload-Length
+                else:
+                    # Chunked: one byte more than fits, to tell "too long" from "ends".
+                    stream = get_input_stream(environ, max_content_length=remaining + 1)
+                while True:
+                    block = stream.read(_BLOCK)
+                    if not block:
+                        break
+                    if written + len(block) > remaining:
+                        raise RequestEntityTooLarge()
+                    lock.refresh(every=self.lock_ttl / 3)
+                    f.write(block)
+                    written += len(block)
+                    if hasher is not None:
+                        hasher.update(block)
+                    if tracker.progress(start + written, time.monotonic()):
+                        cancelled = True
+                        break
+            except RequestEntityTooLarge:
+                failure = _Answer(413, "The data goes past Upload-Length.")
+            except LockLost:
+                raise _Answer(423, "The upload's lock was lost; retry.") from None
+            except (HTTPException, OSError, ValueError) as exc:
+                # The client went away: keep what arrived (unless a checksum must cover it).
+                log.info("uploadmeter: tus PATCH of %s interrupted: %s", upload.id, exc)
+                failure = _Answer(400, "The request body ended early.")
+            if cancelled:
+                f.close()
+                self._terminate(upload)
+                raise _Answer(410, "The upload was cancelled.", {"Connection": "close"})
+            if failure is not None and (hasher is not None or failure.status == 413):
+                f.truncate(start)
+                written = 0
+            elif hasher is not None and checksum is not None and hasher.digest() != checksum[1]:
+                f.truncate(start)
+                written = 0
+                failure = _Answer(460, "Checksum Mismatch")
+        offset = start + written
+        upload.info["expires_at"] = time.time() + self.files.expire_after
+        self.files.write_json(upload.info_path, upload.info)
+        tracker.record.bytes_received = offset
+        tracker.write_now()
+        if failure is not None:
+            raise failure
+        if offset == upload.length:
+            self._finish(upload, tracker.record, lock)
+        return offset
+
+    def _load_record(self, upload: _Upload) -> UploadRecord:
+        text = self.store.get(record_key(upload.session, upload.id))
+        record = UploadRecord.loads(text) if text is not None else None
+        if record is None or record.state in FINISHED:
+            if record is not None and record.state == CANCELLED:
+                self._terminate(upload)
+                raise _Answer(410, "The upload was cancelled.")
+            record = UploadRecord(
+                id=upload.id,
+                state=UPLOADING,
+                content_length=upload.length,
+                fields=[FieldProgress("file", upload.info.get("filename"), None, 0, UPLOADING)],
+                field_count=1,
+            )
+        return record
+
+    def _save_record(self, upload: _Upload, record: UploadRecord) -> None:
+        settings = self.meter.settings
+        record.updated_at = time.time()
+        self.store.set(
+            record_key(upload.session, upload.id),
+            record.dumps(),
+            settings.stale_after + settings.ttl,
+        )
+
+    # -- completion ----------------------------------------------------------------------
+
+    def _finish(self, upload: _Upload, record: UploadRecord, lock: StoreLock) -> None:
+        """Verify and hand over the whole file (the upload's lock held)."""
+        if record.fields:
+            record.fields[0].bytes_received = upload.length
+            record.fields[0].state = DONE
+        self._save_record(upload, record)
+        task = ProcessingTask(
+            self.store,
+            upload.session,
+            upload.id,
+            "verifying",
+            total=upload.length,
+            settings=self.meter.settings,
+        ).start()
+
+        def progress(done: int) -> None:
+            task.update(done)
+            lock.refresh(every=self.lock_ttl / 3)
+
+        try:
+            digests = self.files.digest_file(upload.data_path, progress)
+        except ProcessingCancelled:
+            self._terminate(upload)
+            raise _Answer(410, "The upload was cancelled.") from None
+        path = self.files.adopt(upload.data_path, digests.sha256)
+        upload.info.update(complete=True, sha256=digests.sha256, md5=digests.md5)
+        self.files.write_json(upload.info_path, upload.info)
+        info = FileInfo(
+            path=path,
+            filename=str(upload.info.get("filename") or "upload"),
+            size=digests.size,
+            sha256=digests.sha256,
+            md5=digests.md5,
+            session=upload.session,
+            upload_id=upload.id,
+            protocol="tus",
+            metadata=dict(upload.info.get("meta") or {}),
+        )
+        try:
+            deliver(info, task, self.on_complete)
+        except UploadRejected as exc:
+            raise _Answer(exc.status, exc.message) from None
+        except CompletionFailed:
+            raise _Answer(500, "The server could not take the file.") from None
+
+    # -- DELETE: termination -------------------------------------------------------------
+
+    def _delete(self, environ: dict[str, Any], upload_id: str) -> Response:
+        upload = self._find(environ, upload_id)
+        # Raise the cancel flag first: a PATCH in progress stops at its next write.
+        settings = self.meter.settings
+        self.store.set(
+            cancel_key(upload.session, upload.id), "1", settings.stale_after + settings.ttl
+        )
+        with self._lock(upload):
+            self._terminate(upload)
+        key = record_key(upload.session, upload.id)
+        text = self.store.get(key)
+        if text is not None:
+            record = UploadRecord.loads(text)
+            if record.state not in FINISHED:
+                record.state = CANCELLED
+                record.finished_at = record.updated_at = time.time()
+                record.error = {"status": 499, "message": "The upload was terminated."}
+                self.store.set(key, record.dumps(), settings.ttl)
+        return Response(status=204)
+
+
+def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = Response(message + "\n", status=status, mimetype="text/plain", headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _content_type(environ: dict[str, Any]) -> str:
+    return str(environ.get("CONTENT_TYPE", "")).split(";", 1)[0].strip().lower()
+
+
+def _content_length(environ: dict[str, Any]) -> int | None:
+    value = environ.get("CONTENT_LENGTH", "")
+    return int(value) if _INT.fullmatch(value) else None
+
+
+def _has_body(environ: dict[str, Any]) -> bool:
+    length = _content_length(environ)
+    if length is not None:
+        return length > 0
+    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
