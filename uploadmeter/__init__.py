@@ -11,6 +11,8 @@ records per-field progress in a store shared by every worker, and answers
 :class:`uploadmeter.flask.UploadMeter` instead.
 """
 
+from uploadmeter.chunks import ChunkUploads
+from uploadmeter.completion import UploadRejected
 from uploadmeter.component import render_file_upload
 from uploadmeter.errors import (
     InvalidUploadId,
@@ -19,15 +21,19 @@ from uploadmeter.errors import (
     UploadMeterError,
     UploadTooLarge,
 )
+from uploadmeter.filestore import FileInfo
 from uploadmeter.middleware import UploadHandle, UploadMeterMiddleware, current_upload
 from uploadmeter.observer import MultipartObserver
 from uploadmeter.record import FieldProgress, UploadRecord
 from uploadmeter.stores import MemoryStore, ProgressStore, RedisStore, SQLiteStore, open_store
+from uploadmeter.tus import TusUploads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChunkUploads",
     "FieldProgress",
+    "FileInfo",
     "InvalidUploadId",
     "MemoryStore",
     "MultipartObserver",
@@ -35,11 +41,13 @@ __all__ = [
     "RedisStore",
     "SQLiteStore",
     "StoreError",
+    "TusUploads",
     "UploadCancelled",
     "UploadHandle",
     "UploadMeterError",
     "UploadMeterMiddleware",
     "UploadRecord",
+    "UploadRejected",
     "UploadTooLarge",
     "current_upload",
     "open_store",

@@ -38,10 +38,15 @@ DEFAULT_FIRST_POLL = 0.5  # seconds from submit to the first poll (the JSF desig
 
 @functools.cache
 def asset_version() -> str:
-    """A short hash of the script and stylesheet, so a new release is never served stale."""
+    """A short hash of the scripts and stylesheets, so a new release is never served stale."""
     digest = hashlib.sha256()
     static = resources.files("uploadmeter").joinpath("static")
-    for name in ("uploadmeter.js", "uploadmeter.css"):
+    for name in (
+        "uploadmeter.js",
+        "uploadmeter.css",
+        "uploadmeter-chunked.js",
+        "uploadmeter-chunked.css",
+    ):
         digest.update(static.joinpath(name).read_bytes())
     return digest.hexdigest()[:12]
 

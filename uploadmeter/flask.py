@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
     from uploadmeter.links import DownloadLinks
+    from uploadmeter.processing import ProcessingTask
 
 __all__ = ["CONFIG_DEFAULTS", "ConfigurationError", "UploadMeter", "current_upload"]
 
@@ -184,6 +185,21 @@ class UploadMeter:
     @property
     def store(self) -> ProgressStore:
         return self.middleware.store
+
+    # -- processing ----------------------------------------------------------------------
+
+    def task(self, upload_id: str, phase: str, total: int | None = None) -> ProcessingTask:
+        """Report work done on an upload of this request's session, after the upload::
+
+            current_upload().start_processing("compressing", total=size)
+            job = meter.task(upload_id, "compressing", total=size)
+            pool.submit(compress, path, job)   # job.advance(n) as bytes are done
+
+        The task carries the session, so it may be handed to a thread or another process.
+        """
+        from uploadmeter.processing import request_task
+
+        return request_task(self.middleware, request.environ, upload_id, phase, total=total)
 
     # -- downloads -----------------------------------------------------------------------
 
