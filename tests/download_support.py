@@ -2,25 +2,38 @@
 
 * :class:`RemoteSite` -- a WSGI app standing in for a CDN: plain files, a QR image without
   an extension, a named file, a failing URL, a slow URL that stalls until released, a gate
-  that waits for the test, a barrier that only answers once N requests are in flight at
-  once, redirects and a large body.  Every hit is counted per path.
+  that waits for the test, a drip of one byte per 0.1 s, a barrier that only answers once
+  N requests are in flight at once, redirects and a large body.  Every hit is counted.
 * :class:`StreamingGet` -- a GET whose response body the test reads piece by piece.
 * :func:`sparse_file` -- a large file that costs no disk.
+* :class:`RecordingStore` -- a real :class:`MemoryStore` that keeps every record it writes.
+* :class:`LogRecords` -- what a logger emitted during a ``with`` block.
+* :func:`run_download_app` -- ``download_apps:make_app()`` under gunicorn, several workers.
+* :func:`together` -- N requests released at once, each held by its own gunicorn worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
+import json
+import logging
 import struct
 import threading
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from servers import Client, new_upload_id, run_gunicorn
 from werkzeug.wrappers import Request, Response
+
+from uploadmeter import MemoryStore
+from uploadmeter.record import UploadRecord
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # enough of a PNG for names and bytes
 
@@ -30,7 +43,7 @@ class RemoteSite:
 
     def __init__(self, barrier_parties: int = 3) -> None:
         self.hits: Counter[str] = Counter()
-        self.release = threading.Event()  # set at teardown: frees /slow
+        self.release = threading.Event()  # frees /slow (its test, or the teardown)
         self.gate = threading.Event()  # the test opens /gate when it has looked
         self.barrier = threading.Barrier(barrier_parties, timeout=10)
         self._lock = threading.Lock()
@@ -74,6 +87,9 @@ class RemoteSite:
         if path.startswith("/barrier/"):
             self.barrier.wait()  # raises BrokenBarrierError (-> 500) unless all arrive
             return Response(f"together {path}".encode(), mimetype="text/plain")
+        if path == "/drip":
+            size = int(request.args["bytes"])
+            return Response(self._drip(size), headers={"Content-Length": str(size)})
         if path == "/redirect":
             return Response(b"", status=302, headers={"Location": request.args["to"]})
         if path == "/big":
@@ -85,9 +101,14 @@ class RemoteSite:
             return body
         return Response(b"not here", status=404)
 
+    def _drip(self, size: int) -> Iterator[bytes]:
+        for _ in range(size):
+            time.sleep(0.1)  # a server throttled on purpose
+            yield b"."
+
     def _slow(self) -> Iterator[bytes]:
         yield b"a first piece"
-        self.release.wait(30)  # stalls until the test ends: the fetcher must time out
+        self.release.wait(30)  # stalls until released: the fetcher must time out first
         yield b"too late"
 
 
@@ -165,6 +186,11 @@ def local_header_zip64(data: bytes, info: zipfile.ZipInfo) -> bool:
     return False
 
 
+def request_threads() -> list[threading.Thread]:
+    """Request handlers still running in this process's werkzeug servers."""
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
 def sparse_file(path: Any, size: int) -> None:
     """A ``size``-byte file of zeros that takes no disk space."""
     with open(path, "wb") as fp:
@@ -225,3 +251,82 @@ class Zeros(io.RawIOBase):
         n = left if n < 0 else min(n, left, len(self._block))
         self._pos += n
         return self._block if n == len(self._block) else self._block[:n]
+
+
+class RecordingStore(MemoryStore):
+    """A memory store that also keeps the history of every progress record it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[tuple[str, UploadRecord]] = []
+
+    def set(self, key: str, value: str, ttl: float) -> None:
+        if key.startswith("upload:"):
+            self.history.append((key, UploadRecord.loads(value)))
+        super().set(key, value, ttl)
+
+    def states(self, upload_id: str) -> list[str]:
+        """Every state written for ``upload_id``, in order."""
+        return [r.state for key, r in self.history if key.endswith(":" + upload_id)]
+
+
+class LogRecords(logging.Handler):
+    """``with LogRecords("werkzeug") as log:`` keeps what that logger emitted meanwhile."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def errors(self) -> list[str]:
+        return [self.format(r) for r in self.records if r.levelno >= logging.WARNING]
+
+    def __enter__(self) -> LogRecords:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+
+
+@contextlib.contextmanager
+def run_download_app(tmp: Path, files: Path, error_log: Path) -> Iterator[str]:
+    """``download_apps:make_app()`` under gunicorn, 3 sync workers, on the default store
+    (an SQLite file in ``tmp``); gunicorn's own log goes to ``error_log``."""
+    env = {"TMPDIR": str(tmp), "UM_FILES": str(files), "UM_UPDATE_INTERVAL": "0.02"}
+    # No control socket: it lives in ~/.gunicorn, shared with every other gunicorn run.
+    args = ("--error-logfile", str(error_log), "--log-level", "info", "--no-control-socket")
+    with run_gunicorn("download_apps:make_app()", workers=3, env=env, args=args) as url:
+        yield url
+
+
+def together(
+    base: str, parties: int, method: str, path: str, **headers: str
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """``parties`` identical requests that the app releases at once (``X-Barrier``)."""
+    headers["X-Barrier"] = f"{new_upload_id()}:{parties}"
+    body = headers.pop("body", "").encode()
+    results: list[tuple[int, dict[str, str], bytes]] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        result = Client(base).request(method, path, body=body or None, headers=headers)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=send) for _ in range(parties)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == parties
+    return results
+
+
+def post_json(base: str, path: str) -> Any:
+    status, _, body = Client(base).request("POST", path)
+    assert status == 200, body
+    return json.loads(body)

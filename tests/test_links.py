@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from download_support import open_zip
+from download_support import open_zip, post_json, run_download_app, together
 from servers import Client, new_upload_id, serve_in_thread, wait_until
 from werkzeug.http import parse_options_header
 from werkzeug.wrappers import Response
@@ -28,6 +28,7 @@ from uploadmeter.download import Downloader
 from uploadmeter.links import (
     DownloadLinks,
     LinkInvalid,
+    LinkRevoked,
     LinkSigner,
     LinkUsed,
 )
@@ -302,6 +303,7 @@ def test_share_without_code_json_api_and_limits(site: Site) -> None:
     status, _, body = site.post(path, Accept="application/json")
     url = json.loads(body)["url"]
     assert site.get(url)[2] == b"meeting notes\n"
+    assert site.get(url)[0] == 410  # with a limit, the link handed out is single-use
     status, _, body = site.post(path, Accept="application/json")
     assert (status, json.loads(body)["error"]["message"]) == (
         410,
@@ -326,12 +328,72 @@ def test_share_revoked_expired_unknown(site: Site) -> None:
     assert status == 404 and b"There is no such share." in body
 
 
+def test_revoking_a_share_revokes_the_links_it_handed_out(site: Site) -> None:
+    share = site.links.share("notes")
+    status, _, body = site.post(_share_path(site, share.id), Accept="application/json")
+    url = json.loads(body)["url"]
+    assert site.get(url)[0] == 200
+    site.links.shares.revoke(share.id)
+    status, _, body = site.get(url, Accept="application/json")
+    assert (status, json.loads(body)["error"]["message"]) == (410, "This share was revoked.")
+
+
+def test_revoke_by_id_once(site: Site) -> None:
+    link = site.links.signer.create("notes")
+    assert site.links.signer.revoke(link.id) is True
+    assert site.links.signer.revoke(link.token) is False  # already revoked
+    with pytest.raises(LinkRevoked):
+        site.links.signer.verify(link.token)
+
+
+def test_oversized_share_form_is_a_short_413(site: Site) -> None:
+    share = site.links.share("notes", code="SECRET")
+    form = "code=" + "A" * 600_000  # past werkzeug's form memory limit
+    status, _, body = site.post(_share_path(site, share.id), form, Accept="application/json")
+    assert status == 413
+    assert json.loads(body)["error"]["status"] == 413
+
+
 def test_share_code_rules() -> None:
     links = DownloadLinks(lambda t: t, "k", MemoryStore())
     with pytest.raises(ValueError):
         links.share("x", code="abc")  # too short to survive guessing
     assert links.share("x", code=False).code_required is False
     assert links.share("x", code=True).code_required is True
+
+
+# -- several gunicorn workers on the default SQLite store ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("workers")
+    with run_download_app(tmp, tmp, tmp / "gunicorn.log") as base:
+        yield base
+
+
+@pytest.mark.gunicorn
+def test_single_use_link_is_honoured_once_across_workers(workers: str) -> None:
+    url = post_json(workers, "/make/link?target=notes&single_use=1")["url"]
+    results = together(workers, 3, "GET", url)
+    assert len({headers["x-worker-pid"] for _, headers, _ in results}) == 3  # 3 processes
+    assert sorted(status for status, _, _ in results) == [200, 410, 410]
+    assert [body for status, _, body in results if status == 200] == [b"meeting notes\n"]
+    assert Client(workers).request("GET", url)[0] == 410
+
+
+@pytest.mark.gunicorn
+def test_share_code_rate_limit_holds_across_workers(workers: str) -> None:
+    path = post_json(workers, "/make/share?target=notes&code=SECRET7")["url"]
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    statuses = []
+    for _ in range(2):  # 6 wrong guesses, 3 at a time, each in its own worker
+        results = together(workers, 3, "POST", path, body="code=WRONG99", **form)
+        assert len({headers["x-worker-pid"] for _, headers, _ in results}) == 3
+        statuses += [status for status, _, _ in results]
+    assert sorted(statuses) == [403] * 5 + [429]
+    status, _, body = Client(workers).request("POST", path, b"code=SECRET7", form)
+    assert status == 429, body  # the right code too, until the window passes
 
 
 # -- the demo ----------------------------------------------------------------------------

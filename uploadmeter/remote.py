@@ -5,9 +5,10 @@
 * from hosts the application lists (``allowed_hosts``; ``.example.com`` also allows its
   subdomains; ``*`` any host);
 * to addresses that are public: the host name is resolved once, every address it resolves to
-  is checked (loopback, private, link-local, multicast, reserved, and IPv4 hidden in IPv6 are
-  refused unless a network is listed in ``allow_networks``), and the connection goes to the
-  checked address, so a second DNS answer cannot swap in an internal one (DNS rebinding);
+  is checked (loopback, private, link-local, multicast, reserved, unspecified, and IPv4
+  carried in IPv6 -- mapped, compatible, translated, 6to4, Teredo, NAT64 -- are refused
+  unless a network is listed in ``allow_networks``), and the connection goes to the checked
+  address, so a second DNS answer cannot swap in an internal one (DNS rebinding);
 * following redirects itself, checking each hop the same way;
 * within a connect timeout, a per-read timeout, a total deadline and a size cap.
 
@@ -30,7 +31,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import IO, Any
@@ -39,6 +40,7 @@ from urllib.parse import urljoin, urlsplit
 try:
     import urllib3
     from urllib3.exceptions import HTTPError as Urllib3Error
+    from urllib3.exceptions import NewConnectionError
     from urllib3.exceptions import TimeoutError as Urllib3Timeout
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -63,6 +65,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _SPOOL_MEMORY = 1024 * 1024
+# NAT64 (RFC 6052) reaches the IPv4 address in the last 32 bits: judged by that address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Not public, although Python's is_global may say so: the deprecated IPv4-compatible and
+# site-local ranges, SIIT-translated IPv4, and local-use NAT64 (RFC 8215).
+_NOT_GLOBAL = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("::/96", "fec0::/10", "::ffff:0:0:0/96", "64:ff9b:1::/48")
+)
 
 
 class RemoteError(SourceError):
@@ -150,19 +160,21 @@ class RemoteCache:
         os.replace(tmp, meta)
 
     def purge(self) -> int:
-        """Delete expired entries; returns how many bodies went."""
+        """Delete expired entries, and what interrupted writes left behind; returns how many
+        bodies went."""
         removed = 0
         now = time.time()
-        for name in os.listdir(self.directory):
-            if not name.endswith(".json"):
-                continue
-            meta = os.path.join(self.directory, name)
+        for entry in os.scandir(self.directory):
+            stem, ext = os.path.splitext(entry.path)
             try:
-                if now - os.stat(meta).st_mtime <= self.max_age:
+                if now - entry.stat().st_mtime <= self.max_age:
                     continue
-                os.unlink(meta)
-                os.unlink(meta[: -len(".json")] + ".body")
-                removed += 1
+                if ext == ".body" and os.path.exists(stem + ".json"):
+                    continue  # goes with its meta file
+                os.unlink(entry.path)  # expired meta, or a leftover .part, temp or body
+                if ext == ".json":
+                    os.unlink(stem + ".body")
+                    removed += 1
             except OSError:
                 continue
         return removed
@@ -207,7 +219,8 @@ class RemoteFetcher:
     ) -> None:
         self.allowed_hosts = frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts)
         self.allow_networks = tuple(ipaddress.ip_network(n, strict=False) for n in allow_networks)
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.total_timeout = total_timeout
         self.max_size = max_size
         self.max_workers = max(1, max_workers)
@@ -255,8 +268,12 @@ class RemoteFetcher:
             embedded = address.ipv4_mapped or address.sixtofour
             if embedded is None and address.teredo is not None:
                 embedded = address.teredo[1]
+            if embedded is None and address in _NAT64:
+                embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
             if embedded is not None:
                 return self.address_allowed(embedded)
+            if any(address in net for net in _NOT_GLOBAL):
+                return False
         return address.is_global and not address.is_multicast
 
     def resolve(self, host: str, port: int) -> str:
@@ -290,15 +307,13 @@ class RemoteFetcher:
         :raises RemoteError: refused, unreachable, timed out, not 200, or too large.
         """
         self.check_url(url)
-        if self.cache is not None:
-            cached = self.cache.get(url)
-            if cached is not None:
-                return cached
+        cached = self.cache.get(url) if self.cache is not None else None
+        if cached is not None:
+            return cached
         deadline = time.monotonic() + self.total_timeout
         current = url
         for _ in range(self.max_redirects + 1):
-            response = self._request(current, deadline)
-            try:
+            with self._get(current, deadline) as response:
                 location = response.headers.get("Location")
                 if response.status in _REDIRECTS and location:
                     current = urljoin(current, location)
@@ -307,34 +322,35 @@ class RemoteFetcher:
                     reason = f"{response.status} {response.reason or ''}".rstrip()
                     raise RemoteError(f"{_public(current)} answered {reason}.")
                 return self._read_body(url, response, deadline)
-            finally:
-                response.release_conn()
-                response.close()
         raise RemoteError(f"Too many redirects fetching {_public(url)}")
 
     def fetch_all(
         self,
         urls: Sequence[str],
-        on_done: Callable[[int, Fetched | RemoteError], None] | None = None,
+        on_done: Callable[[int, Fetched | RemoteError], bool | None] | None = None,
     ) -> list[Fetched | RemoteError]:
         """Fetch ``urls`` concurrently, at most ``max_workers`` at once, results in order.
 
-        ``on_done(index, result)`` is called in the calling thread as each one finishes.
-        Failures come back as :class:`RemoteError` values, never raised.
+        ``on_done(index, result)`` is called in the calling thread as each one finishes;
+        when it returns true, fetches that have not started are skipped (they come back as
+        :class:`RemoteError`).  Failures come back as :class:`RemoteError` values, never
+        raised.
         """
-        results: list[Fetched | RemoteError | None] = [None] * len(urls)
+        skipped = RemoteError("Not fetched: the download stopped first.")
+        results: list[Fetched | RemoteError] = [skipped] * len(urls)
         if not urls:
-            return []
+            return results
         workers = min(self.max_workers, len(urls))
         with ThreadPoolExecutor(workers, thread_name_prefix="uploadmeter-fetch") as pool:
             futures = {pool.submit(self._fetch_quietly, u): i for i, u in enumerate(urls)}
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 index = futures[future]
-                result = future.result()
-                results[index] = result
-                if on_done is not None:
-                    on_done(index, result)
-        return [r for r in results if r is not None]
+                results[index] = future.result()
+                if on_done is not None and on_done(index, results[index]):
+                    pool.shutdown(wait=False, cancel_futures=True)
+        return results
 
     def _fetch_quietly(self, url: str) -> Fetched | RemoteError:
         try:
@@ -344,24 +360,25 @@ class RemoteFetcher:
         except Exception as exc:  # a worker thread must report, never die silently
             return RemoteError(f"Fetching {_public(url)} failed: {type(exc).__name__}")
 
-    def _request(self, url: str, deadline: float) -> urllib3.BaseHTTPResponse:
+    @contextlib.contextmanager
+    def _get(self, url: str, deadline: float) -> Iterator[urllib3.BaseHTTPResponse]:
+        """GET ``url`` from the checked address of its host, without following redirects."""
         scheme, host, port = self.check_url(url)
         address = self.resolve(host, port)
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        default_port = 443 if scheme == "https" else 80
         host_header = host if ":" not in host else f"[{host}]"
-        if port != default_port:
+        if port != (443 if scheme == "https" else 80):
             host_header += f":{port}"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RemoteError(f"Fetching {_public(url)} took too long.")
         timeout = urllib3.Timeout(
-            connect=min(self.timeout.connect_timeout or remaining, remaining),  # type: ignore[type-var]
-            read=self.timeout.read_timeout,
+            connect=min(self.connect_timeout, remaining), read=self.read_timeout
         )
         pool: urllib3.HTTPConnectionPool
         if scheme == "https":
+            # The TLS name and certificate check stay with the host name, not the address.
             pool = urllib3.HTTPSConnectionPool(
                 address,
                 port,
@@ -373,29 +390,34 @@ class RemoteFetcher:
                 cert_reqs="CERT_REQUIRED",
             )
         else:
-            pool = urllib3.HTTPConnectionPool(
-                address, port, timeout=timeout, retries=False, maxsize=1
-            )
+            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
         headers = {
             "Host": host_header,
             "User-Agent": self.user_agent,
             "Accept": "*/*",
             "Accept-Encoding": "identity",
         }
-        try:
-            return pool.urlopen(
-                "GET",
-                target,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                assert_same_host=False,
-            )
-        except Urllib3Timeout as exc:
-            raise RemoteError(f"{_public(url)} timed out.") from exc
-        except (Urllib3Error, OSError) as exc:
-            raise RemoteError(f"Cannot fetch {_public(url)}: {_reason(exc)}") from exc
+        with pool:
+            try:
+                response = pool.urlopen(
+                    "GET",
+                    target,
+                    headers=headers,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    assert_same_host=False,
+                )
+            except NewConnectionError as exc:  # a subclass of the connect timeout, but not one
+                raise RemoteError(f"Cannot connect to {_public(url)}.") from exc
+            except Urllib3Timeout as exc:
+                raise RemoteError(f"{_public(url)} timed out.") from exc
+            except (Urllib3Error, OSError) as exc:
+                raise RemoteError(f"Cannot fetch {_public(url)}: {_reason(exc)}") from exc
+            try:
+                yield response
+            finally:
+                response.close()
 
     def _read_body(self, url: str, response: urllib3.BaseHTTPResponse, deadline: float) -> Fetched:
         declared = response.headers.get("Content-Length")
@@ -406,9 +428,34 @@ class RemoteFetcher:
             part = self.cache.new_file()
         else:
             part = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - returned
+        try:
+            size = self._copy(url, response, part, deadline)
+        except BaseException:
+            part.close()
+            if self.cache is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(part.name)
+            raise
+        filename = None
+        disposition = response.headers.get("Content-Disposition")
+        if disposition:
+            raw = parse_options_header(disposition)[1].get("filename")  # filename* decoded
+            filename = safe_filename(raw, "") or None if raw else None
+        fetched = Fetched(url, part, size, response.headers.get("Content-Type"), filename)
+        if self.cache is not None:
+            part.flush()
+            self.cache.store(fetched, part)
+        part.seek(0)
+        return fetched
+
+    def _copy(
+        self, url: str, response: urllib3.BaseHTTPResponse, part: IO[bytes], deadline: float
+    ) -> int:
         size = 0
         try:
-            for chunk in response.stream(_CHUNK):
+            # read1: one socket read at a time, so the deadline is checked between reads;
+            # read(n) would wait for n bytes however slowly they drip in.
+            while chunk := response.read1(_CHUNK):
                 size += len(chunk)
                 if size > self.max_size:
                     raise RemoteTooLarge(f"{_public(url)} is larger than {self.max_size} bytes.")
@@ -416,33 +463,10 @@ class RemoteFetcher:
                     raise RemoteError(f"Fetching {_public(url)} took too long.")
                 part.write(chunk)
         except Urllib3Timeout as exc:
-            _discard(part, self.cache is not None)
             raise RemoteError(f"{_public(url)} timed out after {size} bytes.") from exc
         except (Urllib3Error, OSError) as exc:
-            _discard(part, self.cache is not None)
             raise RemoteError(f"Cannot fetch {_public(url)}: {_reason(exc)}") from exc
-        except BaseException:
-            _discard(part, self.cache is not None)
-            raise
-        content_type = response.headers.get("Content-Type")
-        filename = None
-        disposition = response.headers.get("Content-Disposition")
-        if disposition:
-            raw = parse_options_header(disposition)[1].get("filename")
-            filename = (safe_filename(raw, "") or None) if raw else None
-        fetched = Fetched(url, part, size, content_type, filename)
-        if self.cache is not None:
-            part.flush()
-            self.cache.store(fetched, part)
-        part.seek(0)
-        return fetched
-
-
-def _discard(part: IO[bytes], named: bool) -> None:
-    part.close()
-    if named:
-        with contextlib.suppress(OSError):
-            os.unlink(part.name)
+        return size
 
 
 def _public(url: str) -> str:

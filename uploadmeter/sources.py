@@ -24,6 +24,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
@@ -127,8 +128,9 @@ EntryKind = Literal["path", "dir", "data", "file", "remote", "error"]
 class Entry:
     """One file (or empty directory) of a download, before it is sent.
 
-    ``stem`` + the source's extension makes the final name when ``add_extension`` is set
-    (a dataclass's name field): the extension of a remote file is known only once fetched.
+    With ``add_extension`` (a dataclass's name field) the source's extension is added to
+    ``name`` by :func:`finalize_name`: a remote file's is known only once it is fetched.
+    A fetched remote entry gets its body as ``file``; every ``file`` is closed once sent.
     """
 
     kind: EntryKind
@@ -138,12 +140,15 @@ class Entry:
     file: IO[bytes] | None = None
     url: str | None = None
     size: int | None = None
-    mtime: float | None = None
     content_type: str | None = None
     charset: str | None = None  # text: the encoding of ``data``
     add_extension: bool = False
     error: SourceError | None = None
     group: int | None = None  # entries of one directory source inside a collection
+
+    def __post_init__(self) -> None:
+        if self.data is not None:
+            self.size = len(self.data)
 
 
 @dataclass
@@ -202,26 +207,22 @@ class _Resolver:
             )
         elif isinstance(obj, Url):
             yield self._url(obj.url, obj.name or name, content_type, add_extension)
-        elif isinstance(obj, (bytes, bytearray, memoryview)):
-            data = bytes(obj)
-            yield Entry(
-                "data",
-                name or "data.bin",
-                data=data,
-                size=len(data),
-                content_type=content_type,
-                add_extension=add_extension,
-            )
         elif isinstance(obj, str):
             cs = charset or self.charset
-            data = obj.encode(cs)
             yield Entry(
                 "data",
                 name or "text.txt",
-                data=data,
-                size=len(data),
-                content_type=content_type,
+                data=obj.encode(cs),
                 charset=cs,
+                content_type=content_type,
+                add_extension=add_extension,
+            )
+        elif isinstance(obj, (bytes, bytearray, memoryview)):
+            yield Entry(
+                "data",
+                name or "data.bin",
+                data=bytes(obj),
+                content_type=content_type,
                 add_extension=add_extension,
             )
         elif isinstance(obj, os.PathLike):
@@ -294,7 +295,7 @@ class _Resolver:
             st = os.stat(real)
         except (OSError, SourceNotFound):
             error = SourceNotFound(f"{name or base} was not found.")
-            yield Entry("error", name or base, path=path, error=error)
+            yield Entry("error", name or base, error=error)
             return
         if not stat.S_ISDIR(st.st_mode):
             if add_extension and name is not None:
@@ -304,7 +305,6 @@ class _Resolver:
                 name or base,
                 path=real,
                 size=st.st_size,
-                mtime=st.st_mtime,
                 content_type=content_type,
             )
             return
@@ -333,8 +333,9 @@ class _Resolver:
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
             files = []
             for filename in sorted(filenames):
-                full = os.path.join(dirpath, filename)
-                if os.path.islink(full) and not _is_inside(os.path.realpath(full), root):
+                # Resolved now and sent from here: a link cannot be swapped afterwards.
+                full = os.path.realpath(os.path.join(dirpath, filename))
+                if not _is_inside(full, root):
                     continue
                 try:
                     st = os.stat(full)
@@ -352,7 +353,6 @@ class _Resolver:
                     prefix + rel_dir + filename,
                     path=full,
                     size=st.st_size,
-                    mtime=st.st_mtime,
                 )
         if not found and prefix:
             yield Entry("dir", prefix)
@@ -381,8 +381,7 @@ class _Resolver:
             if kind == "url":
                 value = Url(str(value))
             elif kind == "path":
-                value = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-                value = _PathStr(value)
+                value = Path(value)
             elif kind == "text":
                 value = str(value)
             name = None if stem is None else stem + (suffix or "")
@@ -395,16 +394,6 @@ class _Resolver:
         if self.root is not None and not _is_inside(real, self.root):
             raise SourceNotFound("outside the download root")
         return real
-
-
-class _PathStr(os.PathLike[str]):
-    """A ``str`` a :func:`source_field` declared to be a path."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __fspath__(self) -> str:
-        return self.path
 
 
 def _is_inside(path: str, root: str) -> bool:
@@ -442,53 +431,3 @@ def finalize_name(entry: Entry) -> str:
     if entry.kind == "dir":
         return safe_arcname(name.rstrip("/") + "/")
     return safe_arcname(name) or "download"
-
-
-class UniqueNames:
-    """Makes zip member names unique: ``a.txt``, ``a (1).txt``, ``a (2).txt``.
-
-    Compared case-insensitively, as Windows and macOS would extract them.  A directory
-    source keeps its files together: its whole prefix gets the number (``photos (1)/x``).
-    """
-
-    def __init__(self) -> None:
-        self._used: set[str] = set()
-        self._prefixes: dict[int, str] = {}
-
-    def claim(self, name: str, group: int | None = None) -> str:
-        if group is not None:
-            # Entries of one directory source: rename the directory once, keep its tree.
-            head, _, rest = name.partition("/")
-            if group not in self._prefixes:
-                self._prefixes[group] = self._unique(head, directory=True)
-            name = self._prefixes[group] + "/" + rest
-            if not rest:
-                return name  # the empty directory itself
-        return self._unique(name)
-
-    def _unique(self, name: str, *, directory: bool = False) -> str:
-        key = name.casefold()
-        if key not in self._used:
-            self._used.add(key)
-            return name
-        folder, _, base = name.rstrip("/").rpartition("/")
-        stem, ext = (base, "") if directory else _split_ext(base)
-        n = 1
-        while True:
-            candidate = f"{stem} ({n}){ext}"
-            candidate = f"{folder}/{candidate}" if folder else candidate
-            if name.endswith("/"):
-                candidate += "/"
-            if candidate.casefold() not in self._used:
-                self._used.add(candidate.casefold())
-                return candidate
-            n += 1
-
-
-def _split_ext(name: str) -> tuple[str, str]:
-    lower = name.lower()
-    for double in (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst"):
-        if lower.endswith(double) and len(name) > len(double):
-            return name[: -len(double)], name[-len(double) :]
-    stem, ext = os.path.splitext(name)
-    return stem, ext
