@@ -3,7 +3,9 @@
 A file's name comes from werkzeug's ``secure_filename`` (never the client's path), made
 unique with ``-2``, ``-3``...  The bytes go to a hidden ``.part-*`` file first and are
 linked to their final name only when complete, so a failed or cancelled upload leaves
-nothing behind and two uploads with one name cannot overwrite each other.
+nothing behind and two uploads with one name cannot overwrite each other.  The same
+holds for files the demo makes itself (:meth:`UploadFolder.create`, the compressor) and
+for finished chunked uploads linked in (:meth:`UploadFolder.add`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import IO
@@ -30,6 +33,27 @@ class StoredFile:
     size: int
     sha256: str
     saved_at: str  # ISO 8601, UTC
+    compressed_from: str | None = None  # a .gz the demo made: the name of its source
+
+
+class NewFile:
+    """A file being written into the folder (see :meth:`UploadFolder.create`): a writable
+    binary stream that hashes and counts what passes through it."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.stored: StoredFile | None = None  # set once the file is in place
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 class UploadFolder:
@@ -40,25 +64,64 @@ class UploadFolder:
         self.meta = os.path.join(root, ".meta")
 
     def save(self, stream: IO[bytes], original: str) -> StoredFile:
+        with self.create(original) as new:
+            while chunk := stream.read(COPY_CHUNK):
+                new.write(chunk)
+        assert new.stored is not None
+        return new.stored
+
+    @contextlib.contextmanager
+    def create(self, original: str, *, compressed_from: str | None = None) -> Iterator[NewFile]:
+        """Write a new file: ``with folder.create("a.txt") as f: f.write(...)``.
+
+        The bytes go to a hidden part file; when the block ends without an exception the
+        file gets its unique name and ``f.stored`` describes it, else nothing is kept.
+        """
         os.makedirs(self.meta, exist_ok=True)
-        digest = hashlib.sha256()
-        size = 0
         fd, part = tempfile.mkstemp(prefix=".part-", dir=self.root)
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(COPY_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+                new = NewFile(out)
+                yield new
             name = self._link_unique(part, secure_filename(original) or "upload")
         finally:
             os.unlink(part)
+        new.stored = self._describe_new(
+            name, original, new.size, new.digest.hexdigest(), compressed_from
+        )
+
+    def add(self, source: str, original: str, sha256: str) -> StoredFile:
+        """Keep a finished file from elsewhere (a verified chunked upload) under a unique
+        name: a hard link, or a copy across file systems.  ``source`` is left as it is."""
+        os.makedirs(self.meta, exist_ok=True)
+        try:
+            name = self._link_unique(source, secure_filename(original) or "upload")
+        except FileExistsError:
+            raise
+        except OSError:  # another file system, or links not allowed: copy
+            with open(source, "rb") as f:
+                return self.save(f, original)
+        return self._describe_new(name, original, os.stat(source).st_size, sha256, None)
+
+    def remove(self, name: str) -> None:
+        """Delete a stored file and its sidecar (gone already is fine)."""
+        for path in (os.path.join(self.root, name), os.path.join(self.meta, name + ".json")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _describe_new(
+        self, name: str, original: str, size: int, sha256: str, compressed_from: str | None
+    ) -> StoredFile:
         stored = StoredFile(
             name=name,
             original=original,
             size=size,
-            sha256=digest.hexdigest(),
+            sha256=sha256,
             saved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            compressed_from=compressed_from,
         )
         meta_part = os.path.join(self.meta, f".{name}.json.part")
         with open(meta_part, "w", encoding="utf-8") as f:

@@ -1,6 +1,10 @@
-"""The demo's pages: the upload page, the upload view, the files page."""
+"""The demo's pages: the upload page and its views (save; save and compress), the large
+files page (chunked uploads, wired in ``create_app``), the files page."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -17,8 +21,10 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 
+from demo_app.processing import CompressionJob, compressor
 from demo_app.storage import StoredFile, UploadFolder
-from uploadmeter.flask import current_upload
+from uploadmeter import UploadCancelled
+from uploadmeter.flask import UploadMeter, current_upload
 
 bp = Blueprint("demo", __name__)
 
@@ -48,6 +54,7 @@ def index() -> ResponseReturnValue:
     return render_template(
         "index.html",
         throttle_kbps=current_app.config["DEMO_THROTTLE_KBPS"],
+        compress_kbps=current_app.config["DEMO_COMPRESS_KBPS"],
         max_length=meter_limit(),
         file_count=len(folder().files()),
     )
@@ -64,14 +71,9 @@ def upload() -> ResponseReturnValue:
     the widget's hidden iframe; the outcome travels through ``current_upload()``) and a
     browser without JavaScript (a normal form post, answered with a redirect)."""
     handle = current_upload()
-    chosen: list[FileStorage] = [f for _, f in request.files.items(multi=True) if f.filename]
+    chosen = chosen_files()
     if not chosen:
-        message = "Choose a file first."
-        if handle is not None:
-            handle.fail(message, status=400)
-            return jsonify(error=message), 400
-        flash(message, "error")
-        return redirect(url_for("demo.index"))
+        return refuse("Choose a file first.")
 
     saved: list[StoredFile] = [folder().save(f.stream, f.filename or "") for f in chosen]
     names = ", ".join(s.name for s in saved)
@@ -88,6 +90,90 @@ def upload() -> ResponseReturnValue:
     return redirect(url_for("demo.files"))
 
 
+def chosen_files() -> list[FileStorage]:
+    return [f for _, f in request.files.items(multi=True) if f.filename]
+
+
+def refuse(message: str) -> ResponseReturnValue:
+    """The form was not usable: tell the widget (400), or flash it without JavaScript."""
+    handle = current_upload()
+    if handle is not None:
+        handle.fail(message, status=400)
+        return jsonify(error=message), 400
+    flash(message, "error")
+    return redirect(url_for("demo.index"))
+
+
+@bp.post("/compress")
+def compress() -> ResponseReturnValue:
+    """Save one file, then gzip it in the background (:mod:`demo_app.processing`).
+
+    With the widget, the upload's record goes from ``uploading`` to ``processing``
+    (phase ``compressing``, bytes of the file compressed) and ends ``done`` with links to
+    the ``.gz``; without JavaScript the file is compressed all the same.
+    """
+    handle = current_upload()
+    chosen = chosen_files()
+    if len(chosen) != 1:
+        return refuse("Choose one file first." if not chosen else "Choose one file at a time.")
+    saved = folder().save(chosen[0].stream, chosen[0].filename or "")
+    job = CompressionJob(
+        folder(),
+        saved,
+        bytes_per_second=float(current_app.config["DEMO_COMPRESS_KBPS"] or 0) * 1024,
+        describe=describer(),
+    )
+    if handle is None:
+        compressor.submit(job, None)
+        flash(f"Saved {saved.name}; its .gz appears here once compressed (reload).", "success")
+        return redirect(url_for("demo.files"))
+    try:
+        handle.start_processing("compressing", total=saved.size)
+    except UploadCancelled:
+        folder().remove(saved.name)  # cancelled as the upload ended: keep nothing
+        raise
+    meter: UploadMeter = current_app.extensions["uploadmeter"].meter
+    compressor.submit(job, meter.task(handle.id, "compressing", total=saved.size))
+    return jsonify(saved=saved.name, compressing=True)
+
+
+def describer() -> Callable[[StoredFile, StoredFile], dict[str, Any]]:
+    """What stage 3 shows once a file is compressed; made in the request, used in the
+    worker thread (which has no request to build URLs with)."""
+    urls = current_app.create_url_adapter(request)
+    assert urls is not None
+    files_url = url_for("demo.files")
+
+    def describe(source: StoredFile, gz: StoredFile) -> dict[str, Any]:
+        return {
+            "saved": source.name,
+            "size": source.size,
+            "size_text": filesize(source.size),
+            "compressed": gz.name,
+            "compressed_size": gz.size,
+            "compressed_size_text": filesize(gz.size),
+            "ratio": f"{gz.size / source.size:.1%}" if source.size else "",
+            "sha256": gz.sha256,
+            "url": urls.build("demo.download", {"name": gz.name}),
+            "files_url": files_url,
+        }
+
+    return describe
+
+
+@bp.get("/large")
+def large() -> ResponseReturnValue:
+    """Resumable chunked uploads (the middleware's ``/chunks`` endpoint, see create_app)."""
+    chunks = current_app.extensions["demo_chunks"]
+    return render_template(
+        "large.html",
+        chunk_size=current_app.config["DEMO_CHUNK_SIZE"],
+        max_file_size=chunks.max_file_size,
+        throttle_kbps=current_app.config["DEMO_THROTTLE_KBPS"],
+        file_count=len(folder().files()),
+    )
+
+
 @bp.get("/files")
 def files() -> ResponseReturnValue:
     stored = folder().files()
@@ -100,4 +186,8 @@ def files() -> ResponseReturnValue:
 def download(name: str) -> ResponseReturnValue:
     if name.startswith(".") or "/" in name:
         abort(404)  # the .meta sidecars and partial files are not for download
-    return send_from_directory(current_app.config["UPLOAD_FOLDER"], name, as_attachment=True)
+    # A .gz is gzip data whatever it holds (mimetypes would say text/plain for a.txt.gz).
+    mimetype = "application/gzip" if name.endswith(".gz") else None
+    return send_from_directory(
+        current_app.config["UPLOAD_FOLDER"], name, as_attachment=True, mimetype=mimetype
+    )
