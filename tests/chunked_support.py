@@ -1,5 +1,6 @@
-"""Helpers for the chunked-upload and tus tests: a client speaking the chunk protocol the
-way simple-uploader.js does (same parameter names, same split), and a served test app."""
+"""Helpers for the chunked-upload, tus and processing tests: a client speaking the chunk
+protocol the way simple-uploader.js does (same parameter names, same split), a served test
+app, and a store that stages races at chosen moments."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ from chunked_app import make_app
 from servers import Client, multipart_body
 from werkzeug.serving import make_server
 
-from uploadmeter import UploadMeterMiddleware
+from uploadmeter import MemoryStore, UploadMeterMiddleware
 
 CHUNKS = "/uploadmeter/chunks"
 
@@ -153,3 +154,49 @@ def leftovers(directory: str) -> dict[str, list[str]]:
             paths.extend(os.path.join(root, n) for n in names)
         found[sub] = paths
     return found
+
+
+class HookedStore(MemoryStore):
+    """A memory store that stages races: ``after_get(key, hook)`` runs ``hook`` once, right
+    after the next read of ``key``; ``after_set(marker, hook)`` once, right after the next
+    write whose value contains ``marker`` (in the thread that made it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._after_get: dict[str, Callable[[], object]] = {}
+        self._after_set: dict[str, Callable[[], object]] = {}
+
+    def after_get(self, key: str, hook: Callable[[], object]) -> None:
+        self._after_get[key] = hook
+
+    def after_set(self, marker: str, hook: Callable[[], object]) -> None:
+        self._after_set[marker] = hook
+
+    def get(self, key: str) -> str | None:
+        value = super().get(key)
+        hook = self._after_get.pop(key, None)
+        if hook is not None:
+            hook()
+        return value
+
+    def set(self, key: str, value: str, ttl: float) -> None:
+        super().set(key, value, ttl)
+        for marker in [m for m in self._after_set if m in value]:
+            hook = self._after_set.pop(marker, None)
+            if hook is not None:
+                hook()
+
+
+class Pause:
+    """A hook that holds the thread running it until :meth:`resume`."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self._resume = threading.Event()
+
+    def __call__(self) -> None:
+        self.reached.set()
+        assert self._resume.wait(10), "never resumed"
+
+    def resume(self) -> None:
+        self._resume.set()

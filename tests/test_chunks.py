@@ -17,12 +17,21 @@ from urllib.parse import urlencode
 
 import pytest
 from chunked_app import read_completions
-from chunked_support import CHUNKS, ChunkClient, ChunkedFile, leftovers, served
+from chunked_support import (
+    CHUNKS,
+    ChunkClient,
+    ChunkedFile,
+    HookedStore,
+    Pause,
+    leftovers,
+    served,
+)
 from servers import RawUpload, multipart_body, run_gunicorn, wait_until
 
 from uploadmeter.completion import UploadRejected
 from uploadmeter.filestore import FileInfo
 from uploadmeter.processing import task
+from uploadmeter.tracker import record_key
 
 KB = 1024
 
@@ -473,6 +482,11 @@ def test_on_complete_can_reject_the_file(tmp_path: Any) -> None:
         assert body["error"]["message"] == "Only PDF files are accepted."
         record = c.progress(f.identifier)
         assert record["state"] == "error" and record["error"]["message"] == body["error"]["message"]
+        assert stored_files(s.directory) == []  # the refused file did not stay
+
+
+def stored_files(directory: str) -> list[str]:
+    return [name for _, _, names in os.walk(os.path.join(directory, "files")) for name in names]
 
 
 def test_on_complete_failure_is_a_500_without_details(tmp_path: Any) -> None:
@@ -544,3 +558,142 @@ def test_parallel_chunks_on_several_workers_merge_exactly_once(
         completions = read_completions(str(tmp_path / "files"))
         assert len(completions) == 1 and completions[0]["sha256"] == f.sha256
         assert leftovers(str(tmp_path / "files")) == {"tmp": [], "partial": []}
+
+
+# -- races and leftovers ----------------------------------------------------------------------
+
+
+def _temp_files(directory: str) -> list[str]:
+    return os.listdir(os.path.join(directory, "tmp"))
+
+
+def _in_flight(c: ChunkClient, f: ChunkedFile, number: int, directory: str) -> RawUpload:
+    """A chunk whose request reached the server but whose body is not all sent yet."""
+    before = len(_temp_files(directory))
+    query = urlencode(f.params(number))
+    up = RawUpload(c, CHUNKS + "?" + query, f.piece(number), "application/octet-stream")
+    up.send(len(f.piece(number)) // 2)
+    wait_until(lambda: len(_temp_files(directory)) > before)  # the server is reading it
+    return up
+
+
+def test_a_chunk_in_flight_at_a_delete_is_refused_and_leaves_nothing(server: Any) -> None:
+    c = server.client()
+    f = ChunkedFile.random(6 * KB, 2 * KB)
+    c.post_chunk(f, 1)
+    straggler = _in_flight(c, f, 2, server.directory)
+    status, _, _ = c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)
+    assert status == 200
+    straggler.send_rest()
+    status, _, data = straggler.finish()
+    assert status == 415 and json.loads(data)["error"]["reason"] == "cancelled"
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}
+    assert c.progress(f.identifier)["state"] == "cancelled"
+    assert c.upload(f)["complete"]  # a new attempt, sent after the cancel
+
+
+def test_chunks_in_flight_at_a_cancel_are_all_refused(server: Any) -> None:
+    c = server.client()
+    f = ChunkedFile.random(8 * KB, 2 * KB)
+    c.post_chunk(f, 1)
+    stragglers = [_in_flight(c, f, n, server.directory) for n in (2, 3)]
+    status, _, _ = c.request("POST", f"/uploadmeter/cancel?id={f.identifier}")
+    assert status == 200
+    for up in stragglers:  # the first refusal tells the client; the second was in flight
+        up.send_rest()
+        status, _, data = up.finish()
+        assert status == 415 and json.loads(data)["error"]["reason"] == "cancelled"
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}
+    assert c.progress(f.identifier)["state"] == "cancelled"
+    # After a cancel and a DELETE a new attempt is not refused again.
+    c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)
+    assert c.upload(f)["complete"]
+
+
+def test_instant_upload_after_a_cancelled_attempt(server: Any) -> None:
+    c = server.client()
+    f = ChunkedFile.random(6 * KB, 2 * KB)
+    c.upload(f)
+    c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)  # forget the upload
+    c.post_chunk(f, 1)  # sent again ...
+    c.request("POST", f"/uploadmeter/cancel?id={f.identifier}")  # ... and cancelled
+    status, body = c.test(f.params(1))
+    assert status == 415 and body is not None and body["error"]["reason"] == "cancelled"
+    status, body = c.test(f.params(1))  # chosen again: the server has the file
+    assert status == 200 and body is not None and body["skipUpload"] and body["complete"]
+    assert c.progress(f.identifier)["result"]["instant"] is True
+
+
+def test_a_test_request_with_other_sizes_conflicts(server: Any) -> None:
+    c = server.client()
+    f = ChunkedFile.random(6 * KB, 2 * KB, identifier="same-identifier")
+    c.post_chunk(f, 1)
+    g = ChunkedFile.random(8 * KB, 2 * KB, identifier="same-identifier")
+    status, body = c.test(g.params(1))
+    assert status == 415 and body is not None and body["error"]["reason"] == "conflict"
+
+
+def test_a_post_without_a_session_is_refused_before_its_body_is_read(server: Any) -> None:
+    f = ChunkedFile.random(1024 * KB, 1024 * KB)
+    anonymous = ChunkClient(server.url)
+    query = urlencode(f.params(1))
+    up = RawUpload(anonymous, CHUNKS + "?" + query, f.piece(1), "application/octet-stream")
+    status, _, data = up.finish()  # not one byte of the body sent
+    assert status == 415 and json.loads(data)["error"]["reason"] == "no_session"
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}
+
+
+def test_a_progress_write_cannot_overwrite_the_merges_final_record(tmp_path: Any) -> None:
+    store = HookedStore()
+    with served(str(tmp_path), store=store) as s:
+        c = s.client()
+        f = ChunkedFile.random(6 * KB, 2 * KB)
+        session = s.meter.cookie.session_of({"HTTP_COOKIE": c.cookie_header()})
+        assert session is not None
+        c.post_chunk(f, 1)  # the record says "uploading"
+        # Chunk 2's progress write stalls between reading the record and writing it ...
+        stall = Pause()
+        store.after_get(record_key(session, f.identifier), stall)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            second = pool.submit(c.post_chunk, f, 2)
+            assert stall.reached.wait(10)
+            # ... while the last chunk arrives on another worker and wants to merge.
+            status, _ = c.post_chunk(f, 3)
+            stall.resume()
+            assert status == 200 and second.result()[0] == 200
+        record = c.progress(f.identifier)
+        assert record["state"] == "done" and record["result"]["sha256"] == f.sha256
+
+
+def test_link_to_keeps_an_existing_destination(tmp_path: Any) -> None:
+    source = tmp_path / "stored"
+    source.write_bytes(b"upload")
+    info = FileInfo(str(source), "a.txt", 6, "0" * 64, "0" * 32, "c.s", "abcdefgh", "chunks")
+    assert info.link_to(tmp_path / "kept") == str(tmp_path / "kept")
+    assert (tmp_path / "kept").read_bytes() == b"upload"
+    existing = tmp_path / "existing"
+    existing.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        info.link_to(existing)
+    assert existing.read_bytes() == b"mine"
+
+
+def test_a_delete_during_the_merge_cancels_it_cleanly(tmp_path: Any) -> None:
+    store = HookedStore()
+    with served(str(tmp_path), store=store) as s:
+        c = s.client()
+        f = ChunkedFile.random(6 * KB, 2 * KB)
+        c.upload(f, [1, 2])
+        merging = Pause()
+        store.after_set('"phase":"merging"', merging)  # the merge's first write
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            last = pool.submit(c.post_chunk, f, 3)
+            assert merging.reached.wait(10)
+            status, _, _ = c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)
+            assert status == 200
+            merging.resume()
+            status, body = last.result()
+        assert status == 415 and body["error"]["reason"] == "cancelled"
+        assert c.progress(f.identifier)["state"] == "cancelled"
+        assert read_completions(s.directory) == [] and stored_files(s.directory) == []
+        assert leftovers(s.directory) == {"tmp": [], "partial": []}

@@ -5,12 +5,14 @@ the test (events), so what a poll sees is decided, not timed."""
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from chunked_support import serve_fast
+from chunked_support import HookedStore, serve_fast
 from servers import Client, multipart_body, new_upload_id, wait_until
 from werkzeug.formparser import parse_form_data
 
@@ -22,8 +24,9 @@ from uploadmeter.processing import (
     request_task,
     task,
 )
+from uploadmeter.record import UPLOADING, UploadRecord
 from uploadmeter.stores import open_store
-from uploadmeter.tracker import TrackerSettings
+from uploadmeter.tracker import TrackerSettings, load_record, record_key, request_cancel
 
 SECRET = "processing-test"
 Steps = list[threading.Event]
@@ -338,3 +341,100 @@ def test_request_task_needs_a_session_and_ids_are_checked() -> None:
     cookie = meter.cookie.issue({})[1].split(";")[0]
     t = request_task(meter, {"HTTP_COOKIE": cookie}, "abcdefgh", "x")
     assert isinstance(t, ProcessingTask)
+
+
+# -- throttle, ordering and races ---------------------------------------------------------------
+
+
+def test_threads_sharing_a_task_lose_no_advance() -> None:
+    meter = make_meter(update_interval=3600)
+    t = task(meter, "c.session", new_upload_id(), "hashing").start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: [t.advance(1) for _ in range(2000)], range(8)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert t.done == 16_000
+
+
+def test_percentage_never_goes_backwards() -> None:
+    store = MemoryStore()
+    meter = make_meter(store)
+    session, upload_id = "c.session", new_upload_id()
+    t = task(meter, session, upload_id, "scanning", total=100).start()
+
+    def shown() -> Any:
+        record = load_record(store, session, upload_id, 60)
+        assert record is not None
+        return record.to_json_dict()["processing"]
+
+    t.update(60)
+    t.update(40)  # e.g. a pool thread reporting late: ignored
+    assert (t.done, shown()["percentage"]) == (60, 60)
+    t.advance(10, total=100)  # the same total again is fine
+    with pytest.raises(ValueError, match="set_phase"):
+        t.advance(10, total=1000)  # would drop the bar from 70 % to 8 %
+    assert shown()["percentage"] == 70
+    t.set_phase("indexing")  # a new count starts at 0 on purpose
+    t.advance(5, total=10)  # a total learnt late
+    assert shown() == {"phase": "indexing", "done": 5, "total": 10, "percentage": 50}
+
+
+def test_reaching_the_total_writes_once_then_the_throttle_holds() -> None:
+    store = CountingStore()
+    meter = make_meter(store, update_interval=3600)
+    t = task(meter, "c.session", new_upload_id(), "counting", total=10).start()
+    before = store.sets
+    t.update(10)
+    for _ in range(100):
+        t.update(10)
+        t.advance(0)
+    assert store.sets == before + 1
+
+
+@pytest.mark.parametrize("end", ["finish", "fail"])
+def test_the_end_writes_the_numbers_a_throttled_advance_left_unwritten(end: str) -> None:
+    store = MemoryStore()
+    meter = make_meter(store, update_interval=3600)
+    session, upload_id = "c.session", new_upload_id()
+    t = task(meter, session, upload_id, "compressing", total=100).start()
+    t.advance(30)  # throttled: not written yet
+    record = load_record(store, session, upload_id, 60)
+    assert record is not None and record.processing == {
+        "phase": "compressing",
+        "done": 0,
+        "total": 100,
+    }
+    t.finish() if end == "finish" else t.fail("Broken archive.")
+    record = load_record(store, session, upload_id, 60)
+    assert record is not None and record.state == ("done" if end == "finish" else "error")
+    assert record.processing == {"phase": "compressing", "done": 30, "total": 100}
+
+
+def test_a_result_set_before_start_is_shown_from_the_first_write() -> None:
+    store = MemoryStore()
+    meter = make_meter(store)
+    session, upload_id = "c.session", new_upload_id()
+    t = task(meter, session, upload_id, "compressing")
+    t.set_result(original="report.pdf")
+    t.start()
+    record = load_record(store, session, upload_id, 60)
+    assert record is not None and record.result == {"original": "report.pdf"}
+
+
+def test_a_cancel_made_while_the_task_starts_is_not_lost() -> None:
+    store = HookedStore()
+    meter = make_meter(store)
+    session, upload_id = "c.session", new_upload_id()
+    store.set(record_key(session, upload_id), UploadRecord(upload_id, UPLOADING).dumps(), 60)
+    # The user cancels between the task's read of the record and its first write.
+    store.after_get(
+        record_key(session, upload_id),
+        lambda: request_cancel(store, session, upload_id, meter.settings),
+    )
+    with pytest.raises(ProcessingCancelled):
+        task(meter, session, upload_id, "compressing").start()
+    record = load_record(store, session, upload_id, 60)
+    assert record is not None and record.state == "cancelled"

@@ -44,6 +44,22 @@ def test_add_only_when_absent(store: ProgressStore) -> None:
     assert store.get("lock") == "a"
 
 
+def test_delete_if_and_expire_if_touch_only_the_expected_value(store: ProgressStore) -> None:
+    # What a lock's release and refresh rely on: never act on a successor's value.
+    store.set("lock", "mine", ttl=60)
+    assert store.delete_if("lock", "theirs") is False
+    assert store.expire_if("lock", "theirs", ttl=0.2) is False
+    assert store.get("lock") == "mine"
+    assert store.expire_if("lock", "mine", ttl=0.2) is True
+    wait_until(lambda: store.get("lock") is None, timeout=5)  # the new ttl applied
+    assert store.expire_if("lock", "mine", ttl=60) is False  # expired: not revived
+    assert store.delete_if("lock", "mine") is False
+    store.set("lock", "mine", ttl=60)
+    assert store.delete_if("lock", "mine") is True
+    assert store.get("lock") is None
+    assert store.delete_if("absent", "x") is False and store.expire_if("absent", "x", 1) is False
+
+
 def test_values_expire(store: ProgressStore) -> None:
     store.set("short", "v", ttl=0.2)
     assert store.add("short-lock", "v", ttl=0.2) is True

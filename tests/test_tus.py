@@ -9,20 +9,19 @@ import base64
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from typing import Any
 
 import pytest
-from chunked_app import read_completions
-from chunked_support import ChunkClient, served
+from chunked_app import make_app, read_completions
+from chunked_support import ChunkClient, serve_fast, served
 from servers import RawUpload, run_gunicorn, wait_until
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
 
-from uploadmeter.locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.completion import UploadRejected
 from uploadmeter.stores import open_store
 
 TUS = "/uploadmeter/tus/"
@@ -324,52 +323,6 @@ def test_cancel_endpoint_stops_a_patch_in_progress(server: Any) -> None:
     assert c.progress(upload_id)["state"] == "cancelled"
 
 
-# -- the lock ------------------------------------------------------------------------------
-
-
-def _count_under_lock(store_url: str, path: str, rounds: int) -> None:
-    store = open_store(store_url)
-    for _ in range(rounds):
-        with StoreLock(store, "test-counter", ttl=5, wait=30):
-            with open(path) as f:
-                value = int(f.read())
-            os.sched_yield()  # invite another process in, if the lock would let it
-            with open(path, "w") as f:
-                f.write(str(value + 1))
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_store_lock_serializes_processes(
-    backend: str, tmp_path: Any, sqlite_path: str, request: Any
-) -> None:
-    url = "sqlite://" + sqlite_path if backend == "sqlite" else request.getfixturevalue("redis_url")
-    counter = tmp_path / "counter"
-    counter.write_text("0")
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_count_under_lock, args=(url, str(counter), 40)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert counter.read_text() == "160"
-
-
-def test_store_lock_times_out_expires_and_detects_loss(sqlite_path: str) -> None:
-    store = open_store("sqlite://" + sqlite_path)
-    held = StoreLock(store, "k", ttl=0.3, wait=0)
-    held.acquire()
-    with pytest.raises(LockTimeout):
-        StoreLock(store, "k", wait=0.05).acquire()
-    wait_until(lambda: store.get("lock:k") is None, timeout=5)  # a crashed holder's ttl
-    with StoreLock(store, "k", ttl=5, wait=0) as successor:
-        with pytest.raises(LockLost):
-            held.refresh()
-        held.release()  # must not free the successor's lock
-        assert store.get("lock:k") == successor.token
-    assert store.get("lock:k") is None
-
-
 # -- the real client, several workers ---------------------------------------------------------
 
 
@@ -459,3 +412,75 @@ def test_concurrent_patches_are_serialized_across_workers(tmp_path: Any, sqlite_
         assert status == 409 and h["upload-offset"] == str(len(data))
         (done,) = read_completions(str(tmp_path / "files"))
         assert done["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+# -- leftovers and the lock --------------------------------------------------------------------
+
+
+def tus_files(directory: str) -> list[str]:
+    return [name for _, _, names in os.walk(os.path.join(directory, "tus")) for name in names]
+
+
+def test_a_creation_whose_data_fails_leaves_no_upload(server: Any) -> None:
+    c = server.client()
+    headers = {**V, "Upload-Length": "100", "Content-Type": "application/offset+octet-stream"}
+    bad = "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    status, h, _ = c.request("POST", TUS, b"x" * 40, {**headers, "Upload-Checksum": bad})
+    assert status == 460 and "location" not in h
+    assert tus_files(server.directory) == []
+    # A client that vanishes mid-body never learns the URL: nothing may hold its quota.
+    up = RawUpload(c, TUS, b"y" * 100, "application/offset+octet-stream", headers=headers)
+    up.send(50)
+    up.abort()
+    wait_until(lambda: tus_files(server.directory) == [])
+
+
+def test_a_patch_that_lost_its_lock_leaves_the_file_alone(tmp_path: Any) -> None:
+    meter = make_app("memory://", str(tmp_path), tus_options={"lock_ttl": 0.5})
+    answered: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        body = list(meter(environ, start_response))
+        answered.append(environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", ""))
+        return body
+
+    with serve_fast(app) as base:
+        c = ChunkClient(base)
+        c.start()
+        data = os.urandom(300 * KB)
+        url = create(c, len(data))
+        upload_id = url.rsplit("/", 1)[1]
+        checksum = "sha1 " + base64.b64encode(hashlib.sha1(data).digest()).decode()
+        headers = {
+            **V,
+            "X-HTTP-Method-Override": "PATCH",
+            "Upload-Offset": "0",
+            "Upload-Checksum": checksum,
+        }
+        # A stalls after its first block, for longer than its lock lives ...
+        stalled = RawUpload(c, url, data, "application/offset+octet-stream", headers=headers)
+        stalled.send(256 * KB)
+        wait_until(lambda: c.request("HEAD", url, headers=V)[1]["upload-offset"] == str(256 * KB))
+        wait_until(lambda: meter.store.get("lock:tus:" + upload_id) is None)
+        # ... so the client resumes with another PATCH, which takes the upload over.
+        status, h, _ = patch(c, url, 256 * KB, data[256 * KB :])
+        assert status == 204 and h["upload-offset"] == str(len(data))
+        stalled.abort()  # A's body never completes: it must not undo B's work
+        wait_until(lambda: "PATCH" in answered)  # A's request is over
+        assert c.request("HEAD", url, headers=V)[1]["upload-offset"] == str(len(data))
+        (done,) = read_completions(str(tmp_path))
+        assert done["sha256"] == hashlib.sha256(data).hexdigest()
+        with open(done["path"], "rb") as f:  # the stored file is whole, too
+            assert f.read() == data
+
+
+def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
+    def reject(info: Any) -> None:
+        raise UploadRejected("No archives, please.")
+
+    server.meter.endpoints.mounts["/tus"].on_complete = reject
+    c = server.client()
+    url = create(c, 10)
+    status, _, body = patch(c, url, 0, b"0123456789")
+    assert status == 415 and b"No archives, please." in body
+    assert [n for _, _, n in os.walk(os.path.join(server.directory, "files")) if n] == []

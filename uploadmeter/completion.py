@@ -3,22 +3,30 @@
 The application's ``on_complete(FileInfo)`` hook may return data for the client, refuse
 the file (:class:`UploadRejected`), or return a started
 :class:`~uploadmeter.processing.ProcessingTask` when slow work follows -- the record then
-stays ``processing`` until that task ends.
+stays ``processing`` until that task ends.  :class:`ResumableEndpoint` holds what the
+chunk and tus endpoints share on the way there: hashing the whole file as processing
+progress, moving it into the :class:`~uploadmeter.filestore.FileStore`, delivering it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 from uploadmeter.errors import UploadMeterError
-from uploadmeter.filestore import FileInfo
+from uploadmeter.filestore import Digests, FileInfo, FileStore, copy_and_hash
+from uploadmeter.locks import StoreLock
 from uploadmeter.processing import ProcessingTask
+from uploadmeter.stores import ProgressStore
+
+if TYPE_CHECKING:
+    from uploadmeter.middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
-__all__ = ["CompletionFailed", "OnComplete", "UploadRejected", "deliver"]
+__all__ = ["CompletionFailed", "OnComplete", "ResumableEndpoint", "UploadRejected", "deliver"]
 
 OnComplete = Callable[[FileInfo], "Mapping[str, Any] | ProcessingTask | None"]
 
@@ -82,3 +90,61 @@ def deliver(
     else:
         task.finish(**result)
     return result
+
+
+class ResumableEndpoint:
+    """The base of :class:`~uploadmeter.chunks.ChunkUploads` and
+    :class:`~uploadmeter.tus.TusUploads`: their store, files and hand-over."""
+
+    def __init__(
+        self,
+        meter: UploadMeterMiddleware,
+        files: FileStore | str | os.PathLike[str],
+        on_complete: OnComplete | None,
+        session_quota: int,
+        lock_ttl: float,
+    ) -> None:
+        self.meter = meter
+        self.files = files if isinstance(files, FileStore) else FileStore(files)
+        self.on_complete = on_complete
+        self.session_quota = session_quota
+        self.lock_ttl = lock_ttl
+
+    @property
+    def store(self) -> ProgressStore:
+        return self.meter.store
+
+    def start_task(self, session: str, upload_id: str, phase: str, total: int) -> ProcessingTask:
+        return ProcessingTask(
+            self.store, session, upload_id, phase, total=total, settings=self.meter.settings
+        ).start()
+
+    @staticmethod
+    def hash_files(
+        task: ProcessingTask, lock: StoreLock, paths: Iterable[str], out: IO[bytes] | None = None
+    ) -> Digests:
+        """Read ``paths`` once (copying them into ``out``) for their hashes, reporting the
+        bytes read as ``task``'s progress and keeping ``lock``."""
+
+        def progress(done: int) -> None:
+            task.update(done)
+            lock.refresh(every=lock.ttl / 3)
+
+        return copy_and_hash(paths, out, progress)
+
+    def hand_over(
+        self,
+        info: FileInfo,
+        task: ProcessingTask,
+        before_finish: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        new_file: bool,
+    ) -> dict[str, Any]:
+        """:func:`deliver` the file.  When the application refuses a file this upload put
+        into the store (``new_file``), it leaves the store again."""
+        try:
+            return deliver(info, task, self.on_complete, before_finish)
+        except (UploadRejected, CompletionFailed):
+            if new_file:
+                self.files.discard(info.path)
+            raise

@@ -11,8 +11,11 @@ Chunked (:mod:`uploadmeter.chunks`) and tus (:mod:`uploadmeter.tus`) uploads sha
 
 ``<session>`` and ``<upload>`` are SHA-256 digests, never the client's identifier or file
 name, so no request can name a path.  Every file appears by ``os.replace`` from ``tmp/``
-(same file system), so a reader never sees half a chunk.  :meth:`FileStore.cleanup`
-deletes what was abandoned.
+(same file system), so a reader never sees half a chunk.  A finished file is flushed to
+disk before it enters ``files/``: its name promises its content to every later upload of
+the same bytes.  (Chunks are not flushed one by one: the merge checks the total size and,
+when it can, the hash, so a chunk torn by a power cut is caught there.)
+:meth:`FileStore.cleanup` deletes what was abandoned.
 
 :class:`FileInfo` is what the application receives when an upload is complete.
 """
@@ -20,6 +23,7 @@ deletes what was abandoned.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -31,9 +35,10 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from uploadmeter.errors import StoreError, UploadMeterError
+from uploadmeter.locks import StoreLock
 from uploadmeter.stores import ProgressStore
 
 log = logging.getLogger("uploadmeter")
@@ -41,11 +46,14 @@ log = logging.getLogger("uploadmeter")
 __all__ = [
     "CleanupStats",
     "Digests",
+    "DiskFull",
     "FileInfo",
     "FileStore",
     "InvalidName",
+    "QuotaExceeded",
     "clean_filename",
     "clean_relative_path",
+    "copy_and_hash",
 ]
 
 BLOCK = 1024 * 1024
@@ -61,6 +69,7 @@ class FileInfo:
     ``path`` is the content-addressed copy in the :class:`FileStore`; it may be shared with
     other uploads of the same bytes and is kept ``keep_completed`` seconds for instant
     uploads.  Keep the file with :meth:`link_to` (or copy it); do not move or modify it.
+    A hard link shares those bytes too: treat it as read-only, or copy it to change it.
     ``filename`` and ``relative_path`` are the client's names, checked but only for
     display: never join them to a directory.
     """
@@ -78,16 +87,26 @@ class FileInfo:
     instant: bool = False  # no bytes were sent: the server already had this file
 
     def link_to(self, destination: str | os.PathLike[str]) -> str:
-        """Hard-link (or, across file systems, copy) the file to ``destination``."""
+        """Hard-link (or, where links are impossible, copy) the file to ``destination``.
+
+        Raises :class:`FileExistsError` when ``destination`` exists.
+        """
         dest = os.fspath(destination)
         try:
             os.link(self.path, dest)
-        except OSError:
-            shutil.copyfile(self.path, dest)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINK:
+                raise
+            with open(self.path, "rb") as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out, BLOCK)
         return dest
 
     def open(self) -> IO[bytes]:
         return open(self.path, "rb")
+
+
+# os.link fails with these where the file system cannot link (or not across devices).
+_NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP})
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,35 @@ class Digests:
     size: int
     md5: str
     sha256: str
+
+
+def copy_and_hash(
+    paths: Iterable[str],
+    out: IO[bytes] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Digests:
+    """Read ``paths`` in the given order in one pass: MD5, SHA-256, size; copy into ``out``.
+
+    Hand-written because ``hashlib.file_digest`` computes one digest of one file and
+    reports no progress; a multi-GB merge needs both digests, the copy and the progress
+    from a single read.  ``progress(bytes_so_far)`` runs after every block.
+    """
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    buf = bytearray(BLOCK)
+    view = memoryview(buf)
+    for path in paths:
+        with open(path, "rb") as f:
+            while n := f.readinto(buf):
+                piece = view[:n]
+                md5.update(piece)
+                sha.update(piece)
+                if out is not None:
+                    out.write(piece)
+                size += n
+                if progress is not None:
+                    progress(size)
+    return Digests(size, md5.hexdigest(), sha.hexdigest())
 
 
 @dataclass
@@ -112,6 +160,21 @@ class InvalidName(UploadMeterError, ValueError):
     """A client-supplied name that uploadmeter refuses to keep."""
 
 
+class QuotaExceeded(UploadMeterError):
+    """A new upload would take the session past its quota of unfinished bytes."""
+
+    def __init__(self, reserved: int, quota: int) -> None:
+        super().__init__(
+            f"This session already has {reserved} bytes of unfinished uploads; "
+            f"the limit is {quota}."
+        )
+        self.reserved, self.quota = reserved, quota
+
+
+class DiskFull(UploadMeterError):
+    """The disk has no room for a new upload now."""
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -120,7 +183,9 @@ def clean_filename(name: str, *, max_bytes: int = 255) -> str:
     """Check a client's file name; return it NFC-normalised.
 
     Refuses path separators, ``.``/``..``, control characters (NUL included) and names
-    longer than ``max_bytes`` in UTF-8.  The name is still only ever *shown*.
+    longer than ``max_bytes`` in UTF-8.  The name is still only ever *shown*.  (Not
+    ``werkzeug.utils.secure_filename``: that rewrites names into ASCII path components,
+    while this keeps the user's name as typed and refuses the hostile ones.)
     """
     name = unicodedata.normalize("NFC", name)
     if not name or name in (".", ".."):
@@ -169,6 +234,8 @@ class FileStore:
     :param keep_completed: seconds a finished file stays for instant uploads, counted from
         its last use; ``None`` keeps files until the application removes them.
     :param cleanup_interval: :meth:`maybe_cleanup` runs at most this often (all processes).
+    :param temp_ttl: seconds after which a file left in ``tmp/`` (a crashed request's
+        body or merge) is deleted.
     """
 
     def __init__(
@@ -199,11 +266,11 @@ class FileStore:
     def session_key(session: str) -> str:
         return digest_name("session", session)[:32]
 
-    def upload_dir(self, kind: str, session: str, name: str) -> str:
+    def upload_dir(self, kind: Literal["partial", "tus"], session: str, name: str) -> str:
         """``partial/<session>/<name>`` or ``tus/<session>/<name>``; ``name`` must be ours."""
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
             raise ValueError(f"not a storage name: {name!r}")
-        base = self.partial_root if kind == "partial" else self.tus_root
+        base = {"partial": self.partial_root, "tus": self.tus_root}[kind]
         return os.path.join(base, self.session_key(session), name)
 
     def complete_path(self, sha256: str) -> str:
@@ -222,21 +289,13 @@ class FileStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
-    def write_json(self, path: str, data: Mapping[str, Any], *, exclusive: bool = False) -> bool:
-        """Write JSON atomically.  With ``exclusive``, only if ``path`` does not exist yet
-        (tells whether it wrote)."""
+    def write_json(self, path: str, data: Mapping[str, Any]) -> None:
+        """Write JSON atomically (temp file, then rename)."""
         tmp, f = self.temp_file(".json")
         try:
             with f:
                 f.write(json.dumps(data, ensure_ascii=False).encode("utf-8"))
-            if exclusive:
-                try:
-                    os.link(tmp, path)  # atomic create-if-absent, unlike open(O_EXCL)+write
-                except FileExistsError:
-                    return False
-                return True
             os.replace(tmp, path)
-            return True
         finally:
             self.discard(tmp)
 
@@ -256,16 +315,22 @@ class FileStore:
     def remove_tree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
-    def adopt(self, tmp_path: str, sha256: str) -> str:
-        """Move a verified file into ``files/``; an identical file already there wins."""
+    def adopt(self, path: str, sha256: str) -> tuple[str, bool]:
+        """Move a verified file into ``files/``: ``(its new path, whether it is new)``.
+
+        An identical file already there wins (``path`` is deleted).  The bytes are
+        flushed to disk first: a file under this name is trusted by instant uploads.
+        """
         dest = self.complete_path(sha256)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if os.path.exists(dest):
-            self.discard(tmp_path)
+            self.discard(path)
             self.touch(dest)
-        else:
-            os.replace(tmp_path, dest)
-        return dest
+            return dest, False
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(path, dest)
+        return dest, True
 
     def existing(self, sha256: str, size: int) -> str | None:
         """The stored file with this hash and size, freshly touched, or ``None``."""
@@ -286,47 +351,21 @@ class FileStore:
     def free_space(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    # -- hashing -------------------------------------------------------------------------
-
-    @staticmethod
-    def concatenate(
-        sources: Iterable[str],
-        out: IO[bytes],
-        progress: Callable[[int], None] | None = None,
-    ) -> Digests:
-        """Copy ``sources`` into ``out`` in the given order in one pass, hashing the bytes."""
-        md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        size = 0
-        buf = bytearray(BLOCK)
-        view = memoryview(buf)
-        for source in sources:
-            with open(source, "rb") as f:
-                while n := f.readinto(buf):
-                    piece = view[:n]
-                    md5.update(piece)
-                    sha.update(piece)
-                    out.write(piece)
-                    size += n
-                    if progress is not None:
-                        progress(size)
-        return Digests(size, md5.hexdigest(), sha.hexdigest())
-
-    @staticmethod
-    def digest_file(path: str, progress: Callable[[int], None] | None = None) -> Digests:
-        md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        size = 0
-        buf = bytearray(BLOCK)
-        view = memoryview(buf)
-        with open(path, "rb") as f:
-            while n := f.readinto(buf):
-                md5.update(view[:n])
-                sha.update(view[:n])
-                size += n
-                if progress is not None:
-                    progress(size)
-        return Digests(size, md5.hexdigest(), sha.hexdigest())
-
     # -- quota ---------------------------------------------------------------------------
+
+    def session_lock(self, store: ProgressStore, session: str) -> StoreLock:
+        """The lock under which a session's uploads are created or deleted (in ``store``,
+        so across processes): parallel first requests cannot both pass the quota check."""
+        return StoreLock(store, "files-session:" + self.session_key(session), wait=10)
+
+    def check_room(self, session: str, size: int, quota: int) -> None:
+        """Raise :class:`QuotaExceeded` or :class:`DiskFull` unless a new upload of
+        ``size`` bytes fits (call it under :meth:`session_lock`)."""
+        reserved = self.reserved_bytes(session)
+        if reserved + size > quota:
+            raise QuotaExceeded(reserved, quota)
+        if self.free_space() < size:
+            raise DiskFull("The server has no room for this file now.")
 
     def reserved_bytes(self, session: str) -> int:
         """Declared sizes of this session's unfinished uploads (chunked and tus)."""

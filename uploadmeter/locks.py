@@ -3,17 +3,15 @@
 Two requests for one upload may land on different gunicorn workers, or on different
 machines when the store is Redis; a ``threading.Lock`` cannot serialize them.  The store's
 ``add`` (set-if-absent with a ttl) can: whoever adds the key holds the lock, and a holder
-that dies loses it when the key expires.  ``delete`` releases it.
-
-The store offers no compare-and-delete, so :meth:`StoreLock.release` checks the token and
-then deletes: a holder whose lock *expired* in between could delete its successor's lock.
-Holders therefore keep the lock fresh with :meth:`StoreLock.refresh` well within ``ttl``
-and stop when it reports the lock lost, which keeps that window to a few microseconds after
-a stall longer than ``ttl``.
+that dies loses it when the key expires.  Each holder writes a random token, and releases
+or extends the lock with the store's atomic ``delete_if`` / ``expire_if``, so a holder
+whose lock expired (it stalled for longer than ``ttl``) can neither free nor take over its
+successor's lock: :meth:`StoreLock.refresh` tells it with :class:`LockLost` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from types import TracebackType
@@ -37,8 +35,10 @@ class StoreLock:
 
     ::
 
-        with StoreLock(store, "tus:patch:abc", ttl=15, wait=20):
-            ...  # one worker at a time, on every machine sharing the store
+        with StoreLock(store, "tus:abc", ttl=15, wait=20) as lock:
+            for block in blocks:
+                lock.refresh(every=5)   # LockLost: stop before touching shared state
+                ...                     # one worker at a time, on every machine
 
     :param ttl: seconds before an unrefreshed lock frees itself (a crashed holder).
     :param wait: seconds :meth:`acquire` waits for a taken lock before
@@ -60,19 +60,24 @@ class StoreLock:
         """Take the lock, waiting up to ``wait`` seconds.  Raises :class:`LockTimeout`."""
         deadline = time.monotonic() + self.wait
         delay = 0.005
-        while True:
-            if self.store.add(self.key, self.token, self.ttl):
-                self.held = True
-                self._refreshed = time.monotonic()
-                return
+        while not self.store.add(self.key, self.token, self.ttl):
             now = time.monotonic()
             if now >= deadline:
                 raise LockTimeout(f"{self.key} is held by another request")
             # The store has no blocking wait; poll with a short capped back-off.
             time.sleep(min(delay, deadline - now))
             delay = min(delay * 2, 0.05)
+        self.held = True
+        self._refreshed = time.monotonic()
 
-    def refresh(self, *, every: float | None = None) -> None:
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free right now; tell whether it was."""
+        if self.store.add(self.key, self.token, self.ttl):
+            self.held = True
+            self._refreshed = time.monotonic()
+        return self.held
+
+    def refresh(self, *, every: float = 0.0) -> None:
         """Extend the lock to a full ``ttl`` again; at most once per ``every`` seconds.
 
         Raises :class:`LockLost` when the lock is no longer ours.
@@ -80,12 +85,11 @@ class StoreLock:
         if not self.held:
             raise LockLost(f"{self.key} is not held")
         now = time.monotonic()
-        if every is not None and now - self._refreshed < every:
+        if now - self._refreshed < every:
             return
-        if self.store.get(self.key) != self.token:
+        if not self.store.expire_if(self.key, self.token, self.ttl):
             self.held = False
             raise LockLost(f"{self.key} expired while held")
-        self.store.set(self.key, self.token, self.ttl)
         self._refreshed = now
 
     def release(self) -> None:
@@ -93,11 +97,8 @@ class StoreLock:
         if not self.held:
             return
         self.held = False
-        try:
-            if self.store.get(self.key) == self.token:
-                self.store.delete(self.key)
-        except StoreError:
-            pass  # it expires on its own
+        with contextlib.suppress(StoreError):  # it expires on its own
+            self.store.delete_if(self.key, self.token)
 
     def __enter__(self) -> StoreLock:
         if not self.held:

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from uploadmeter.endpoints import valid_upload_id
 from uploadmeter.errors import InvalidUploadId, StoreError, UploadMeterError
-from uploadmeter.record import CANCELLED, DONE, ERROR, PROCESSING, UploadRecord
+from uploadmeter.record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
 from uploadmeter.stores import ProgressStore
-from uploadmeter.tracker import TrackerSettings, cancel_key, record_key
+from uploadmeter.tracker import CANCELLED_ERROR, TrackerSettings, cancel_key, record_key
 
 if TYPE_CHECKING:
     from uploadmeter.middleware import UploadMeterMiddleware
@@ -78,9 +78,15 @@ class ProcessingTask:
     """Reports one phase (or several) of processing into an upload's record.
 
     Create it with :func:`task`.  Thread-safe: a pool of threads may share one task.
-    Writes are throttled to one per ``settings.update_interval``; each also checks whether
-    the user cancelled.  Call :meth:`advance` (or :meth:`touch`) at least every
+    Writes are throttled to one per ``settings.update_interval`` (plus one when ``done``
+    reaches ``total``); each also checks whether the user cancelled.  An advance made
+    just before an idle stretch may wait for the next write, so :meth:`finish` and
+    :meth:`fail` always write the final numbers, and ``touch(force=True)`` writes at
+    once.  Call :meth:`advance` (or :meth:`touch`) at least every
     ``settings.stale_after`` seconds, or polls will report the task as stopped.
+
+    Within a phase the percentage never goes backwards: ``done`` only grows, and
+    ``total`` may be given late but not changed (:meth:`set_phase` starts a new count).
     """
 
     def __init__(
@@ -127,11 +133,14 @@ class ProcessingTask:
             record = UploadRecord.loads(text) if text is not None else None
             if record is not None and record.state == CANCELLED:
                 raise ProcessingCancelled(f"upload {self.upload_id} was cancelled")
+            if record is None or record.state not in IN_FLIGHT:
+                # The cancel endpoint flags in-flight records only: a flag beside no
+                # record or a finished one is left from an earlier upload with this id.
+                # (Beside an in-flight record it is a cancel made just now: the write
+                # below sees it.)
+                self.store.delete(self._cancel_key)
             if record is None:
                 record = UploadRecord(id=self.upload_id, state=PROCESSING)
-            # A cancel flag under a record that is not cancelled is left from an earlier
-            # upload with this id.
-            self.store.delete(self._cancel_key)
             previous = record.processing
             if (
                 record.state == PROCESSING
@@ -145,6 +154,8 @@ class ProcessingTask:
             record.state = PROCESSING
             record.finished_at = None
             record.error = None
+            if self.result:
+                record.result = dict(record.result or {}, **self.result)
             self._record = record
             self.started = True
             self._write(force=True)
@@ -152,16 +163,15 @@ class ProcessingTask:
 
     def advance(self, n: int, total: int | None = None) -> None:
         """``n`` more units (bytes, files, ...) are done; ``total`` may be learnt late."""
-        self.update(self.done + n, total)
-
-    def update(self, done: int, total: int | None = None) -> None:
-        """Set the absolute amount done."""
         self._ensure_started()
         with self._lock:
-            self.done = done
-            if total is not None:
-                self.total = total
-            self._write()
+            self._count(self.done + n, total)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """Set the absolute amount done (a smaller value than before is ignored)."""
+        self._ensure_started()
+        with self._lock:
+            self._count(max(self.done, done), total)
 
     def set_phase(self, phase: str, total: int | None = None) -> None:
         """Move to the next phase (``"compressing"`` → ``"thumbnails"``); resets ``done``."""
@@ -192,8 +202,6 @@ class ProcessingTask:
         """End in ``done`` (``with`` does this when the block ends without an exception)."""
         self._ensure_started()
         with self._lock:
-            if self.finished:
-                return
             self.result.update(result)
             self._end(DONE, None)
 
@@ -201,8 +209,6 @@ class ProcessingTask:
         """End in ``error`` with ``message`` shown to the user."""
         self._ensure_started()
         with self._lock:
-            if self.finished:
-                return
             self._end(ERROR, {"status": status, "message": message})
 
     @property
@@ -247,11 +253,30 @@ class ProcessingTask:
         if not self.started:
             self.start()
 
+    def _count(self, done: int, total: int | None) -> None:
+        """Record new numbers (lock held); write when due or when the work completes."""
+        if total is not None and total != self.total:
+            if self.total is not None:
+                raise ValueError(
+                    f"the total of phase {self.phase!r} is {self.total}; "
+                    "use set_phase() to count something else"
+                )
+            self.total = total
+        was_complete = self._complete()
+        self.done = done
+        self._write(force=self._complete() and not was_complete)
+
+    def _complete(self) -> bool:
+        return self.total is not None and self.done >= self.total
+
     def _end(self, state: str, error: dict[str, Any] | None) -> None:
+        """The final write, with the final numbers (lock held).  Idempotent."""
+        if self.finished:
+            return
+        self.finished = True
         record = self._record
         assert record is not None
-        self.finished = True
-        if self._is_cancelled():
+        if self.cancelled:
             self._write_cancelled(record)
             return
         record.state = state
@@ -259,51 +284,38 @@ class ProcessingTask:
         record.finished_at = time.time()
         if self.result:
             record.result = dict(record.result or {}, **self.result)
-        self._store_processing(record)
-        record.updated_at = time.time()
-        try:
-            self.store.set(self._key, record.dumps(), self.settings.ttl)
-        except StoreError as exc:
-            log.warning("uploadmeter: could not record the end of processing: %s", exc)
+        self._put(record, self.settings.ttl)
 
     def _write(self, *, force: bool = False) -> None:
-        """Write the record if due; raise :class:`ProcessingCancelled` when cancelled."""
+        """Write the record if due (lock held); raise :class:`ProcessingCancelled` when
+        the user cancelled."""
         now = time.monotonic()
-        if self.finished:
-            return
-        complete = self.total is not None and self.done >= self.total
-        if not (force or complete or now - self._last_write >= self.settings.update_interval):
+        if self.finished or not (force or now - self._last_write >= self.settings.update_interval):
             return
         record = self._record
         assert record is not None
-        if self._is_cancelled():
+        if self.cancelled:
             self.finished = True
             self._write_cancelled(record)
             raise ProcessingCancelled(f"upload {self.upload_id} was cancelled")
-        self._store_processing(record)
+        self._put(record, self.settings.stale_after + self.settings.ttl)
+        self._last_write = now
+
+    def _put(self, record: UploadRecord, ttl: float) -> None:
+        record.processing = {"phase": self.phase, "done": self.done, "total": self.total}
         record.updated_at = time.time()
         try:
-            self.store.set(self._key, record.dumps(), self.settings.stale_after + self.settings.ttl)
+            self.store.set(self._key, record.dumps(), ttl)
         except StoreError as exc:
             # Like uploads: the work goes on without a store, progress resumes later.
             log.warning("uploadmeter: progress store unavailable during processing: %s", exc)
-        self._last_write = now
-
-    def _store_processing(self, record: UploadRecord) -> None:
-        record.processing = {"phase": self.phase, "done": self.done, "total": self.total}
-
-    def _is_cancelled(self) -> bool:
-        try:
-            return self.store.get(self._cancel_key) is not None
-        except StoreError:
-            return False
 
     def _write_cancelled(self, record: UploadRecord) -> None:
         # The cancel endpoint wrote this already; writing it again repairs the record if
         # one of our writes crossed the endpoint's.
         record.state = CANCELLED
         record.finished_at = record.finished_at or time.time()
-        record.error = {"status": 499, "message": "The upload was cancelled."}
+        record.error = dict(CANCELLED_ERROR)
         record.updated_at = time.time()
         with contextlib.suppress(StoreError):
             self.store.set(self._key, record.dumps(), self.settings.ttl)

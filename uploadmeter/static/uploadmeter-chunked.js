@@ -4,7 +4,7 @@
  * page).
  *
  * Each chosen file gets an identifier: its SHA-256 (Web Crypto, files up to the
- * widget's data-hash-limit) or "<size>-<lastModified>-<name>".  Choosing the same file
+ * widget's data-hash-limit) or "file-<size>-<lastModified>-<name>".  Choosing the same file
  * again after a reload gives the same identifier, so the server's answer to the first
  * test request lists the chunks it already has and only the others are sent
  * (checkChunkUploadedByResponse); a file the server already has is not sent at all.
@@ -61,9 +61,10 @@
         return subtle.digest("SHA-256", buffer);
       }).then(toHex);
     }
-    // Also a valid progress id: [A-Za-z0-9_-], at least 8 characters, at most 128.
+    // Also a valid progress id ([A-Za-z0-9_-], 8 to 128 characters: the "file-" prefix
+    // keeps it long enough when lastModified is 0 and the name has no such character).
     var name = (file.name || "").replace(/[^A-Za-z0-9_-]/g, "").slice(0, 80);
-    return Promise.resolve(file.size + "-" + (file.lastModified || 0) + "-" + name);
+    return Promise.resolve("file-" + file.size + "-" + (file.lastModified || 0) + "-" + name);
   }
 
   function errorMessage(text, fallback) {
@@ -134,10 +135,9 @@
   };
 
   Item.prototype.start = function () {
-    var self = this;
     this.setState("uploading", "Uploading\u2026");
     this.schedule(0);
-    self.widget.uploader.upload();
+    this.widget.uploader.upload();
   };
 
   Item.prototype.schedule = function (delay) {

@@ -3,7 +3,9 @@
 A store is a tiny expiring key-value map with five operations, chosen because each maps
 onto one Redis command and one SQLite statement.  Everything uploadmeter keeps (progress
 records, cancel flags, in-flight locks, single-use link marks, rate-limit counters) is
-built from them, so a new backend needs only these five methods.
+built from them, so a new backend needs only these five methods.  Two conditional ones,
+``delete_if`` and ``expire_if``, let a lock holder release or extend only its own lock;
+they have a (non-atomic) default, which the bundled backends replace with an atomic one.
 
 Stores::
 
@@ -61,6 +63,24 @@ class ProgressStore(ABC):
         A new counter starts at 1 and expires ``ttl`` seconds after its creation; later
         increments do not extend it (a fixed window, as rate limits want).
         """
+
+    def delete_if(self, key: str, value: str) -> bool:
+        """Remove ``key`` only while it holds ``value``; tell whether it did.
+
+        Backends should make this atomic (compare-and-delete): the default reads, then
+        deletes, so the key could change in between.
+        """
+        return self.get(key) == value and self.delete(key)
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        """Give ``key`` a new ``ttl`` only while it holds ``value``; tell whether it did.
+
+        Backends should make this atomic; the default reads, then writes.
+        """
+        if self.get(key) != value:
+            return False
+        self.set(key, value, ttl)
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections.  The store must not be used afterwards."""

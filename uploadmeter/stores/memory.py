@@ -53,6 +53,23 @@ class MemoryStore(ProgressStore):
             item = self._data.pop(key, None)
         return item is not None and item[1] > time.monotonic()
 
+    def delete_if(self, key: str, value: str) -> bool:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None or item[0] != value or item[1] <= time.monotonic():
+                return False
+            del self._data[key]
+            return True
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            item = self._data.get(key)
+            if item is None or item[0] != value or item[1] <= now:
+                return False
+            self._data[key] = (value, now + ttl)
+            return True
+
     def incr(self, key: str, ttl: float) -> int:
         now = time.monotonic()
         with self._lock:

@@ -22,6 +22,16 @@ if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return value
 """
 
+# Compare-and-delete and compare-and-expire: one round trip, atomic in Redis.
+_DELETE_IF_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_EXPIRE_IF_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 
 class RedisStore(ProgressStore):
     """Keeps values in Redis under ``key_prefix``.
@@ -54,6 +64,8 @@ class RedisStore(ProgressStore):
             self._redis = url_or_client
         self.key_prefix = key_prefix
         self._incr = self._redis.register_script(_INCR_SCRIPT)
+        self._delete_if = self._redis.register_script(_DELETE_IF_SCRIPT)
+        self._expire_if = self._redis.register_script(_EXPIRE_IF_SCRIPT)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -74,9 +86,18 @@ class RedisStore(ProgressStore):
     def delete(self, key: str) -> bool:
         return bool(self._call("delete", self.key_prefix + key))
 
+    def delete_if(self, key: str, value: str) -> bool:
+        return bool(self._script(self._delete_if, key, value))
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        return bool(self._script(self._expire_if, key, value, _ms(ttl)))
+
     def incr(self, key: str, ttl: float) -> int:
+        return int(self._script(self._incr, key, _ms(ttl)))
+
+    def _script(self, script: Any, key: str, *args: Any) -> Any:
         try:
-            return int(self._incr(keys=[self.key_prefix + key], args=[_ms(ttl)]))
+            return script(keys=[self.key_prefix + key], args=list(args))
         except self._errors as exc:
             raise StoreError(f"Redis store: {exc}") from exc
 

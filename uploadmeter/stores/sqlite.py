@@ -137,6 +137,26 @@ class SQLiteStore(ProgressStore):
         row = cursor.fetchone()
         return bool(row and row[0])
 
+    def delete_if(self, key: str, value: str) -> bool:
+        cursor = self._run(
+            lambda db: db.execute(
+                "DELETE FROM uploadmeter_kv WHERE key = ? AND value = ? AND expires_at > ?",
+                (key, value, time.time()),
+            )
+        )
+        return cursor.rowcount == 1
+
+    def expire_if(self, key: str, value: str, ttl: float) -> bool:
+        now = time.time()
+        cursor = self._run(
+            lambda db: db.execute(
+                "UPDATE uploadmeter_kv SET expires_at = ? "
+                "WHERE key = ? AND value = ? AND expires_at > ?",
+                (now + ttl, key, value, now),
+            )
+        )
+        return cursor.rowcount == 1
+
     def incr(self, key: str, ttl: float) -> int:
         now = time.time()
         row = self._run(
