@@ -13,9 +13,13 @@ progress record under its id (the last segment of its URL), so
 ``GET {prefix}/progress?id=`` and ``POST {prefix}/cancel?id=`` work as for forms.
 
 PATCH requests to one upload are serialized by a :class:`~uploadmeter.locks.StoreLock`,
-which holds across worker processes (SQLite store) and machines (Redis store).  When the
-last byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
+which holds across worker processes (SQLite store) and machines (Redis store); a PATCH
+that lost its lock (it stalled past ``lock_ttl``) touches the file no more.  When the last
+byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
 ``verifying``), moved into the content-addressed store and handed to ``on_complete``.
+
+Errors are short JSON (or HTML) messages with the spec's statuses, and every answer
+carries ``Tus-Resumable`` (OPTIONS too, as in the spec's example).
 """
 
 from __future__ import annotations
@@ -30,21 +34,38 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import http_date
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
-from uploadmeter.completion import CompletionFailed, OnComplete, UploadRejected, deliver
+from uploadmeter.completion import (
+    CompletionFailed,
+    OnComplete,
+    ResumableEndpoint,
+    UploadRejected,
+)
 from uploadmeter.errors import StoreError
-from uploadmeter.filestore import FileInfo, FileStore, InvalidName, clean_filename
+from uploadmeter.filestore import (
+    DiskFull,
+    FileInfo,
+    FileStore,
+    InvalidName,
+    QuotaExceeded,
+    clean_filename,
+)
 from uploadmeter.locks import LockLost, LockTimeout, StoreLock
-from uploadmeter.processing import ProcessingCancelled, ProcessingTask
+from uploadmeter.processing import ProcessingCancelled
 from uploadmeter.record import CANCELLED, DONE, FINISHED, UPLOADING, FieldProgress, UploadRecord
-from uploadmeter.stores import ProgressStore
-from uploadmeter.tracker import UploadTracker, cancel_key, record_key
+from uploadmeter.responses import NO_STORE, error_response
+from uploadmeter.tracker import (
+    CANCELLED_ERROR,
+    UploadTracker,
+    cancel_key,
+    record_key,
+)
 
 if TYPE_CHECKING:
     from uploadmeter.middleware import UploadMeterMiddleware
@@ -69,11 +90,15 @@ _BLOCK = 256 * 1024
 
 
 class _Answer(Exception):
-    """A non-success answer: ``status``, a short text and headers."""
+    """A non-success answer: ``status``, a short message and headers."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _gone() -> _Answer:
+    return _Answer(410, "The upload was cancelled.", {"Connection": "close"})
 
 
 @dataclass
@@ -92,6 +117,10 @@ class _Upload:
         return os.path.join(self.directory, "info.json")
 
     @property
+    def record_key(self) -> str:
+        return record_key(self.session, self.id)
+
+    @property
     def length(self) -> int:
         return int(self.info["length"])
 
@@ -108,7 +137,7 @@ class _Upload:
             raise _Answer(404, "Upload not found.") from None
 
 
-class TusUploads:
+class TusUploads(ResumableEndpoint):
     """The tus endpoint (WSGI app); mount it with ``meter.mount("/tus", tus)``.
 
     :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
@@ -122,6 +151,7 @@ class TusUploads:
     :param lock_ttl: seconds a PATCH's lock outlives a stalled worker.
     :param lock_wait: seconds a PATCH waits for another one on the same upload
         before ``423 Locked``.
+    :param max_metadata_length: longest ``Upload-Metadata`` header accepted.
     """
 
     def __init__(
@@ -136,18 +166,10 @@ class TusUploads:
         lock_wait: float = 20.0,
         max_metadata_length: int = 8192,
     ) -> None:
-        self.meter = meter
-        self.files = files if isinstance(files, FileStore) else FileStore(files)
-        self.on_complete = on_complete
+        super().__init__(meter, files, on_complete, session_quota, lock_ttl)
         self.max_size = max_size
-        self.session_quota = session_quota
-        self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
         self.max_metadata_length = max_metadata_length
-
-    @property
-    def store(self) -> ProgressStore:
-        return self.meter.store
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -155,63 +177,62 @@ class TusUploads:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         try:
-            response = self._dispatch(environ)
+            response = self._dispatch(Request(environ))
         except _Answer as answer:
-            response = _text(answer.status, answer.message, answer.headers)
+            response = error_response(environ, answer.status, answer.message)
+            response.headers.update(answer.headers)
         except (StoreError, LockLost, LockTimeout) as exc:
             log.warning("uploadmeter: tus request deferred: %s", exc)
-            response = _text(503, "The server is busy; try again.", {"Retry-After": "2"})
+            response = error_response(
+                environ, 503, "The server is busy; try again.", [("Retry-After", "2")]
+            )
         except Exception:
             log.exception("uploadmeter: tus request failed")
-            response = _text(500, "The server failed.")
+            response = error_response(environ, 500, "The server failed.")
         response.headers["Tus-Resumable"] = TUS_VERSION
         return response(environ, start_response)
 
-    def _dispatch(self, environ: dict[str, Any]) -> Response:
-        method = (
-            environ.get("HTTP_X_HTTP_METHOD_OVERRIDE") or environ.get("REQUEST_METHOD", "GET")
-        ).upper()
+    def _dispatch(self, request: Request) -> Response:
+        method = (request.headers.get("X-HTTP-Method-Override") or request.method).upper()
         if method == "OPTIONS":
             return self._options()
-        if environ.get("HTTP_TUS_RESUMABLE") != TUS_VERSION:
+        if request.headers.get("Tus-Resumable") != TUS_VERSION:
             raise _Answer(412, "Unsupported tus version.", {"Tus-Version": TUS_VERSION})
         self.files.maybe_cleanup(self.store)
-        path = environ.get("PATH_INFO", "")
-        if path in ("", "/"):
+        if request.path in ("", "/"):
             if method == "POST":
-                return self._create(environ)
+                return self._create(request)
             raise _Answer(405, "Use POST to create an upload.", {"Allow": "POST, OPTIONS"})
-        match = re.fullmatch(r"/([^/]+)/?", path)
+        match = re.fullmatch(r"/([^/]+)/?", request.path)
         if match is None or not _ID.fullmatch(match.group(1)):
             raise _Answer(404, "Upload not found.")
         upload_id = match.group(1)
         if method == "HEAD":
-            return self._head(environ, upload_id)
+            return self._head(request, upload_id)
         if method == "PATCH":
-            return self._patch(environ, upload_id)
+            return self._patch(request, upload_id)
         if method == "DELETE":
-            return self._delete(environ, upload_id)
+            return self._delete(request, upload_id)
         raise _Answer(405, "Use HEAD, PATCH or DELETE.", {"Allow": "HEAD, PATCH, DELETE, OPTIONS"})
 
     def _options(self) -> Response:
-        response = Response(status=204)
-        response.headers.update(
-            {
+        return Response(
+            status=204,
+            headers={
                 "Tus-Version": TUS_VERSION,
                 "Tus-Extension": EXTENSIONS,
                 "Tus-Max-Size": str(self.max_size),
                 "Tus-Checksum-Algorithm": ",".join(_ALGORITHMS),
-            }
+            },
         )
-        return response
 
     # -- lookup --------------------------------------------------------------------------
 
     def _gone_key(self, session: str, upload_id: str) -> str:
         return f"tus-gone:{self.files.session_key(session)}:{upload_id}"
 
-    def _find(self, environ: dict[str, Any], upload_id: str) -> _Upload:
-        session = self.meter.cookie.session_of(environ)
+    def _find(self, request: Request, upload_id: str) -> _Upload:
+        session = self.meter.cookie.session_of(request.environ)
         if session is None:
             raise _Answer(404, "Upload not found.")
         directory = self.files.upload_dir("tus", session, upload_id)
@@ -233,81 +254,83 @@ class TusUploads:
         )
 
     def _headers(self, upload: _Upload, offset: int) -> dict[str, str]:
-        headers = {
+        return {
             "Upload-Offset": str(offset),
             "Upload-Expires": http_date(float(upload.info["expires_at"])),
-            "Cache-Control": "no-store",
+            **NO_STORE,
         }
-        return headers
 
     # -- POST: creation (with upload) ----------------------------------------------------
 
-    def _create(self, environ: dict[str, Any]) -> Response:
-        session = self.meter.cookie.session_of(environ)
+    def _create(self, request: Request) -> Response:
+        session = self.meter.cookie.session_of(request.environ)
         if session is None:
             raise _Answer(
                 403,
                 "No upload session: send the uploadmeter session cookie (load a page of "
                 "this site first) or configure the middleware's session_id hook.",
             )
-        if "HTTP_UPLOAD_DEFER_LENGTH" in environ:
+        if "Upload-Defer-Length" in request.headers:
             raise _Answer(400, "Deferred upload length is not supported.")
-        length_text = environ.get("HTTP_UPLOAD_LENGTH", "")
-        if not _INT.fullmatch(length_text):
+        length = _int_header(request, "Upload-Length")
+        if length is None:
             raise _Answer(400, "Upload-Length must be a non-negative integer.")
-        length = int(length_text)
         if length > self.max_size:
             raise _Answer(413, f"Uploads may have at most {self.max_size} bytes.")
-        raw_metadata, metadata = self._metadata(environ.get("HTTP_UPLOAD_METADATA"))
+        raw_metadata, metadata = self._metadata(request.headers.get("Upload-Metadata"))
         try:
             filename = clean_filename(metadata.get("filename") or metadata.get("name") or "upload")
         except InvalidName as exc:
             raise _Answer(400, str(exc)) from None
-        has_body = _has_body(environ)
-        if has_body and _content_type(environ) != OFFSET_TYPE:
+        has_body = _has_body(request)
+        if has_body and request.mimetype != OFFSET_TYPE:
             raise _Answer(415, f"A creation request with data must be {OFFSET_TYPE}.")
-        checksum = self._checksum(environ) if has_body else None
+        checksum = self._checksum(request) if has_body else None
 
         upload_id = secrets.token_urlsafe(18)
-        directory = self.files.upload_dir("tus", session, upload_id)
         now = time.time()
-        info: dict[str, Any] = {
-            "id": upload_id,
-            "length": length,
-            "metadata": raw_metadata,
-            "meta": metadata,
-            "filename": filename,
-            "created": now,
-            "expires_at": now + self.files.expire_after,
-            "complete": False,
-        }
-        with StoreLock(self.store, "files-session:" + self.files.session_key(session), wait=10):
-            reserved = self.files.reserved_bytes(session)
-            if reserved + length > self.session_quota:
-                raise _Answer(413, "This session has too many unfinished uploads.")
-            if self.files.free_space() < length:
-                raise _Answer(507, "The server has no room for this upload now.")
-            os.makedirs(directory)
-            open(os.path.join(directory, "data"), "wb").close()
-            self.files.write_json(os.path.join(directory, "info.json"), info)
-        upload = _Upload(upload_id, session, directory, info)
-        record = UploadRecord(
-            id=upload_id,
-            state=UPLOADING,
-            content_length=length,
-            fields=[FieldProgress("file", filename, None, 0, UPLOADING)],
-            field_count=1,
+        upload = _Upload(
+            upload_id,
+            session,
+            self.files.upload_dir("tus", session, upload_id),
+            {
+                "id": upload_id,
+                "length": length,
+                "metadata": raw_metadata,
+                "meta": metadata,
+                "filename": filename,
+                "created": now,
+                "expires_at": now + self.files.expire_after,
+                "complete": False,
+            },
         )
-        self._save_record(upload, record)
+        try:
+            with self.files.session_lock(self.store, session):
+                self.files.check_room(session, length, self.session_quota)
+                os.makedirs(upload.directory)
+                open(upload.data_path, "wb").close()
+                self.files.write_json(upload.info_path, upload.info)
+        except QuotaExceeded as exc:
+            raise _Answer(413, str(exc)) from None
+        except DiskFull as exc:
+            raise _Answer(507, str(exc)) from None
+        self._save_record(upload, self._new_record(upload))
 
-        location = environ.get("SCRIPT_NAME", "").rstrip("/") + "/" + upload_id
-        headers = {"Location": location, "Upload-Expires": http_date(info["expires_at"])}
+        location = request.script_root.rstrip("/") + "/" + upload_id
+        headers = {"Location": location, "Upload-Expires": http_date(upload.info["expires_at"])}
         if has_body or length == 0:
-            with self._lock(upload) as lock:
-                offset = self._receive(environ, upload, 0, checksum, lock)
-            headers["Upload-Offset"] = str(offset)
-        response = Response(status=201, headers=headers)
-        return response
+            try:
+                with self._lock(upload) as lock:
+                    headers["Upload-Offset"] = str(
+                        self._receive(request, upload, 0, checksum, lock)
+                    )
+            except BaseException:
+                # Without a Location the client cannot resume this upload: drop it now
+                # rather than let it hold the session's quota until it expires.
+                self.files.remove_tree(upload.directory)
+                self.store.delete(upload.record_key)
+                raise
+        return Response(status=201, headers=headers)
 
     def _metadata(self, header: str | None) -> tuple[str | None, dict[str, str]]:
         """Validate ``Upload-Metadata``; return it re-encoded and decoded."""
@@ -331,8 +354,8 @@ class TusUploads:
             raw.append(f"{key} {base64.b64encode(data).decode('ascii')}" if value else key)
         return ",".join(raw), decoded
 
-    def _checksum(self, environ: dict[str, Any]) -> tuple[str, bytes] | None:
-        header = environ.get("HTTP_UPLOAD_CHECKSUM")
+    def _checksum(self, request: Request) -> tuple[str, bytes] | None:
+        header = request.headers.get("Upload-Checksum")
         if header is None:
             return None
         algo, _, value = header.strip().partition(" ")
@@ -345,19 +368,15 @@ class TusUploads:
 
     # -- HEAD ----------------------------------------------------------------------------
 
-    def _head(self, environ: dict[str, Any], upload_id: str) -> Response:
-        upload = self._find(environ, upload_id)
+    def _head(self, request: Request, upload_id: str) -> Response:
+        upload = self._find(request, upload_id)
         if not upload.complete and upload.offset() == upload.length:
             # Every byte is here but the worker that received the last ones stopped
             # before handing the file over: do it now (unless another request is).
             lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=0)
-            try:
-                lock.acquire()
-            except LockTimeout:
-                pass
-            else:
+            if lock.try_acquire():
                 with lock:
-                    upload = self._find(environ, upload_id)
+                    upload = self._find(request, upload_id)
                     if not upload.complete:
                         self._finish(upload, self._load_record(upload), lock)
         headers = self._headers(upload, upload.offset())
@@ -368,27 +387,25 @@ class TusUploads:
 
     # -- PATCH ---------------------------------------------------------------------------
 
-    def _patch(self, environ: dict[str, Any], upload_id: str) -> Response:
-        if _content_type(environ) != OFFSET_TYPE:
+    def _patch(self, request: Request, upload_id: str) -> Response:
+        if request.mimetype != OFFSET_TYPE:
             raise _Answer(415, f"PATCH requests must be {OFFSET_TYPE}.")
-        offset_text = environ.get("HTTP_UPLOAD_OFFSET", "")
-        if not _INT.fullmatch(offset_text):
+        offset = _int_header(request, "Upload-Offset")
+        if offset is None:
             raise _Answer(400, "Upload-Offset must be a non-negative integer.")
-        offset = int(offset_text)
-        checksum = self._checksum(environ)
-        upload = self._find(environ, upload_id)
-        declared = _content_length(environ)
-        if declared is not None and offset + declared > upload.length:
+        checksum = self._checksum(request)
+        upload = self._find(request, upload_id)
+        if request.content_length is not None and offset + request.content_length > upload.length:
             raise _Answer(413, "The data goes past Upload-Length.")
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
-            upload = self._find(environ, upload_id)
+            upload = self._find(request, upload_id)
             current = upload.offset()
             if offset != current:
                 raise _Answer(409, f"Upload-Offset is {current}.", {"Upload-Offset": str(current)})
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
-            new_offset = self._receive(environ, upload, current, checksum, lock)
+            new_offset = self._receive(request, upload, current, checksum, lock)
         return Response(status=204, headers=self._headers(upload, new_offset))
 
     def _lock(self, upload: _Upload) -> StoreLock:
@@ -401,7 +418,7 @@ class TusUploads:
 
     def _receive(
         self,
-        environ: dict[str, Any],
+        request: Request,
         upload: _Upload,
         start: int,
         checksum: tuple[str, bytes] | None,
@@ -411,52 +428,22 @@ class TusUploads:
 
         Called with the upload's ``lock`` held.  Returns the new offset.
         """
-        remaining = upload.length - start
         hasher = _ALGORITHMS[checksum[0]]() if checksum else None
         record = self._load_record(upload)
         record.bytes_received = start
         tracker = UploadTracker(self.store, upload.session, record, self.meter.settings)
-        written = 0
-        failure: _Answer | None = None
-        cancelled = False
         with open(upload.data_path, "r+b") as f:
             f.seek(start)
             try:
-                if _content_length(environ) is not None:
-                    stream = get_input_stream(environ)  # checked against Upload-Length
-                else:
-                    # Chunked: one byte more than fits, to tell "too long" from "ends".
-                    stream = get_input_stream(environ, max_content_length=remaining + 1)
-                while True:
-                    block = stream.read(_BLOCK)
-                    if not block:
-                        break
-                    if written + len(block) > remaining:
-                        raise RequestEntityTooLarge()
-                    lock.refresh(every=self.lock_ttl / 3)
-                    f.write(block)
-                    written += len(block)
-                    if hasher is not None:
-                        hasher.update(block)
-                    if tracker.progress(start + written, time.monotonic()):
-                        cancelled = True
-                        break
-            except RequestEntityTooLarge:
-                failure = _Answer(413, "The data goes past Upload-Length.")
+                written, failure = self._append(request, f, upload, start, hasher, lock, tracker)
+                # Still ours?  Otherwise another PATCH writes this file now: leave it be.
+                lock.refresh()
             except LockLost:
                 raise _Answer(423, "The upload's lock was lost; retry.") from None
-            except (HTTPException, OSError, ValueError) as exc:
-                # The client went away: keep what arrived (unless a checksum must cover it).
-                log.info("uploadmeter: tus PATCH of %s interrupted: %s", upload.id, exc)
-                failure = _Answer(400, "The request body ended early.")
-            if cancelled:
-                f.close()
-                self._terminate(upload)
-                raise _Answer(410, "The upload was cancelled.", {"Connection": "close"})
             if failure is not None and (hasher is not None or failure.status == 413):
-                f.truncate(start)
+                f.truncate(start)  # a checksum covers the whole body, or nothing is kept
                 written = 0
-            elif hasher is not None and checksum is not None and hasher.digest() != checksum[1]:
+            elif checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
                 f.truncate(start)
                 written = 0
                 failure = _Answer(460, "Checksum Mismatch")
@@ -471,30 +458,68 @@ class TusUploads:
             self._finish(upload, tracker.record, lock)
         return offset
 
+    def _append(
+        self,
+        request: Request,
+        f: IO[bytes],
+        upload: _Upload,
+        start: int,
+        hasher: Any,
+        lock: StoreLock,
+        tracker: UploadTracker,
+    ) -> tuple[int, _Answer | None]:
+        """Copy the body into ``f``: ``(bytes written, the failure that stopped it)``.
+
+        Keeps what arrived when the client goes away (the spec asks servers to).
+        Terminates the upload and raises ``410`` when the user cancels.
+        """
+        remaining = upload.length - start
+        written = 0
+        try:
+            # One byte more than fits, to tell a body that is too long from one that ends.
+            stream = get_input_stream(request.environ, max_content_length=remaining + 1)
+            while block := stream.read(_BLOCK):
+                if written + len(block) > remaining:
+                    raise RequestEntityTooLarge()
+                lock.refresh(every=self.lock_ttl / 3)
+                f.write(block)
+                written += len(block)
+                if hasher is not None:
+                    hasher.update(block)
+                if tracker.progress(start + written, time.monotonic()):
+                    f.close()
+                    self._terminate(upload)
+                    raise _gone()
+        except RequestEntityTooLarge:
+            return written, _Answer(413, "The data goes past Upload-Length.")
+        except (HTTPException, OSError, ValueError) as exc:
+            log.info("uploadmeter: tus PATCH of %s interrupted: %s", upload.id, exc)
+            return written, _Answer(400, "The request body ended early.")
+        return written, None
+
+    def _new_record(self, upload: _Upload) -> UploadRecord:
+        return UploadRecord(
+            id=upload.id,
+            state=UPLOADING,
+            content_length=upload.length,
+            fields=[FieldProgress("file", upload.info.get("filename"), None, 0, UPLOADING)],
+            field_count=1,
+        )
+
     def _load_record(self, upload: _Upload) -> UploadRecord:
-        text = self.store.get(record_key(upload.session, upload.id))
+        text = self.store.get(upload.record_key)
         record = UploadRecord.loads(text) if text is not None else None
+        if record is not None and record.state == CANCELLED:
+            self._terminate(upload)
+            raise _gone()
         if record is None or record.state in FINISHED:
-            if record is not None and record.state == CANCELLED:
-                self._terminate(upload)
-                raise _Answer(410, "The upload was cancelled.")
-            record = UploadRecord(
-                id=upload.id,
-                state=UPLOADING,
-                content_length=upload.length,
-                fields=[FieldProgress("file", upload.info.get("filename"), None, 0, UPLOADING)],
-                field_count=1,
-            )
+            return self._new_record(upload)
         return record
 
     def _save_record(self, upload: _Upload, record: UploadRecord) -> None:
         settings = self.meter.settings
         record.updated_at = time.time()
-        self.store.set(
-            record_key(upload.session, upload.id),
-            record.dumps(),
-            settings.stale_after + settings.ttl,
-        )
+        self.store.set(upload.record_key, record.dumps(), settings.stale_after + settings.ttl)
 
     # -- completion ----------------------------------------------------------------------
 
@@ -504,25 +529,14 @@ class TusUploads:
             record.fields[0].bytes_received = upload.length
             record.fields[0].state = DONE
         self._save_record(upload, record)
-        task = ProcessingTask(
-            self.store,
-            upload.session,
-            upload.id,
-            "verifying",
-            total=upload.length,
-            settings=self.meter.settings,
-        ).start()
-
-        def progress(done: int) -> None:
-            task.update(done)
-            lock.refresh(every=self.lock_ttl / 3)
 
         try:
-            digests = self.files.digest_file(upload.data_path, progress)
+            task = self.start_task(upload.session, upload.id, "verifying", upload.length)
+            digests = self.hash_files(task, lock, [upload.data_path])
         except ProcessingCancelled:
             self._terminate(upload)
-            raise _Answer(410, "The upload was cancelled.") from None
-        path = self.files.adopt(upload.data_path, digests.sha256)
+            raise _gone() from None
+        path, created = self.files.adopt(upload.data_path, digests.sha256)
         upload.info.update(complete=True, sha256=digests.sha256, md5=digests.md5)
         self.files.write_json(upload.info_path, upload.info)
         info = FileInfo(
@@ -537,16 +551,16 @@ class TusUploads:
             metadata=dict(upload.info.get("meta") or {}),
         )
         try:
-            deliver(info, task, self.on_complete)
-        except UploadRejected as exc:
-            raise _Answer(exc.status, exc.message) from None
-        except CompletionFailed:
+            self.hand_over(info, task, new_file=created)
+        except (UploadRejected, CompletionFailed) as exc:
+            if isinstance(exc, UploadRejected):
+                raise _Answer(exc.status, exc.message) from None
             raise _Answer(500, "The server could not take the file.") from None
 
     # -- DELETE: termination -------------------------------------------------------------
 
-    def _delete(self, environ: dict[str, Any], upload_id: str) -> Response:
-        upload = self._find(environ, upload_id)
+    def _delete(self, request: Request, upload_id: str) -> Response:
+        upload = self._find(request, upload_id)
         # Raise the cancel flag first: a PATCH in progress stops at its next write.
         settings = self.meter.settings
         self.store.set(
@@ -554,35 +568,24 @@ class TusUploads:
         )
         with self._lock(upload):
             self._terminate(upload)
-        key = record_key(upload.session, upload.id)
-        text = self.store.get(key)
+        text = self.store.get(upload.record_key)
         if text is not None:
             record = UploadRecord.loads(text)
             if record.state not in FINISHED:
                 record.state = CANCELLED
                 record.finished_at = record.updated_at = time.time()
-                record.error = {"status": 499, "message": "The upload was terminated."}
-                self.store.set(key, record.dumps(), settings.ttl)
+                record.error = dict(CANCELLED_ERROR, message="The upload was terminated.")
+                self.store.set(upload.record_key, record.dumps(), settings.ttl)
         return Response(status=204)
 
 
-def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = Response(message + "\n", status=status, mimetype="text/plain", headers=headers)
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _content_type(environ: dict[str, Any]) -> str:
-    return str(environ.get("CONTENT_TYPE", "")).split(";", 1)[0].strip().lower()
-
-
-def _content_length(environ: dict[str, Any]) -> int | None:
-    value = environ.get("CONTENT_LENGTH", "")
+def _int_header(request: Request, name: str) -> int | None:
+    """A non-negative integer header (``Upload-Length``, ``Upload-Offset``), else ``None``."""
+    value = request.headers.get(name, "")
     return int(value) if _INT.fullmatch(value) else None
 
 
-def _has_body(environ: dict[str, Any]) -> bool:
-    length = _content_length(environ)
-    if length is not None:
-        return length > 0
-    return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+def _has_body(request: Request) -> bool:
+    if request.content_length is not None:
+        return request.content_length > 0
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
