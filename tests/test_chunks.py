@@ -697,3 +697,18 @@ def test_a_delete_during_the_merge_cancels_it_cleanly(tmp_path: Any) -> None:
         assert c.progress(f.identifier)["state"] == "cancelled"
         assert read_completions(s.directory) == [] and stored_files(s.directory) == []
         assert leftovers(s.directory) == {"tmp": [], "partial": []}
+
+
+def test_the_upload_clock_starts_when_the_first_chunk_request_arrives(server: Any) -> None:
+    # A first chunk whose body takes a while: the record's clock must include that time,
+    # or a few parallel chunks would show an absurd speed.
+    c = server.client()
+    f = ChunkedFile.random(8 * KB, 4 * KB)
+    before = time.time()
+    slow = _in_flight(c, f, 1, server.directory)  # half the body sent, server reading
+    time.sleep(0.3)  # the throttle itself: the rest of the body comes 0.3 s later
+    slow.send_rest()
+    assert slow.finish()[0] == 200
+    record = c.progress(f.identifier)
+    assert record["started_at"] < before + 0.2, record
+    assert record["average_speed"] < 4 * KB / 0.3

@@ -352,7 +352,7 @@ class ChunkUploads(ResumableEndpoint):
             self.files.discard(received)  # a no-op once the chunk was renamed into place
         if meta is None:  # a late duplicate of a finished upload
             return self._answer(up, params, extra, done=done or self._done(up) or {})
-        self._write_progress(up, meta)
+        self._write_progress(up, meta, arrived)
         # Listed after the progress write let go of the lock: if the last chunk's merge
         # found it taken by this write, this request sees every chunk and merges.
         stored = up.stored(meta.total_chunks)
@@ -457,7 +457,7 @@ class ChunkUploads(ResumableEndpoint):
         self.files.remove_tree(up.directory)
         self.store.delete(up.done_key)
 
-    def _write_progress(self, up: _Upload, meta: ChunkParams) -> None:
+    def _write_progress(self, up: _Upload, meta: ChunkParams, arrived: float) -> None:
         """Record the bytes stored so far.
 
         Under the upload's lock, or not at all: a merge holds it, so a chunk stored
@@ -473,7 +473,9 @@ class ChunkUploads(ResumableEndpoint):
             stored = up.stored(meta.total_chunks)
             record = self._record(up)
             if record is None or record.state in FINISHED:
-                record = UploadRecord(id=up.upload_id)
+                # The clock starts when the first chunk request arrived, not when its body
+                # was stored: otherwise a few parallel chunks look instantaneous.
+                record = UploadRecord(id=up.upload_id, started_at=arrived)
             received = sum(meta.expected_size(n) for n in stored)
             record.state = UPLOADING
             record.content_length = meta.total_size
