@@ -110,6 +110,7 @@ class ProcessingTask:
         self.total = total
         self.result: dict[str, Any] = {}
         self.started = False
+        self.started_at = time.time()  # replaced by the record's own when handed over
         self.finished = False
         self._record: UploadRecord | None = None
         self._key = record_key(session, upload_id)
@@ -140,8 +141,13 @@ class ProcessingTask:
                 # below sees it.)
                 self.store.delete(self._cancel_key)
             if record is None:
-                record = UploadRecord(id=self.upload_id, state=PROCESSING)
+                record = UploadRecord(
+                    id=self.upload_id, state=PROCESSING, started_at=self.started_at
+                )
             previous = record.processing
+            if record.state == PROCESSING and previous is not None:
+                # When processing began (the upload's own time ends there), whatever phase.
+                self.started_at = float(previous.get("started_at") or self.started_at)
             if (
                 record.state == PROCESSING
                 and previous is not None
@@ -302,7 +308,12 @@ class ProcessingTask:
         self._last_write = now
 
     def _put(self, record: UploadRecord, ttl: float) -> None:
-        record.processing = {"phase": self.phase, "done": self.done, "total": self.total}
+        record.processing = {
+            "phase": self.phase,
+            "done": self.done,
+            "total": self.total,
+            "started_at": self.started_at,
+        }
         record.updated_at = time.time()
         try:
             self.store.set(self._key, record.dumps(), ttl)

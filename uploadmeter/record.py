@@ -63,7 +63,8 @@ class UploadRecord:
     fields: list[FieldProgress] = field(default_factory=list)
     field_count: int = 0  # every part seen, also those past the tracked-field cap
     error: dict[str, Any] | None = None  # {"status": int, "message": str}
-    processing: dict[str, Any] | None = None  # {"phase", "done", "total"} after the upload
+    # After the upload: {"phase", "done", "total", "started_at"}
+    processing: dict[str, Any] | None = None
     result: dict[str, Any] | None = None  # what the app chose to tell the client
 
     # -- derived -------------------------------------------------------------------------

@@ -465,8 +465,10 @@
       : this.files.map(function (f) { return f.name; });
     var what = names.length === 1 ? names[0] : names.length + " files";
     var text = "Uploaded " + what + " (" + formatBytes(this.total) + ")";
-    if (data.finished_at && data.started_at) {
-      text += " in " + formatDuration(Math.max(0, data.finished_at - data.started_at));
+    // The upload's own time ends where processing began (if the app processed it).
+    var uploadEnd = (data.processing && data.processing.started_at) || data.finished_at;
+    if (uploadEnd && data.started_at) {
+      text += " in " + formatDuration(Math.max(0, uploadEnd - data.started_at));
     }
     setText(this.summary, text + ".");
     this.fillResult(data.result || {});
