@@ -77,7 +77,8 @@ class ChunkClient(Client):
     """A cookie-keeping client with the chunk protocol's three requests."""
 
     def start(self) -> None:
-        status, _, _ = self.request("GET", "/")  # the page sets the session cookie
+        # As the uploader's script does: the progress endpoint issues the session cookie.
+        status, _, _ = self.request("GET", "/uploadmeter/progress?id=session-check")
         assert status == 200 and self.cookies
 
     def test(self, params: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:

@@ -161,6 +161,9 @@ def site(tmp_path: Any) -> Iterator[tuple[str, ChunkGate, str]]:
         directory,
         inner=page_app,
         chunk_options={"instant_upload": "global"},
+        # The page also drives the raw npm clients, which know nothing of our session
+        # fetch: this page hands out the cookie itself.
+        meter_options={"set_cookie_on_pages": True},
     )
     gate = ChunkGate(meter)
     with serve_fast(gate) as url:

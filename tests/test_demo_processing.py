@@ -44,9 +44,9 @@ def text_data(size: int, seed: int = 7) -> bytes:
 
 
 def started(demo: Demo) -> Client:
-    """A client with the demo's session cookie (as a browser has after loading a page)."""
+    """A client with the demo's session cookie (as the widget's script fetches it)."""
     client = Client(demo.url)
-    status, _, _ = client.request("GET", "/")
+    status, _, _ = client.request("GET", "/uploadmeter/progress?id=session-check")
     assert status == 200 and "uploadmeter_session" in client.cookies
     return client
 

@@ -213,13 +213,14 @@ def test_html_pages_get_the_session_cookie_once() -> None:
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
         return [b"<form></form>"]
 
-    client = Client(meter(page))
+    assert "Set-Cookie" not in Client(meter(page)).get("/").headers  # off by default
+    client = Client(meter(page, set_cookie_on_pages=True))
     first = client.get("/")
     cookie = first.headers["Set-Cookie"]
     assert cookie.startswith("uploadmeter_session=")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
     assert "Set-Cookie" not in client.get("/").headers
-    https = Client(meter(page)).get("/", base_url="https://localhost")
+    https = Client(meter(page, set_cookie_on_pages=True)).get("/", base_url="https://localhost")
     assert "Secure" in https.headers["Set-Cookie"]
 
 

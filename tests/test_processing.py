@@ -53,7 +53,7 @@ def site() -> Any:
     meter = make_meter()
     with serve_fast(meter) as url:
         client = Client(url)
-        client.request("GET", "/")
+        client.request("GET", "/uploadmeter/progress?id=session-check")
         yield meter, client
 
 
@@ -174,7 +174,7 @@ def test_task_in_another_process_with_the_sqlite_store(sqlite_path: str) -> None
     meter = make_meter(open_store(url))
     with serve_fast(meter) as base:
         client = Client(base)
-        client.request("GET", "/")
+        client.request("GET", "/uploadmeter/progress?id=session-check")
         upload_id = new_upload_id()
         ctx = multiprocessing.get_context("fork")
         steps = [ctx.Event() for _ in range(3)]
@@ -250,7 +250,7 @@ def test_start_processing_goes_from_uploading_to_processing_never_done(inline: b
     meter = app.meter = make_meter(inner=app)
     with serve_fast(meter) as url:
         client = Client(url)
-        client.request("GET", "/")
+        client.request("GET", "/uploadmeter/progress?id=session-check")
         upload_id = new_upload_id()
         assert post_upload(client, upload_id) == 200
         record = client.progress(upload_id)
@@ -279,7 +279,7 @@ def test_a_task_after_the_middleware_said_done_reopens_the_record() -> None:
     meter = app.meter = make_meter(inner=app)
     with serve_fast(meter) as url:
         client = Client(url)
-        client.request("GET", "/")
+        client.request("GET", "/uploadmeter/progress?id=session-check")
         upload_id = new_upload_id()
         assert post_upload(client, upload_id) == 200
         assert client.progress(upload_id)["state"] == "done"
@@ -310,7 +310,7 @@ def test_start_processing_after_a_cancel_raises() -> None:
     meter = make_meter(inner=app)
     with serve_fast(meter) as url:
         client = Client(url)
-        client.request("GET", "/")
+        client.request("GET", "/uploadmeter/progress?id=session-check")
         post_upload(client, new_upload_id())
     assert seen == ["UploadCancelled"]
 

@@ -111,8 +111,9 @@ class UploadMeterMiddleware:
         when it returns a value the cookie is not used.
     :param cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure:
         the session cookie (``cookie_secure=None``: Secure when the request is https).
-    :param set_cookie_on_pages: also set the cookie on HTML pages served by the app, so
-        the first upload from a page already has it.
+    :param set_cookie_on_pages: also set the cookie on HTML pages served by the app that
+        lack it.  Off by default: the component's script fetches it from the progress
+        endpoint before its first upload, and a page view then costs nothing extra.
     """
 
     def __init__(
@@ -133,7 +134,7 @@ class UploadMeterMiddleware:
         cookie_domain: str | None = None,
         cookie_samesite: str = "Lax",
         cookie_secure: bool | None = None,
-        set_cookie_on_pages: bool = True,
+        set_cookie_on_pages: bool = False,
     ) -> None:
         if not secret_key:
             raise ValueError("UploadMeterMiddleware needs a secret_key to sign its cookie")

@@ -313,11 +313,25 @@
     });
   }
 
+  // Chunks are keyed to uploadmeter's session cookie: one cheap request makes sure this
+  // browser has it before the first chunk (pages need not set it; they may be cached).
+  Widget.prototype.session = function () {
+    if (!this.sessionReady) {
+      this.sessionReady = fetch(this.endpoint + "/progress?id=session-check", {
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { Accept: "application/json" },
+      }).catch(function () { /* the first chunk reports lasting trouble */ });
+    }
+    return this.sessionReady;
+  };
+
   Widget.prototype.add = function (file) {
     var self = this;
     var item = new Item(this, file);
-    identifierFor(file, this.hashLimit).then(
-      function (identifier) {
+    Promise.all([identifierFor(file, this.hashLimit), this.session()]).then(
+      function (results) {
+        var identifier = results[0];
         var existing = self.items[identifier];
         if (existing && existing.state !== "done" && existing.state !== "error" && existing.state !== "cancelled") {
           item.remove();
