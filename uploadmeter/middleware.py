@@ -234,7 +234,6 @@ class UploadMeterMiddleware:
         if too_large:
             tracker.finish(ERROR, {"status": 413, "message": _TOO_LARGE})
             return self._too_large(environ, extra)(environ, start_response)
-        tracker.write_now()
 
         stream = MeteredInput(
             environ["wsgi.input"],

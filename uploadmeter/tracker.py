@@ -9,7 +9,6 @@ the store answers again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ class TrackerSettings:
     stale_after: float = 120.0  # an in-flight record not updated for this long is dead
     update_interval: float = 0.2  # at most one progress write per this many seconds
     heartbeat: float = 2.0  # ... and at least one per this long while bytes arrive
+    # (growing with the upload's age, elapsed / 25, up to stale_after / 3, so a slow upload
+    # costs about a hundred writes, not one every 2 s: 135, not 412, for 1 GiB at 10 Mbit/s)
     min_step: float = 0.01  # ... otherwise only when progress moved by 1 % of the length
     store_retry: float = 1.0  # after a store failure, wait this long before trying again
 
@@ -51,10 +52,6 @@ def record_key(session: str, upload_id: str) -> str:
 
 def cancel_key(session: str, upload_id: str) -> str:
     return f"cancel:{session}:{upload_id}"
-
-
-def lock_key(session: str, upload_id: str) -> str:
-    return f"lock:{session}:{upload_id}"
 
 
 def load_record(
@@ -78,11 +75,14 @@ def request_cancel(
     record = load_record(store, session, upload_id, settings.stale_after)
     if record is None or record.state not in IN_FLIGHT:
         return record
-    store.set(cancel_key(session, upload_id), "1", settings.stale_after + settings.ttl)
+    # Record and flag live equally long: a flag outliving its record would cancel a later
+    # upload that reuses the id (claim() clears flags only beside an existing record).
+    ttl = settings.stale_after + settings.ttl
+    store.set(cancel_key(session, upload_id), "1", ttl)
     record.state = CANCELLED
     record.finished_at = time.time()
     record.error = dict(CANCELLED_ERROR)
-    store.set(record_key(session, upload_id), record.dumps(), settings.ttl)
+    store.set(record_key(session, upload_id), record.dumps(), ttl)
     return record
 
 
@@ -104,31 +104,38 @@ class UploadTracker:
         self.writes = 0  # store writes made, for benchmarks and tests
         self._key = record_key(session, record.id)
         self._cancel_key = cancel_key(session, record.id)
-        self._lock_key = lock_key(session, record.id)
         self._last_bytes = record.bytes_received  # a resumed record counts on from here
-        self._last_time = time.monotonic()
-        self._last_write = 0.0
+        self._last_time = self._started = time.monotonic()
+        self._last_write = self._last_look = 0.0
         self._store_down_until = 0.0
         self._step = int(record.content_length * settings.min_step) if record.content_length else 0
 
     # -- start ---------------------------------------------------------------------------
 
     def claim(self) -> bool:
-        """Take the id for this upload.  ``False`` when an upload with it is still in flight.
+        """Take the id for this upload and write its first record (``starting``).
 
-        The lock makes two near-simultaneous requests with one id (a double submit) safe;
-        the record check covers uploads that outlived the lock.
+        ``False`` when an upload with this id is still in flight.  A fresh id costs one
+        store operation: ``add`` both detects a double submit (two near-simultaneous
+        requests with one id: the second finds the first's record) and writes the record.
+        Only reusing an id whose upload ended costs more.
         """
+        record = self.record
+        record.updated_at = time.time()
+        ttl = self.settings.stale_after + self.settings.ttl
         try:
-            locked = self.store.add(self._lock_key, "1", self.settings.stale_after)
+            if self.store.add(self._key, record.dumps(), ttl):
+                self.writes += 1
+                return True
             existing = self.store.get(self._key)
             if existing is not None:
                 previous = UploadRecord.loads(existing).with_staleness(self.settings.stale_after)
                 if previous.state in IN_FLIGHT:
                     return False
-            elif not locked:
-                return False
+            # The id's last upload ended: its cancel flag must not stop this one.
             self.store.delete(self._cancel_key)
+            self.store.set(self._key, record.dumps(), ttl)
+            self.writes += 1
         except StoreError as exc:
             # No store, no conflict detection: the upload itself must still go through.
             self._store_failed(exc)
@@ -145,10 +152,16 @@ class UploadTracker:
             self.record.state != UPLOADING
             or not self._step
             or moved >= self._step
-            or now - self._last_write >= self.settings.heartbeat
+            or now - self._last_write >= self._heartbeat(now)
         )
-        if not due or now < self._store_down_until:
+        if now < self._store_down_until:
             return False
+        if not due:
+            # No write yet, but a cancel must not wait for one: look every heartbeat.
+            if now - max(self._last_write, self._last_look) < self.settings.heartbeat:
+                return False
+            self._last_look = now
+            return self._cancel_requested()
         elapsed = now - self._last_time
         if elapsed > 0 and moved:
             speed = moved / elapsed
@@ -158,6 +171,10 @@ class UploadTracker:
         self._last_time = now
         record.state = UPLOADING
         return self._write(now, check_cancel=True)
+
+    def _heartbeat(self, now: float) -> float:
+        settings = self.settings
+        return min(max(settings.heartbeat, (now - self._started) / 25), settings.stale_after / 3)
 
     def finish(self, state: str, error: dict[str, object] | None = None) -> None:
         """The final write: ``done``, ``error`` or ``cancelled``.  Idempotent."""
@@ -179,8 +196,6 @@ class UploadTracker:
                     f.state = ERROR
         self._store_down_until = 0.0  # the last word is always worth one more try
         self._write(time.monotonic(), check_cancel=False, ttl=self.settings.ttl)
-        with contextlib.suppress(StoreError):  # the lock expires on its own anyway
-            self.store.delete(self._lock_key)
 
     def start_processing(self, phase: str, total: int | None) -> bool:
         """Hand the record to a processing task: ``processing``, not ``done``.
@@ -191,13 +206,9 @@ class UploadTracker:
         if record.state in FINISHED:
             return record.state == CANCELLED
         record.state = PROCESSING
-        record.processing = {"phase": phase, "done": 0, "total": total}
+        record.processing = {"phase": phase, "done": 0, "total": total, "started_at": time.time()}
         self._store_down_until = 0.0
-        if self._write(time.monotonic(), check_cancel=True):
-            return True
-        with contextlib.suppress(StoreError):  # the lock expires on its own anyway
-            self.store.delete(self._lock_key)
-        return False
+        return self._write(time.monotonic(), check_cancel=True)
 
     def _cancel_requested(self) -> bool:
         try:
