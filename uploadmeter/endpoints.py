@@ -152,6 +152,9 @@ def _wants_xml(request: Request) -> bool:
     fmt = request.args.get("format")
     if fmt:
         return fmt.lower() == "xml"
-    accept = parse_accept_header(request.environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
+    header = request.environ.get("HTTP_ACCEPT", "*/*")
+    if "xml" not in header and "text/" not in header:
+        return False  # fetch's "*/*" and JSON clients: no need to parse (a quarter of a poll)
+    accept = parse_accept_header(header, MIMEAccept)
     best = accept.best_match(["application/json", "application/xml", "text/xml"])
     return best in ("application/xml", "text/xml")

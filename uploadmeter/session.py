@@ -8,6 +8,7 @@ an id through a hook instead; the cookie is then never needed.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class SessionCookie:
         self._signer = Signer(secret_key, salt="uploadmeter.session")
         self.settings = settings or CookieSettings()
         self.hook = hook
+        # A browser polls with the same cookie every 200 ms: check its signature once.
+        self._verified = functools.lru_cache(maxsize=4096)(self._unsign)
 
     def has_cookie(self, environ: dict[str, Any]) -> bool:
         """Cheap check for the hot path: is our cookie in the request at all?"""
@@ -52,9 +55,15 @@ class SessionCookie:
             app_session = self.hook(environ)
             if app_session:
                 return "app." + app_session
-        value = parse_cookie(environ).get(self.settings.name)
+        try:
+            value = parse_cookie(environ).get(self.settings.name)
+        except UnicodeDecodeError:  # a Cookie header that is not UTF-8: no session of ours
+            return None
         if not value:
             return None
+        return self._verified(value)
+
+    def _unsign(self, value: str) -> str | None:
         try:
             return "c." + self._signer.unsign(value).decode("ascii")
         except (BadSignature, UnicodeDecodeError):
