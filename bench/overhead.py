@@ -253,7 +253,7 @@ def wrk_rps(
 PLAIN_CASES = [
     ("JSON POST", "/json", "post", True),
     ("GET page, returning visitor (has cookie)", "/", None, True),
-    ("GET page, first visit (cookie issued)", "/", None, False),
+    ("GET page without the cookie (first visit)", "/", None, False),
 ]
 
 
