@@ -55,11 +55,7 @@ class MeteredInput:
         except Exception as exc:
             self._failed(exc)
             raise
-        if data:
-            self._account(data)
-        elif size != 0:
-            self._ended()
-        return data
+        return self._took(data, size)
 
     def readline(self, size: int | None = -1) -> bytes:
         try:
@@ -67,11 +63,7 @@ class MeteredInput:
         except Exception as exc:
             self._failed(exc)
             raise
-        if data:
-            self._account(data)
-        elif size != 0:
-            self._ended()
-        return data
+        return self._took(data, size)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -119,6 +111,14 @@ class MeteredInput:
         return True
 
     # -- accounting ----------------------------------------------------------------------
+
+    def _took(self, data: bytes, size: int | None) -> bytes:
+        """Account for what a read returned; an empty answer to a non-empty read is EOF."""
+        if data:
+            self._account(data)
+        elif size != 0:
+            self._ended()
+        return data
 
     def _account(self, data: bytes) -> None:
         self.received += len(data)
