@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,11 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 BOUNDARY = "----uploadmeterBench7MA4YWxkTrZu0gW"
+
+# The tests' loopback helpers, shared rather than written twice.
+sys.path.insert(0, TESTS)
+from servers import free_port, multipart_body, wait_for_port  # noqa: E402
+
 MiB = 1024 * 1024
 
 
@@ -54,23 +58,6 @@ def load_average() -> str:
 
 
 # -- servers ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 class Gunicorn:
@@ -124,7 +111,7 @@ def gunicorn(
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
     try:
-        wait_for_port(port, proc)
+        wait_for_port(port, proc=proc, timeout=30)
         server = Gunicorn(proc, port)
         # Workers boot after the master binds; wait until they all exist.
         deadline = time.monotonic() + 30
@@ -204,19 +191,7 @@ def multipart(
     parts: Sequence[tuple[str, str | None, bytes]], boundary: str = BOUNDARY
 ) -> tuple[bytes, str]:
     """``(name, filename or None, data)`` parts -> ``(body, content type)``."""
-    out = []
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-        if filename is not None:
-            head += "Content-Type: application/octet-stream\r\n"
-        out.append(head.encode() + b"\r\n")
-        out.append(data)
-        out.append(b"\r\n")
-    out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+    return multipart_body(list(parts), boundary)
 
 
 def near_miss_content(size: int, boundary: str = BOUNDARY) -> bytes:

@@ -141,7 +141,8 @@ def multipart_body(
         head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
         if filename is not None:
             head += "Content-Type: application/octet-stream\r\n"
-        out.append(head.encode() + b"\r\n" + data + b"\r\n")
+        # Appended apart, not concatenated: a 256 MiB part is not copied before the join.
+        out += [head.encode() + b"\r\n", data, b"\r\n"]
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out), f"multipart/form-data; boundary={boundary}"
 
