@@ -12,9 +12,7 @@ import importlib.metadata
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ BOUNDARY = "----uploadmeterBench7MA4YWxkTrZu0gW"
 
 # The tests' loopback helpers, shared rather than written twice.
 sys.path.insert(0, TESTS)
-from servers import free_port, multipart_body, wait_for_port  # noqa: E402
+from servers import Gunicorn, gunicorn_process, multipart_body  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -60,19 +58,6 @@ def load_average() -> str:
 # -- servers ------------------------------------------------------------------------------
 
 
-class Gunicorn:
-    """A gunicorn process serving an app from ``tests/bench_apps.py``."""
-
-    def __init__(self, proc: subprocess.Popen[Any], port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-    def worker_pids(self) -> list[int]:
-        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
-        with open(path) as f:
-            return [int(p) for p in f.read().split()]
-
-
 @contextlib.contextmanager
 def gunicorn(
     spec: str,
@@ -85,7 +70,6 @@ def gunicorn(
     pin: bool = True,
 ) -> Iterator[Gunicorn]:
     """Run gunicorn; with ``pin``, its processes run on the server CPU (see :func:`pin_client`)."""
-    port = free_port()
     cpus = server_cpus() if pin else None
     full_env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + ROOT)
     if os.environ.get("UM_BENCH_MALLOC") != "dynamic":
@@ -96,35 +80,17 @@ def gunicorn(
         full_env.setdefault("MALLOC_MMAP_THRESHOLD_", str(16 * MiB))
         full_env.setdefault("MALLOC_TRIM_THRESHOLD_", str(512 * MiB))
     full_env.update(env or {})
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn",
-            "-w", str(workers), "-k", worker_class, "--threads", str(threads),
-            "-b", f"127.0.0.1:{port}",
-            "--timeout", "600", "--graceful-timeout", "2", "--log-level", "warning",
-            "--backlog", "2048",
-            *args,
-            spec,
-        ],
-        cwd=ROOT,
+    with gunicorn_process(
+        spec,
+        workers=workers,
         env=full_env,
+        args=(
+            "-k", worker_class, "--threads", str(threads), "--timeout", "600",
+            "--log-level", "warning", "--backlog", "2048", *args,
+        ),
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, proc=proc, timeout=30)
-        server = Gunicorn(proc, port)
-        # Workers boot after the master binds; wait until they all exist.
-        deadline = time.monotonic() + 30
-        while len(server.worker_pids()) < workers and time.monotonic() < deadline:
-            time.sleep(0.05)
+    ) as server:  # fmt: skip
         yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 _ALL_CPUS = sorted(os.sched_getaffinity(0))

@@ -22,14 +22,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
+import servers
 from flask import Flask, Request, jsonify, request
-from servers import ROOT, free_port, wait_for_port
+from servers import free_port, wait_for_port
 from werkzeug.utils import secure_filename
 
 from uploadmeter import UploadMeterMiddleware, current_upload
@@ -121,15 +120,8 @@ def sha256(data: bytes) -> str:
 # -- servers ------------------------------------------------------------------------------
 
 
-class Gunicorn:
-    def __init__(self, proc: subprocess.Popen[Any], port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def worker_pids(self) -> list[int]:
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+class Gunicorn(servers.Gunicorn):
+    """:class:`servers.Gunicorn` that can also tell which worker serves a connection."""
 
     def worker_serving(self, client_port: int) -> int:
         """The pid of the worker whose socket talks to our ``client_port``."""
@@ -149,29 +141,10 @@ class Gunicorn:
 
 @contextlib.contextmanager
 def run_gunicorn(spec: str, *, workers: int = 1, env: dict[str, str]) -> Iterator[Gunicorn]:
-    port = free_port()
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]), **env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync",
-         "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning",
-         spec],
-        cwd=ROOT,
-        env=full_env,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, proc=proc)
-        server = Gunicorn(proc, port)
-        deadline = time.monotonic() + 20
-        while len(server.worker_pids()) < workers and time.monotonic() < deadline:
-            time.sleep(0.02)
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with servers.gunicorn_process(
+        spec, workers=workers, env=env, args=("-k", "sync", "--log-level", "warning")
+    ) as server:
+        yield Gunicorn(server.proc, server.port)
 
 
 class RedisServer:

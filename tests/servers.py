@@ -62,6 +62,57 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         thread.join(5)
 
 
+class Gunicorn:
+    """A running gunicorn: its port, its master process and its workers."""
+
+    def __init__(self, proc: subprocess.Popen[Any], port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def worker_pids(self) -> list[int]:
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+
+
+@contextlib.contextmanager
+def gunicorn_process(
+    app_spec: str,
+    *,
+    workers: int = 3,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    preexec_fn: Any = None,
+) -> Iterator[Gunicorn]:
+    """Run ``gunicorn -w workers app_spec`` on a free loopback port, all workers booted."""
+    port = free_port()
+    paths = [ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+         "--graceful-timeout", "2", *args, app_spec],
+        cwd=ROOT,
+        env=full_env,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, proc=proc, timeout=30)
+        server = Gunicorn(proc, port)
+        # Workers boot after the master binds; wait until they all exist.
+        deadline = time.monotonic() + 30
+        while len(server.worker_pids()) < workers and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.contextmanager
 def run_gunicorn(
     app_spec: str,
@@ -70,40 +121,9 @@ def run_gunicorn(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """Run ``gunicorn -w workers app_spec`` on a free loopback port; yields the base URL."""
-    port = free_port()
-    paths = [ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
-    full_env.update(env or {})
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            str(workers),
-            "-k",
-            "sync",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--graceful-timeout",
-            "2",
-            *args,
-            app_spec,
-        ],
-        cwd=ROOT,
-        env=full_env,
-    )
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """:func:`gunicorn_process` for tests that need only the base URL."""
+    with gunicorn_process(app_spec, workers=workers, env=env, args=args) as server:
+        yield server.url
 
 
 @contextlib.contextmanager
