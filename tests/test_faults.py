@@ -23,6 +23,7 @@ import random
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,19 @@ def send_until_progress(client: Client, upload: RawUpload, upload_id: str, beyon
         if record["bytes_received"] > beyond:
             return record
     raise AssertionError(f"progress never passed {beyond} bytes")
+
+
+def answers(url: str) -> bool:
+    """Whether the Redis server at ``url`` answers a PING."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url, socket_timeout=0.3)
+    try:
+        return bool(client.ping())
+    except redis_py.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def check_complete(response: tuple[int, dict[str, str], bytes]) -> None:
@@ -213,7 +227,10 @@ def test_upload_survives_the_redis_store_going_away(
                 redis.thaw()
             else:
                 redis.start()  # same port, empty: the tracker writes the whole record again
-            # Every later read may write again (after store_retry): progress resumes.
+            wait_until(lambda: answers(redis.url))
+            # The tracker backs off for store_retry after a failure; past it, the next read
+            # writes again.  Waiting out that configured interval is the point, not a hope.
+            time.sleep(meter.settings.store_retry)
             resumed = send_until_progress(client, upload, upload_id, before + 3 * PIECE)
             assert resumed["state"] == "uploading"
             assert [f["name"] for f in resumed["fields"]][:2] == ["title", "a"]
