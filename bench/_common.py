@@ -25,6 +25,7 @@ BOUNDARY = "----uploadmeterBench7MA4YWxkTrZu0gW"
 
 # The tests' loopback helpers, shared rather than written twice.
 sys.path.insert(0, TESTS)
+from bench_apps import SIDE_HEADER  # noqa: E402, F401  (the A/B side header, for the scripts)
 from servers import Gunicorn, gunicorn_process, multipart_body  # noqa: E402
 
 MiB = 1024 * 1024
@@ -166,9 +167,9 @@ def near_miss_content(size: int, boundary: str = BOUNDARY) -> bytes:
     return (unit * (size // len(unit) + 1))[:size]
 
 
-def session_cookie(port: int) -> str:
+def session_cookie(port: int, headers: dict[str, str] | None = None) -> str:
     """A fresh uploadmeter session cookie (``name=value``) from the progress endpoint."""
-    _, _, response = request(port, "GET", "/uploadmeter/progress?id=warmupwarmup")
+    _, _, response = request(port, "GET", "/uploadmeter/progress?id=warmupwarmup", None, headers)
     value = response.headers.get("Set-Cookie", "")
     return value.split(";", 1)[0]
 

@@ -1,16 +1,23 @@
 """End-to-end cost of the middleware: the same Flask app with and without it.
 
-Two gunicorn servers (sync worker, one worker each) run side by side: the bare app
-(``UM_METERED=0``) and the app wrapped in :class:`UploadMeterMiddleware` with the default
-SQLite store.  Requests alternate between them (A B A B ...), and each pair gives a ratio
-``time with / time without``.  The table shows the median ratio and the range.
+One gunicorn server (sync worker, one worker) serves the bare app and the same app wrapped
+in :class:`UploadMeterMiddleware` (default SQLite store) side by side, chosen per request
+by a header (``bench_apps.side_by_side_app``).  Requests alternate between the two (A B,
+B A, ...), and each pair gives a ratio ``time with / time without``.  The table shows the
+median ratio and the range, over several rounds of fresh servers.
+
+Why one process for both sides: two identical bare servers in two processes differ by up
+to 4 % for their whole life (heap layout, buffers, caches), more than the bars allow; in
+one process the same A/A comparison stays within 1 %.  ``--control`` runs that A/A
+comparison (both sides bare) to show the method's own noise.
 
 Uploads are tracked (``?uploadmeter_id=``, a session cookie): the full metered path.
 Non-multipart requests (JSON POST, GET) are measured with ``wrk`` as throughput over
 fixed-length runs, also alternated; their ratio is ``requests/s without / with``.
 
-    python bench/overhead.py            # the full run (a few minutes)
-    python bench/overhead.py --quick    # smaller bodies, fewer pairs (about a minute)
+    python bench/overhead.py             # the full run (a few minutes)
+    python bench/overhead.py --quick     # smaller bodies, fewer pairs (about a minute)
+    python bench/overhead.py --control   # A/A: both sides bare
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (
+    SIDE_HEADER,
     Gunicorn,
     MiB,
     cpu_ns,
@@ -77,15 +86,30 @@ def upload_cases(quick: bool) -> list[tuple[str, float, bytes, str]]:
 Samples = dict[str, list[tuple[tuple[float, float], tuple[float, float]]]]
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side of the A/B: the server, and the header that picks the app in it."""
+
+    server: Gunicorn
+    name: str  # "bare" or "metered"
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def headers(self, headers: dict[str, str] | None = None) -> dict[str, str]:
+        return {**(headers or {}), SIDE_HEADER: self.name}
+
+
 def run_uploads(
-    bare: Gunicorn, metered: Gunicorn, cookie: str, pairs: int, quick: bool, samples: Samples
+    bare: Side, metered: Side, cookie: str, pairs: int, quick: bool, samples: Samples
 ) -> None:
     """Add ``pairs`` A/B pairs per case to ``samples[case]``."""
     for name, _bar, body, content_type in upload_cases(quick):
         headers = {"Content-Type": content_type, "Cookie": cookie}
         # Warm up both (imports, first connection, SQLite file).
-        check(bare.port, body, headers)
-        check(metered.port, body, headers)
+        check(bare.port, body, bare.headers(headers))
+        check(metered.port, body, metered.headers(headers))
         for i in range(pairs):
             # A B, then B A: the order within a pair alternates so that neither side
             # always runs first (a warm page cache, a CPU clock ramping up).
@@ -116,11 +140,11 @@ def upload_rows(samples: Samples, quick: bool) -> list[list[str]]:
     return rows
 
 
-def timed_upload(server: Gunicorn, body: bytes, headers: dict[str, str]) -> tuple[float, float]:
+def timed_upload(side: Side, body: bytes, headers: dict[str, str]) -> tuple[float, float]:
     """``(wall seconds, worker CPU seconds)`` of one upload."""
-    (pid,) = server.worker_pids()
+    (pid,) = side.server.worker_pids()
     before = cpu_ns(pid)
-    wall = timed(server.port, "POST", upload_path(), body, headers)
+    wall = timed(side.port, "POST", upload_path(), body, side.headers(headers))
     return wall, (cpu_ns(pid) - before) / 1e9
 
 
@@ -228,13 +252,13 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 def wrk_rps(
-    server: Gunicorn, path: str, seconds: int, script: str | None, cookie: str | None
+    side: Side, path: str, seconds: int, script: str | None, cookie: str | None
 ) -> tuple[float, float]:
     """``(requests/s, worker CPU seconds per request)`` over one wrk run."""
-    port = server.port
-    (pid,) = server.worker_pids()
+    port = side.port
+    (pid,) = side.server.worker_pids()
     before = cpu_ns(pid)
-    cmd = ["wrk", "-t1", "-c2", f"-d{seconds:g}s"]
+    cmd = ["wrk", "-t1", "-c2", f"-d{seconds:g}s", "-H", f"{SIDE_HEADER}: {side.name}"]
     if script:
         cmd += ["-s", script]
     if cookie:
@@ -258,7 +282,7 @@ PLAIN_CASES = [
 
 
 def run_plain(
-    bare: Gunicorn, metered: Gunicorn, cookie: str, pairs: int, seconds: int, samples: Samples
+    bare: Side, metered: Side, cookie: str, pairs: int, seconds: int, samples: Samples
 ) -> None:
     """Add ``pairs`` wrk A/B pairs per non-multipart case to ``samples[case]``."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -309,6 +333,9 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=["uploads", "plain", "inprocess"], default=None)
     parser.add_argument(
+        "--control", action="store_true", help="A/A: both sides are the bare app (the noise)"
+    )
+    parser.add_argument(
         "--search",
         choices=["auto", "bytes.find"],
         default="auto",
@@ -316,7 +343,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     pairs = args.pairs or (5 if args.quick else 7)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     pin_client()
     print(machine_info())
     print(f"load average before: {load_average()}")
@@ -325,19 +352,19 @@ def main() -> None:
         "UM_UPLOAD_DIR": upload_dir(),
         "UM_STORE": f"sqlite://{store_dir}/um.sqlite3",
         "UM_BENCH_SEARCH": args.search,
+        "UM_BENCH_CONTROL": "1" if args.control else "0",
     }
     os.environ["UM_BENCH_SEARCH"] = args.search  # for the in-process run
     rows: list[list[str]] = []
     samples: Samples = {}
     plain: Samples = {}
-    # Fresh servers each round: a server process keeps its speed "mode" (glibc heap,
-    # gunicorn's buffers) for its lifetime, so rounds spread that over both sides.
+    # A fresh server each round: what is left of a process's own speed shows as spread
+    # between rounds, not as a bias of one side.
     for _round in range(args.rounds):
-        with (
-            gunicorn("bench_apps:create_app()", env={**common, "UM_METERED": "0"}) as bare,
-            gunicorn("bench_apps:create_app()", env={**common, "UM_METERED": "1"}) as metered,
-        ):
-            cookie = session_cookie(metered.port)
+        with gunicorn("bench_apps:side_by_side_app()", env=common) as server:
+            bare, metered = Side(server, "bare"), Side(server, "metered")
+            # (In a --control run the metered side is bare: a cookie is then just a cookie.)
+            cookie = session_cookie(server.port, metered.headers()) or "uploadmeter_session=x"
             if args.only in (None, "uploads"):
                 run_uploads(bare, metered, cookie, pairs, args.quick, samples)
             if args.only in (None, "plain"):
@@ -346,7 +373,7 @@ def main() -> None:
         rows += upload_rows(samples, args.quick)
     if plain:
         rows += plain_rows(plain)
-    if args.only in (None, "inprocess"):
+    if args.only in (None, "inprocess") and not args.control:
         rows += run_inprocess(pairs, args.quick)
     print()
     import uploadmeter.observer
@@ -355,9 +382,10 @@ def main() -> None:
     if args.search == "bytes.find":
         search = "bytes.find"
     malloc = "glibc default" if os.environ.get("UM_BENCH_MALLOC") == "dynamic" else "fixed"
+    what = "CONTROL (A/A: both sides the bare app)" if args.control else "Overhead"
     print(
-        f"Overhead, gunicorn sync x1, SQLite store, {args.rounds} server pairs x {pairs} "
-        "interleaved A/B pairs (wrk: 1 s runs); "
+        f"{what}, gunicorn sync x1 serving both sides, SQLite store, {args.rounds} rounds "
+        f"(fresh server) x {pairs} interleaved A/B pairs (wrk: 1 s runs); "
         f"delimiter search: {search}, malloc thresholds: {malloc}"
     )
     print(f"load average after: {load_average()}")

@@ -10,7 +10,8 @@ Configured by environment variables, because gunicorn builds the app from a spec
 
 ``create_app()`` is the benchmark app: ``POST /upload`` saves every file through
 ``request.files`` (what an app really does), ``POST /json`` echoes a JSON body and
-``GET /`` answers a small HTML page.  ``hello_app()`` is the hello-world baseline and
+``GET /`` answers a small HTML page.  ``side_by_side_app()`` serves it with and without
+the middleware from one process, for A/B runs.  ``hello_app()`` is the hello-world baseline and
 ``poll_app()`` the middleware around it, for poll-throughput runs.
 """
 
@@ -68,7 +69,8 @@ def _store() -> ProgressStore:
     return CountingStore(open_store(os.environ.get("UM_STORE") or None))
 
 
-def create_app() -> Callable[..., Iterable[bytes]]:
+def create_app(metered: bool | None = None) -> Callable[..., Iterable[bytes]]:
+    """The benchmark app, wrapped in the middleware if ``metered`` (default: ``UM_METERED``)."""
     from flask import Flask, jsonify, request
 
     _search()
@@ -111,9 +113,34 @@ def create_app() -> Callable[..., Iterable[bytes]]:
         assert isinstance(store, CountingStore)
         return jsonify(writes=store.record_writes.get(request.args["id"], 0))
 
-    if os.environ.get("UM_METERED", "1") == "1":
+    if metered is None:
+        metered = os.environ.get("UM_METERED", "1") == "1"
+    if metered:
         meter = UploadMeterMiddleware(app.wsgi_app, secret_key=SECRET, store=_store())
         app.wsgi_app = meter  # type: ignore[method-assign]
+    return app
+
+
+SIDE_HEADER = "X-Bench-Side"
+
+
+def side_by_side_app() -> Callable[..., Iterable[bytes]]:
+    """The bare app and the metered app in one server process, chosen per request.
+
+    ``X-Bench-Side: metered`` sends a request to the app behind the middleware, anything
+    else to the bare app.  Both sides then share everything a process brings (heap
+    layout, gunicorn's buffers, the CPU it runs on), which otherwise differs between two
+    processes by several percent: the A/B ratio measures the middleware alone.  With
+    ``UM_BENCH_CONTROL=1`` both sides are the bare app (an A/A run: the method's noise).
+    """
+    bare = create_app(metered=False)
+    metered = create_app(metered=os.environ.get("UM_BENCH_CONTROL") != "1")
+    key = "HTTP_" + SIDE_HEADER.upper().replace("-", "_")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        side = metered if environ.get(key) == "metered" else bare
+        return side(environ, start_response)
+
     return app
 
 

@@ -61,6 +61,11 @@ class MultipartObserver:
     [('f', 'a.txt', 5, 'done')]
     """
 
+    __slots__ = (
+        "_carry", "_current", "_delimiter", "_state",
+        "complete", "field_count", "fields", "max_fields", "stopped",
+    )  # fmt: skip
+
     def __init__(self, boundary: bytes, *, max_fields: int = 256) -> None:
         if not boundary or len(boundary) > 200 or b"\r" in boundary or b"\n" in boundary:
             raise ValueError("not a usable multipart boundary")
@@ -80,10 +85,27 @@ class MultipartObserver:
 
     def feed(self, chunk: bytes) -> None:
         """Account for the next bytes of the body, in order."""
-        if self._state >= _EPILOGUE or not chunk:
-            return
         try:
-            self._feed(chunk)
+            found = None
+            if self._state == _BODY and not self._carry:
+                # Inside a part with nothing held back: most chunks of a large file.
+                # (What _count() does, inlined: this runs for every chunk of an upload.)
+                delimiter = self._delimiter
+                found = _find(chunk, delimiter, 0)
+                if found < 0:
+                    size = len(chunk)
+                    cr = chunk.rfind(
+                        b"\r", size - len(delimiter) + 1 if size >= len(delimiter) else 0
+                    )
+                    if cr >= 0 and delimiter.startswith(chunk[cr:]):
+                        self._carry = chunk[cr:]
+                        size = cr
+                    if self._current is not None:
+                        self._current.bytes_received += size
+                    return
+            elif self._state >= _EPILOGUE or not chunk:
+                return
+            self._feed(chunk, found)
         except Exception as exc:  # the observer must never break the application
             self._stop(f"could not follow the multipart body: {exc}")
 
@@ -100,7 +122,20 @@ class MultipartObserver:
 
     # -- framing -------------------------------------------------------------------------
 
-    def _feed(self, chunk: bytes) -> None:
+    def _count(self, buf: bytes, pos: int) -> None:
+        """``buf[pos:]`` holds no delimiter: count it as data of the current part, but hold
+        back what may be the start of a delimiter.  That can only start at a CR (the
+        boundary holds none): one rfind, not a loop."""
+        keep = 0
+        cr = buf.rfind(b"\r", max(pos, len(buf) - len(self._delimiter) + 1))
+        if cr >= 0 and self._delimiter.startswith(buf[cr:]):
+            keep = len(buf) - cr
+            self._carry = buf[cr:]
+        if self._current is not None:
+            self._current.bytes_received += len(buf) - keep - pos
+
+    def _feed(self, chunk: bytes, found: int | None) -> None:
+        """The general case; ``found`` is where :meth:`feed` already found a delimiter."""
         delimiter = self._delimiter
         dlen = len(delimiter)
         carry = self._carry
@@ -121,18 +156,29 @@ class MultipartObserver:
         pos = 0
         while True:
             state = self._state
-            if state in (_BODY, _PREAMBLE):
-                found = _find(buf, delimiter, pos)
+            if state <= _BODY:  # in a part's data, or before the first delimiter
+                current = self._current  # None before the first part, or past the cap
+                if found is None:
+                    found = _find(buf, delimiter, pos)
                 if found < 0:
-                    keep = _partial_suffix(buf, pos, delimiter)
-                    if state == _BODY and self._current is not None:
-                        self._current.bytes_received += len(buf) - keep - pos
-                    if keep:
-                        self._carry = buf[len(buf) - keep :]
+                    self._count(buf, pos)
                     return
-                if state == _BODY and self._current is not None:
-                    self._current.bytes_received += found - pos
+                if current is not None:
+                    current.bytes_received += found - pos
+                # Most parts start with a header block as browsers write it, whole in
+                # this buffer: one regex match takes delimiter end, headers and blank
+                # line at once (what the _DELIMITER and _HEADERS steps below would find).
+                part = _BROWSER_PART.match(buf, found + dlen)
+                if part is not None:
+                    if current is not None:
+                        current.state = DONE
+                    self._current = self._browser_part(part)
+                    pos = part.end()
+                    self._state = _BODY
+                    found = None
+                    continue
                 pos = found
+                found = None
                 self._state = _DELIMITER
             elif state == _DELIMITER:
                 if len(buf) - pos < dlen + 2:
@@ -171,7 +217,25 @@ class MultipartObserver:
 
     def _start_part(self, window: bytes) -> None:
         """Read one part's headers: ``CRLF--boundary CRLF headers CRLF CRLF``."""
-        name, filename, content_type = _part_headers(window[len(self._delimiter) + 2 : -4])
+        self._add_part(*_part_headers(window[len(self._delimiter) + 2 : -4]))
+
+    def _browser_part(self, match: re.Match[bytes]) -> FieldProgress | None:
+        """The part whose headers ``match`` read; ``None`` past the tracked-field cap."""
+        self.field_count += 1
+        if len(self.fields) >= self.max_fields:
+            return None
+        name, filename, ctype = match.groups()
+        field = FieldProgress(
+            _shown(name.decode()),
+            None if filename is None else _shown(filename.decode()),
+            None if ctype is None else _shown(ctype.decode().strip()),
+            0,
+            UPLOADING,
+        )
+        self.fields.append(field)
+        return field
+
+    def _add_part(self, name: str | None, filename: str | None, content_type: str | None) -> None:
         self.field_count += 1
         if len(self.fields) < self.max_fields:
             self._current = FieldProgress(
@@ -238,6 +302,19 @@ _BROWSER_HEADERS = re.compile(
 )
 
 
+# The same block in place: what follows "CRLF--boundary", up to and with the blank line.
+_BROWSER_PART = re.compile(b"\r\n" + _BROWSER_HEADERS.pattern + b"\r\n\r\n")
+
+
+def _browser_headers(match: re.Match[bytes]) -> tuple[str | None, str | None, str | None]:
+    name, filename, ctype = match.groups()
+    return (
+        name.decode(),
+        None if filename is None else filename.decode(),
+        None if ctype is None else ctype.decode().strip(),
+    )
+
+
 def _part_headers(block: bytes) -> tuple[str | None, str | None, str | None]:
     """``(name, filename, content type)`` of a part's header block.
 
@@ -247,12 +324,7 @@ def _part_headers(block: bytes) -> tuple[str | None, str | None, str | None]:
     """
     browser = _BROWSER_HEADERS.fullmatch(block)
     if browser is not None:
-        name, filename, ctype = browser.groups()
-        return (
-            name.decode(),
-            None if filename is None else filename.decode(),
-            None if ctype is None else ctype.decode().strip(),
-        )
+        return _browser_headers(browser)
     disposition = content_type = None
     if b"\n " in block or b"\n\t" in block or b"\r " in block or b"\r\t" in block:
         block = HEADER_CONTINUATION_RE.sub(b" ", block)  # (rare: a continued header)

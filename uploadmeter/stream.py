@@ -26,6 +26,11 @@ _monotonic = time.monotonic
 class MeteredInput:
     """Wraps the server's input stream for one tracked upload."""
 
+    __slots__ = (
+        "_interval", "_next_report", "_observer", "_record", "_stream", "_tracker",
+        "content_length", "eof", "failure", "limit", "received",
+    )  # fmt: skip
+
     def __init__(
         self,
         stream: BinaryIO | Any,
@@ -55,7 +60,12 @@ class MeteredInput:
         except Exception as exc:
             self._failed(exc)
             raise
-        return self._took(data, size)
+        # _took(), inlined: this is the read frameworks make for every chunk.
+        if data:
+            self._account(data)
+        elif size != 0:
+            self._ended()
+        return data
 
     def readline(self, size: int | None = -1) -> bytes:
         try:

@@ -21,6 +21,7 @@ from uploadmeter.record import (
     FINISHED,
     IN_FLIGHT,
     PROCESSING,
+    STARTING,
     UPLOADING,
     UploadRecord,
 )
@@ -126,6 +127,10 @@ class UploadTracker:
         try:
             if self.store.add(self._key, record.dumps(), ttl):
                 self.writes += 1
+                # The claim is the first write: the first progress write is due like any
+                # other (1 % more, or the heartbeat), so an upload that ends within one
+                # update interval costs the claim, its last byte and its final state.
+                self._last_write = time.monotonic()
                 return True
             existing = self.store.get(self._key)
             if existing is not None:
@@ -149,7 +154,7 @@ class UploadTracker:
         record.bytes_received = received
         moved = received - self._last_bytes
         due = (
-            self.record.state != UPLOADING
+            record.state not in (UPLOADING, STARTING)
             or not self._step
             or moved >= self._step
             or now - self._last_write >= self._heartbeat(now)
