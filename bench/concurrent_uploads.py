@@ -9,9 +9,11 @@ connections whether or not a thread is free (measured: with 58 threads per worke
 waited 7 s).  The middleware is the same either way.
 
 Two client processes.  A child process uploads: one asyncio task per upload, 4 MiB sent at
-``--rate`` KiB/s (160 by default, 16 MB/s for all 100), the starts spread over
-``--stagger`` seconds (2 by default; with 0, all 100 uploads also end in the same instant
-and polls wait behind the app saving and hashing 100 files).  This process polls: one task
+``--rate`` KiB/s (160 by default, 16 MB/s for all 100), the starts spread evenly over
+``--stagger`` seconds: 10 by default, so that all 100 are in flight together for the middle
+15 s of the run and end as they began, a few a second.  ``--stagger 2`` is a flash crowd:
+100 uploads begin within 2 s and so also end within 2 s, and in that second every request
+waits behind 25 threads per worker saving and hashing their files.  This process polls: one task
 per upload, every 200 ms over a kept-alive connection as a browser's ``fetch`` does, each
 task at its own phase of the cycle as browsers would be, timing each poll.  At the end
 every upload must have answered 200 with the SHA-256 of what it sent, and its last poll
@@ -22,6 +24,7 @@ page instead: the latency any request gets from this server under this load, for
 comparison (``--no-baseline`` skips it).
 
     python bench/concurrent_uploads.py              # 100 uploads of 4 MiB at 160 KiB/s
+    python bench/concurrent_uploads.py --stagger 2  # the flash crowd
     python bench/concurrent_uploads.py --rate 320   # twice the rate
     python bench/concurrent_uploads.py --quick      # 100 uploads of 1 MiB
 """
@@ -312,7 +315,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=128, help="threads per worker")
     parser.add_argument(
-        "--stagger", type=float, default=2.0, help="spread the upload starts over this many s"
+        "--stagger", type=float, default=10.0, help="spread the upload starts over this many s"
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the bare-app run (GET / under load)"

@@ -22,6 +22,11 @@ from _common import load_average, machine_info  # noqa: E402
 BENCHES: list[tuple[str, str, list[str]]] = [
     ("End-to-end overhead", "overhead.py", []),
     (
+        "Control: the same method with both sides the bare app (A/A), the noise",
+        "overhead.py",
+        ["--only", "uploads", "--control"],
+    ),
+    (
         "End-to-end overhead of uploads without the optional StringZilla (bytes.find)",
         "overhead.py",
         ["--only", "uploads", "--search", "bytes.find"],
@@ -30,9 +35,14 @@ BENCHES: list[tuple[str, str, list[str]]] = [
     ("Poll endpoint throughput", "poll_throughput.py", []),
     ("100 concurrent uploads, polled", "concurrent_uploads.py", []),
     (
-        "100 concurrent uploads, polled, twice the rate (past what this box carries)",
+        "100 concurrent uploads, polled: the flash crowd (all start, and end, within 2 s)",
         "concurrent_uploads.py",
-        ["--rate", "320", "--repeat", "1"],
+        ["--stagger", "2"],
+    ),
+    (
+        "100 concurrent uploads, polled, twice the rate",
+        "concurrent_uploads.py",
+        ["--rate", "320", "--stagger", "5", "--repeat", "1"],
     ),
     ("Observer vs. multipart parsers", "observer_parsers.py", []),
 ]

@@ -31,7 +31,8 @@ SECRET = "bench-secret"
 
 
 class CountingStore(ProgressStore):
-    """Passes every call to ``inner`` and counts record writes per upload id."""
+    """Passes every call to ``inner`` and counts record writes (``add`` and ``set``) per
+    upload id."""
 
     def __init__(self, inner: ProgressStore) -> None:
         self.inner = inner
@@ -49,7 +50,12 @@ class CountingStore(ProgressStore):
                 self.record_writes[upload_id] = self.record_writes.get(upload_id, 0) + 1
 
     def add(self, key: str, value: str, ttl: float) -> bool:
-        return self.inner.add(key, value, ttl)
+        added = self.inner.add(key, value, ttl)
+        if added and key.startswith("upload:"):  # the claim: an upload's first write
+            upload_id = key.rsplit(":", 1)[1]
+            with self._lock:
+                self.record_writes[upload_id] = self.record_writes.get(upload_id, 0) + 1
+        return added
 
     def delete(self, key: str) -> bool:
         return self.inner.delete(key)

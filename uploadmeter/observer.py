@@ -124,8 +124,8 @@ class MultipartObserver:
 
     def _count(self, buf: bytes, pos: int) -> None:
         """``buf[pos:]`` holds no delimiter: count it as data of the current part, but hold
-        back what may be the start of a delimiter.  That can only start at a CR (the
-        boundary holds none): one rfind, not a loop."""
+        back what may be the start of one.  The delimiter is ``CRLF--boundary`` and the
+        boundary holds no CR, so that can only start at the last CR: one rfind, no loop."""
         keep = 0
         cr = buf.rfind(b"\r", max(pos, len(buf) - len(self._delimiter) + 1))
         if cr >= 0 and self._delimiter.startswith(buf[cr:]):
@@ -172,7 +172,7 @@ class MultipartObserver:
                 if part is not None:
                     if current is not None:
                         current.state = DONE
-                    self._current = self._browser_part(part)
+                    self._current = self._new_part(*_browser_headers(part))
                     pos = part.end()
                     self._state = _BODY
                     found = None
@@ -217,33 +217,18 @@ class MultipartObserver:
 
     def _start_part(self, window: bytes) -> None:
         """Read one part's headers: ``CRLF--boundary CRLF headers CRLF CRLF``."""
-        self._add_part(*_part_headers(window[len(self._delimiter) + 2 : -4]))
+        self._current = self._new_part(*_part_headers(window[len(self._delimiter) + 2 : -4]))
 
-    def _browser_part(self, match: re.Match[bytes]) -> FieldProgress | None:
-        """The part whose headers ``match`` read; ``None`` past the tracked-field cap."""
+    def _new_part(
+        self, name: str | None, filename: str | None, content_type: str | None
+    ) -> FieldProgress | None:
+        """The field a part starts; ``None`` past the tracked-field cap (still counted)."""
         self.field_count += 1
         if len(self.fields) >= self.max_fields:
             return None
-        name, filename, ctype = match.groups()
-        field = FieldProgress(
-            _shown(name.decode()),
-            None if filename is None else _shown(filename.decode()),
-            None if ctype is None else _shown(ctype.decode().strip()),
-            0,
-            UPLOADING,
-        )
+        field = FieldProgress(_shown(name), _shown(filename), _shown(content_type), 0, UPLOADING)
         self.fields.append(field)
         return field
-
-    def _add_part(self, name: str | None, filename: str | None, content_type: str | None) -> None:
-        self.field_count += 1
-        if len(self.fields) < self.max_fields:
-            self._current = FieldProgress(
-                _shown(name), _shown(filename), _shown(content_type), 0, UPLOADING
-            )
-            self.fields.append(self._current)
-        else:
-            self._current = None  # counted in field_count, not tracked
 
     def _finish_current(self, state: str) -> None:
         if self._current is not None:
@@ -345,16 +330,3 @@ def _part_headers(block: bytes) -> tuple[str | None, str | None, str | None]:
         return simple[1], simple[2], content_type
     options = parse_options_header(disposition)[1]
     return options.get("name"), options.get("filename"), content_type
-
-
-def _partial_suffix(buf: bytes, pos: int, delimiter: bytes) -> int:
-    """Length of the longest suffix of ``buf[pos:]`` that is a proper prefix of the delimiter.
-
-    The delimiter is ``CRLF--boundary`` and a boundary holds no CR, so such a suffix can
-    only start at the last CR of the buffer: one ``rfind`` instead of a loop.
-    """
-    start = max(pos, len(buf) - len(delimiter) + 1)
-    cr = buf.rfind(b"\r", start)
-    if cr < 0:
-        return 0
-    return len(buf) - cr if delimiter.startswith(buf[cr:]) else 0
