@@ -42,13 +42,20 @@ def machine_info() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}"
-        for name in ("werkzeug", "flask", "gunicorn", "streaming-form-data", "redis")
+        f"{name} {_version(name)}"
+        for name in ("werkzeug", "flask", "gunicorn", "stringzilla", "streaming-form-data", "redis")
     )
     return (
         f"nproc {os.cpu_count()}, CPU {cpu}, Linux {platform.release()}, "
         f"Python {platform.python_version()}, {versions}"
     )
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def load_average() -> str:

@@ -27,7 +27,7 @@ BENCHES: list[tuple[str, str, list[str]]] = [
         ["--only", "uploads", "--control"],
     ),
     (
-        "End-to-end overhead of uploads without the optional StringZilla (bytes.find)",
+        "End-to-end overhead of uploads without StringZilla (bytes.find)",
         "overhead.py",
         ["--only", "uploads", "--search", "bytes.find"],
     ),

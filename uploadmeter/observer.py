@@ -243,7 +243,7 @@ class MultipartObserver:
 
 
 def _substring_search() -> Callable[[bytes, bytes, int], int]:
-    """StringZilla's SIMD ``find`` when installed (``uploadmeter[speedups]``), else
+    """StringZilla's SIMD ``find`` when installed (a dependency where it has wheels), else
     :meth:`bytes.find`; same arguments, same answers.
 
     The delimiter search is the observer's whole per-byte cost: ``bytes.find`` runs at about

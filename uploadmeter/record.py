@@ -170,13 +170,13 @@ class UploadRecord:
             "updated_at": self.updated_at,
             "finished_at": self.finished_at,
             "speed": self.speed,
-            "field_count": self.field_count,
-            "error": self.error,
-            "processing": self.processing,
-            "result": self.result,
         }
-        if with_fields:
+        if with_fields:  # (the store encodes them itself: see dumps)
             data["fields"] = [f.to_dict() for f in self.fields]
+        data["field_count"] = self.field_count
+        data["error"] = self.error
+        data["processing"] = self.processing
+        data["result"] = self.result
         return data
 
     # -- presentation --------------------------------------------------------------------

@@ -141,6 +141,7 @@ class UploadTracker:
             self.store.delete(self._cancel_key)
             self.store.set(self._key, record.dumps(), ttl)
             self.writes += 1
+            self._last_write = time.monotonic()
         except StoreError as exc:
             # No store, no conflict detection: the upload itself must still go through.
             self._store_failed(exc)
