@@ -12,11 +12,14 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,6 +156,45 @@ def timed(port: int, method: str, path: str, body: Any = None, headers: Any = No
     if status != 200:
         raise RuntimeError(f"{method} {path} -> {status}: {data[:300]!r}")
     return elapsed
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one ``wrk`` run measured, with the server worker's CPU time per request."""
+
+    rps: float
+    p99: str  # as wrk prints it ("1.83ms")
+    cpu_per_request: float  # seconds
+
+
+def run_wrk(
+    server: Gunicorn,
+    path: str,
+    seconds: float,
+    *,
+    connections: int,
+    headers: Sequence[str] = (),
+    script: str | None = None,
+) -> WrkRun:
+    """Run ``wrk -t1`` against ``path`` on the server's (single) worker."""
+    (pid,) = server.worker_pids()
+    before = cpu_ns(pid)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(
+        [*cmd, f"http://127.0.0.1:{server.port}{path}"], capture_output=True, text=True, check=True
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"99%\s+(\S+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    assert rps and p99 and total, out
+    cpu = (cpu_ns(pid) - before) / 1e9 / int(total.group(1))
+    return WrkRun(float(rps.group(1)), p99.group(1), cpu)
 
 
 def cpu_ns(pid: int) -> int:

@@ -26,9 +26,7 @@ import argparse
 import io
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +50,7 @@ from _common import (
     near_miss_content,
     pin_client,
     request,
+    run_wrk,
     session_cookie,
     summary,
     table,
@@ -255,23 +254,9 @@ def wrk_rps(
     side: Side, path: str, seconds: int, script: str | None, cookie: str | None
 ) -> tuple[float, float]:
     """``(requests/s, worker CPU seconds per request)`` over one wrk run."""
-    port = side.port
-    (pid,) = side.server.worker_pids()
-    before = cpu_ns(pid)
-    cmd = ["wrk", "-t1", "-c2", f"-d{seconds:g}s", "-H", f"{SIDE_HEADER}: {side.name}"]
-    if script:
-        cmd += ["-s", script]
-    if cookie:
-        cmd += ["-H", f"Cookie: {cookie}"]
-    out = subprocess.run(
-        [*cmd, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
-    ).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(out)
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    assert match and total, out
-    return float(match.group(1)), (cpu_ns(pid) - before) / 1e9 / int(total.group(1))
+    headers = [f"{SIDE_HEADER}: {side.name}", *([f"Cookie: {cookie}"] if cookie else [])]
+    run = run_wrk(side.server, path, seconds, connections=2, headers=headers, script=script)
+    return run.rps, run.cpu_per_request
 
 
 PLAIN_CASES = [

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -32,13 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (
     TESTS,
     Gunicorn,
-    cpu_ns,
     gunicorn,
     load_average,
     machine_info,
     multipart,
     pin_client,
     request,
+    run_wrk,
     session_cookie,
     table,
     verdict,
@@ -52,23 +50,9 @@ UPLOAD_ID = "pollbench0001"
 
 def wrk(server: Gunicorn, path: str, seconds: int, cookie: str | None) -> tuple[float, str, float]:
     """``(requests/s, p99 latency, worker CPU seconds per request)``."""
-    port = server.port
-    (pid,) = server.worker_pids()
-    before = cpu_ns(pid)
-    cmd = ["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency"]
-    if cookie:
-        cmd += ["-H", f"Cookie: {cookie}"]
-    out = subprocess.run(
-        [*cmd, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
-    ).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    assert rps and p99 and total, out
-    cpu = (cpu_ns(pid) - before) / 1e9 / int(total.group(1))
-    return float(rps.group(1)), p99.group(1), cpu
+    headers = [f"Cookie: {cookie}"] if cookie else []
+    run = run_wrk(server, path, seconds, connections=4, headers=headers)
+    return run.rps, run.p99, run.cpu_per_request
 
 
 def prepare(port: int) -> str:
