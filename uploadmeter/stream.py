@@ -60,12 +60,7 @@ class MeteredInput:
         except Exception as exc:
             self._failed(exc)
             raise
-        # _took(), inlined: this is the read frameworks make for every chunk.
-        if data:
-            self._account(data)
-        elif size != 0:
-            self._ended()
-        return data
+        return self._took(data, size)
 
     def readline(self, size: int | None = -1) -> bytes:
         try:
