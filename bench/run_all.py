@@ -45,6 +45,7 @@ BENCHES: list[tuple[str, str, list[str]]] = [
         ["--rate", "320", "--stagger", "5", "--repeat", "1"],
     ),
     ("Observer vs. multipart parsers", "observer_parsers.py", []),
+    ("Where the time goes: the middleware's own cost, no HTTP", "hot_path.py", []),
 ]
 
 
