@@ -1,7 +1,7 @@
 """Run every benchmark and write their tables to ``bench/RESULTS.md``.
 
-    python bench/run_all.py            # the full runs (about 15 minutes on 2 cores)
-    python bench/run_all.py --quick    # every bench with --quick (about 3 minutes)
+    python bench/run_all.py            # the full runs (about 20 minutes on 2 cores)
+    python bench/run_all.py --quick    # every bench with --quick (about 5 minutes)
 
 Each benchmark prints its table last, after a blank line; that part is kept.
 """
