@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -713,3 +714,40 @@ def test_the_upload_clock_starts_when_the_first_chunk_request_arrives(server: An
     record = c.progress(f.identifier)
     assert record["started_at"] < before + 0.2, record
     assert record["average_speed"] < 4 * KB / 0.3
+
+
+class _LockWatch(HookedStore):
+    """Sets ``refused`` when a request finds an upload's lock taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = threading.Event()
+
+    def add(self, key: str, value: str, ttl: float) -> bool:
+        added = super().add(key, value, ttl)
+        if not added and key.startswith("lock:chunks:"):
+            self.refused.set()
+        return added
+
+
+def test_a_chunk_stored_while_another_writes_progress_is_counted(tmp_path: Any) -> None:
+    # Chunk 1's request writes the record (1 chunk) and still holds the upload's lock when
+    # chunk 2's request, its chunk stored, comes to write: it must not give up, or the
+    # record says 1 chunk until another one comes (the bar behind what the server has).
+    store = _LockWatch()
+    with served(str(tmp_path), store=store) as s:
+        c = s.client()
+        f = ChunkedFile.random(6 * KB, 2 * KB)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            second: list[Any] = []
+
+            def while_holding_the_lock() -> None:
+                second.append(pool.submit(c.post_chunk, f, 2))
+                assert store.refused.wait(10)  # chunk 2's request found the lock taken
+
+            store.after_set('"bytes_received":2048,', while_holding_the_lock)
+            assert c.post_chunk(f, 1)[0] == 200
+            assert second and second[0].result(10)[0] == 200
+        record = c.progress(f.identifier)
+    assert record["state"] == "uploading"
+    assert record["bytes_received"] == 4 * KB, record

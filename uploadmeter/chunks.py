@@ -99,6 +99,9 @@ __all__ = ["ChunkParams", "ChunkUploads", "UploadRejected"]
 
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _CHUNK_FILE = re.compile(r"(\d{1,9})\.chunk")
+# How long a chunk's progress write waits for the upload's lock: far longer than another
+# chunk's write holds it, far shorter than a merge does.
+_PROGRESS_LOCK_WAIT = 1.0
 # What meta.json keeps of the first chunk's parameters: the file, not one chunk.
 _META_FIELDS = (
     "identifier",
@@ -460,12 +463,16 @@ class ChunkUploads(ResumableEndpoint):
     def _write_progress(self, up: _Upload, meta: ChunkParams, arrived: float) -> None:
         """Record the bytes stored so far.
 
-        Under the upload's lock, or not at all: a merge holds it, so a chunk stored
-        meanwhile (a duplicate, or one listed just before the last arrived) does not
-        overwrite the merge's record.
+        Under the upload's lock, waited for briefly.  Another chunk's request holds it for
+        the moment its own write takes; that write may have counted the chunks before
+        this one was stored, so this one must still write after it (skipping it left the
+        bar behind what the server had until the next chunk came).  A merge holds it for
+        long: then this write is dropped, the merge's record being the one that counts.
         """
-        lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=0)
-        if not lock.try_acquire():
+        lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT)
+        try:
+            lock.acquire()
+        except LockTimeout:
             return
         with lock:
             if self._done(up) is not None or self.store.get(up.cancel_key) is not None:
