@@ -281,11 +281,12 @@ def gunicorn_upload(env: dict[str, str], factory: str = "e2e_apps:make_flask_app
 def test_gunicorn_workers_share_progress_on_the_default_store(
     upload_dir: str, tmp_path: Any
 ) -> None:
-    # No UM_STORE: the embedded default, an SQLite file in the (private) temp dir.
-    gunicorn_upload(
-        {"UM_UPLOAD_DIR": upload_dir, "TMPDIR": str(tmp_path), "UM_UPDATE_INTERVAL": "0"}
-    )
-    assert os.path.exists(tmp_path / "uploadmeter.sqlite3")
+    # No UM_STORE: the embedded default, an SQLite file in the user's private directory.
+    env = {"UM_UPLOAD_DIR": upload_dir, "TMPDIR": str(tmp_path), "UM_UPDATE_INTERVAL": "0"}
+    gunicorn_upload({**env, "XDG_RUNTIME_DIR": ""})
+    directory = tmp_path / f"uploadmeter-{os.geteuid()}"
+    assert os.stat(directory).st_mode & 0o777 == 0o700
+    assert os.stat(directory / "uploadmeter.sqlite3").st_mode & 0o777 == 0o600
 
 
 @pytest.mark.gunicorn

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +15,17 @@ from typing import Any
 import pytest
 from servers import wait_until
 
-from uploadmeter import MemoryStore, ProgressStore, RedisStore, SQLiteStore, StoreError, open_store
+from uploadmeter import (
+    MemoryStore,
+    ProgressStore,
+    RedisStore,
+    SQLiteStore,
+    StoreError,
+    UnsafeStorePath,
+    UploadMeterMiddleware,
+    open_store,
+)
+from uploadmeter.stores import default_sqlite_path
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -146,3 +159,158 @@ def test_redis_down_is_a_store_error_not_a_hang() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
     with pytest.raises(StoreError):
         store.get("k")
+
+
+# -- the SQLite file is private: issue 10 item 10 ----------------------------------------------
+
+NOBODY = 65534  # another local account (Debian's "nobody")
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="planting another uid's file needs root")
+
+
+def _plant(path: Any, mode: int, uid: int | None = None, directory: bool = False) -> None:
+    if directory:
+        path.mkdir()
+    else:
+        path.write_bytes(b"")
+    os.chmod(path, mode)
+    if uid is not None:
+        os.chown(path, uid, uid)
+
+
+@pytest.mark.parametrize(
+    ("planted", "mode", "uid", "problem"),
+    [
+        pytest.param(
+            "file", 0o666, NOBODY, f"owned by uid {NOBODY}", marks=as_root, id="file-666-nobody"
+        ),
+        pytest.param(
+            "file", 0o600, NOBODY, f"owned by uid {NOBODY}", marks=as_root, id="file-600-nobody"
+        ),
+        pytest.param("file", 0o666, None, "writable by group or others", id="file-666-ours"),
+        pytest.param("file", 0o620, None, "writable by group or others", id="file-620-ours"),
+        pytest.param(
+            "wal", 0o644, NOBODY, f"owned by uid {NOBODY}", marks=as_root, id="wal-644-nobody"
+        ),
+        pytest.param("shm", 0o666, None, "writable by group or others", id="shm-666-ours"),
+        pytest.param(
+            "directory",
+            0o777,
+            NOBODY,
+            f"owned by uid {NOBODY}",
+            marks=as_root,
+            id="directory-777-nobody",
+        ),
+        pytest.param(
+            "directory",
+            0o700,
+            NOBODY,
+            f"owned by uid {NOBODY}",
+            marks=as_root,
+            id="directory-700-nobody",
+        ),
+        pytest.param(
+            "directory", 0o777, None, "writable by group or others", id="directory-777-ours"
+        ),
+        pytest.param(
+            "directory", 0o1777, None, "writable by group or others", id="directory-1777-ours"
+        ),  # like /tmp
+    ],
+)
+def test_sqlite_refuses_what_another_account_could_have_written(
+    tmp_path: Any, planted: str, mode: int, uid: int | None, problem: str
+) -> None:
+    directory = tmp_path / "store"
+    path = directory / "um.sqlite3"
+    if planted == "directory":
+        _plant(directory, mode, uid, directory=True)
+    else:
+        directory.mkdir(mode=0o700)
+        suffix = {"file": "", "wal": "-wal", "shm": "-shm"}[planted]
+        _plant(directory / f"um.sqlite3{suffix}", mode, uid)
+    with pytest.raises(UnsafeStorePath) as refused:
+        SQLiteStore(str(path))
+    message = str(refused.value)
+    assert str(path) in message and problem in message, message
+    assert isinstance(refused.value, PermissionError)
+
+
+def test_sqlite_makes_its_own_readable_file_private(tmp_path: Any) -> None:
+    # A file of ours that others may only read (as the old default left it): tightened.
+    path = tmp_path / "um.sqlite3"
+    old = SQLiteStore(str(path))
+    old.set("k", "v", ttl=60)
+    old.close()
+    os.chmod(path, 0o644)
+    assert SQLiteStore(str(path)).get("k") == "v"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def _modes(directory: Any) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [directory, *directory.iterdir()]}
+
+
+def test_the_default_store_is_private_and_shared_by_the_users_processes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    planted = tmp_path / "uploadmeter.sqlite3"  # where the old default was: ignored now
+    _plant(planted, 0o666)
+    old_umask = os.umask(0)  # the most permissive umask must not leak into the modes
+    try:
+        store = open_store(None)
+        store.set("from-parent", "1", ttl=60)  # opens the WAL: -wal and -shm exist now
+        code = (
+            "import os; os.umask(0);"
+            "from uploadmeter import open_store;"
+            "s = open_store(None);"
+            "assert s.get('from-parent') == '1', s.path;"
+            "s.set('from-child', '2', ttl=60);"
+            "print(s.path)"
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        )
+    finally:
+        os.umask(old_umask)
+    directory = tmp_path / f"uploadmeter-{os.geteuid()}"
+    assert store.path == child.stdout.strip() == str(directory / "uploadmeter.sqlite3")
+    assert store.get("from-child") == "2"
+    assert _modes(directory) == {
+        directory.name: 0o700,
+        "uploadmeter.sqlite3": 0o600,
+        "uploadmeter.sqlite3-wal": 0o600,
+        "uploadmeter.sqlite3-shm": 0o600,
+    }
+    assert planted.read_bytes() == b""
+    store.close()
+
+
+def test_the_default_store_prefers_a_private_runtime_dir(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert default_sqlite_path() == str(runtime / "uploadmeter" / "uploadmeter.sqlite3")
+    os.chmod(runtime, 0o755)  # not private: not used
+    fallback = str(tmp_path / "tmp" / f"uploadmeter-{os.geteuid()}" / "uploadmeter.sqlite3")
+    assert default_sqlite_path() == fallback
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "absent"))
+    assert default_sqlite_path() == fallback
+
+
+@as_root
+def test_the_middleware_refuses_a_default_dir_planted_by_another_account(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attack of issue 10: another account creates the predictable path first.
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"uploadmeter-{os.geteuid()}"
+    _plant(planted, 0o777, NOBODY, directory=True)
+    with pytest.raises(UnsafeStorePath, match=f"{planted}.*owned by uid {NOBODY}"):
+        UploadMeterMiddleware(lambda environ, start_response: [], secret_key="k")
+    assert list(planted.iterdir()) == []

@@ -17,6 +17,7 @@ from uploadmeter.component import render_file_upload
 from uploadmeter.errors import (
     InvalidUploadId,
     StoreError,
+    UnsafeStorePath,
     UploadCancelled,
     UploadMeterError,
     UploadTooLarge,
@@ -42,6 +43,7 @@ __all__ = [
     "SQLiteStore",
     "StoreError",
     "TusUploads",
+    "UnsafeStorePath",
     "UploadCancelled",
     "UploadHandle",
     "UploadMeterError",

@@ -24,6 +24,12 @@ class StoreError(UploadMeterError):
     """The progress store could not be reached or answered with an error."""
 
 
+class UnsafeStorePath(UploadMeterError, PermissionError):
+    """An SQLite store's file or directory is owned by another account or writable by
+    group or others: anyone who could write it could plant records (shares, links), so
+    the store refuses it at start-up instead of trusting it."""
+
+
 class UploadCancelled(UploadMeterError, ClientDisconnected):
     """Raised from ``wsgi.input.read()`` once the upload was cancelled.
 

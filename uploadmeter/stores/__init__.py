@@ -10,7 +10,7 @@ they have a (non-atomic) default, which the bundled backends replace with an ato
 Stores::
 
     MemoryStore()                  # one process; the fast path for tests and dev servers
-    SQLiteStore("/tmp/um.sqlite3") # the default: many processes on one machine, no server
+    SQLiteStore("/srv/app/um.sqlite3")  # the default: many processes on one machine, no server
     RedisStore("redis://localhost:6379/0")  # many machines
 
 or by URL through :func:`open_store`: ``memory://``, ``sqlite:///path``, ``redis://host:port/db``.
@@ -19,6 +19,7 @@ or by URL through :func:`open_store`: ``memory://``, ``sqlite:///path``, ``redis
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 
@@ -87,14 +88,33 @@ class ProgressStore(ABC):
 
 
 def default_sqlite_path() -> str:
-    """The embedded default: one SQLite file in the system's temp dir, shared by workers."""
-    return os.path.join(tempfile.gettempdir(), "uploadmeter.sqlite3")
+    """The embedded default: one SQLite file per user, in a directory only that user can use.
+
+    ``$XDG_RUNTIME_DIR/uploadmeter/`` when that directory exists and is the user's own and
+    private (systemd's ``/run/user/<uid>``), else ``<temp dir>/uploadmeter-<uid>/``.  Every
+    process of one user computes the same path, so gunicorn's workers share the file;
+    :class:`SQLiteStore` creates the directory 0700 and the file 0600 and refuses them if
+    another account owns them or could write them.
+    """
+    # Not platformdirs: its runtime dir is $XDG_RUNTIME_DIR or a guessed /run/user/<uid>
+    # (absent for service accounts), and it checks neither owner nor mode; this is the check.
+    uid = os.geteuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        try:
+            info = os.stat(runtime)
+        except OSError:
+            pass
+        else:
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
+                return os.path.join(runtime, "uploadmeter", "uploadmeter.sqlite3")
+    return os.path.join(tempfile.gettempdir(), f"uploadmeter-{uid}", "uploadmeter.sqlite3")
 
 
 def open_store(spec: str | ProgressStore | None) -> ProgressStore:
     """Return a store from a store object, a URL, or ``None`` for the embedded default.
 
-    ``sqlite:///tmp/um.db`` names ``/tmp/um.db``: everything after ``sqlite://`` is the
+    ``sqlite:///srv/app/um.db`` names ``/srv/app/um.db``: everything after ``sqlite://`` is the
     path, so ``sqlite://um.db`` is relative to the working directory.
     """
     if isinstance(spec, ProgressStore):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from uploadmeter.errors import StoreError
+from uploadmeter.errors import StoreError, UnsafeStorePath
 from uploadmeter.stores import ProgressStore
 
 log = logging.getLogger("uploadmeter")
@@ -34,13 +35,18 @@ CREATE TABLE IF NOT EXISTS uploadmeter_kv (
 class SQLiteStore(ProgressStore):
     """Keeps values in an SQLite file.
 
-    >>> store = SQLiteStore("/tmp/uploadmeter-doctest.sqlite3")
+    >>> store = SQLiteStore("/srv/app/uploadmeter.sqlite3")
     >>> store.set("k", "v", ttl=60)
     >>> store.get("k")
     'v'
 
     Each thread (and each forked process) gets its own connection.  A locked database is
     retried for up to ``busy_timeout`` seconds before :class:`StoreError` is raised.
+
+    The file holds session-bound secrets (file names, share ids, link marks): it is created
+    0600 (its directory, when missing, 0700), and :class:`UnsafeStorePath` is raised at
+    once when the file, its ``-wal``/``-shm`` files or its directory belong to another
+    account or are writable by group or others.
     """
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
@@ -48,8 +54,7 @@ class SQLiteStore(ProgressStore):
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._next_purge = 0.0
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
+        _make_private(path)
         self._run(lambda db: db.execute(_SCHEMA))
 
     # -- connection handling -------------------------------------------------------------
@@ -185,3 +190,47 @@ class SQLiteStore(ProgressStore):
             )
         except StoreError as exc:
             log.warning("uploadmeter: could not purge expired records: %s", exc)
+
+
+def _make_private(path: str) -> None:
+    """Create the database file 0600 (in a 0700 directory when that is missing) or check
+    that the existing ones are this account's alone; refuse anything another account
+    could have written.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's own mode, whatever the
+    umask, so a private database keeps them private.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # Root may own the directory (/srv/app made by an installer); nobody else.
+    _refuse_shared(path, directory, "directory", os.stat(directory), {os.geteuid(), 0})
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass  # another worker made it first, or it was there: checked below
+    else:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.close(fd)
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            info = os.stat(name)
+        except FileNotFoundError:
+            continue
+        _refuse_shared(path, name, "file", info, {os.geteuid()})
+        if info.st_mode & 0o077:  # ours, but others may read it (an older version's file)
+            os.chmod(name, 0o600)
+
+
+def _refuse_shared(path: str, name: str, kind: str, info: os.stat_result, owners: set[int]) -> None:
+    if info.st_uid not in owners:
+        raise UnsafeStorePath(
+            f"SQLite store {path}: refusing {kind} {name}: owned by uid {info.st_uid}, "
+            f"not by this process's uid {os.geteuid()}; another account could have planted "
+            "records in it. Remove it, or choose another path."
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeStorePath(
+            f"SQLite store {path}: refusing {kind} {name}: writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):o}); another account could have planted "
+            "records in it. Make it private (chmod go-w) or choose another path."
+        )
