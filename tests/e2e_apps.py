@@ -89,26 +89,43 @@ def make_flask_app(**options: Any) -> Callable[..., Any]:
     return with_pid(app)
 
 
-def make_plain_app(**options: Any) -> Callable[..., Any]:
-    """No framework: werkzeug's form parser on the (metered) ``wsgi.input``."""
-    s = _settings(options)
+def form_upload_app(upload_dir: str) -> Callable[..., Iterable[bytes]]:
+    """No framework: ``POST /upload`` parsed by werkzeug's form parser, files saved."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != "/upload":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found"]
         _, form, files = parse_form_data(environ)
-        saved = _save(s["upload_dir"], [f for _, f in files.items(multi=True)])
+        saved = _save(upload_dir, [f for _, f in files.items(multi=True)])
         body = json.dumps({"form": form.to_dict(), "files": saved}).encode()
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
 
+    return app
+
+
+def make_plain_app(**options: Any) -> Callable[..., Any]:
+    """No framework: werkzeug's form parser on the (metered) ``wsgi.input``."""
+    s = _settings(options)
     return with_pid(
         UploadMeterMiddleware(
-            app,
+            form_upload_app(s["upload_dir"]),
             secret_key="e2e secret",
             store=s["store"],
             update_interval=s["update_interval"],
             max_content_length=s["max_content_length"],
         )
+    )
+
+
+def make_proxied_app() -> Callable[..., Any]:
+    """The plain app's ``/upload`` plus uploadmeter's chunk and tus endpoints, as a reverse
+    proxy fronts them (tests/test_nginx.py); settings as in ``chunked_app.make_app``."""
+    from chunked_app import make_app
+
+    s = _settings({})
+    return make_app(
+        inner=form_upload_app(s["upload_dir"]),
+        meter_options={"update_interval": s["update_interval"]},
     )
