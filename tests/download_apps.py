@@ -2,7 +2,7 @@
 
     gunicorn -w 3 'download_apps:make_app()'
 
-On the middleware's default store (an SQLite file in ``$TMPDIR``), unless ``UM_STORE`` says
+On the middleware's default store (a private SQLite file), unless ``UM_STORE`` says
 otherwise.  Routes:
 
 * ``GET /zip?uploadmeter_id=ID`` -- every file of ``$UM_FILES`` as one zip, with progress;

@@ -295,8 +295,14 @@ class LogRecords(logging.Handler):
 @contextlib.contextmanager
 def run_download_app(tmp: Path, files: Path, error_log: Path) -> Iterator[str]:
     """``download_apps:make_app()`` under gunicorn, 3 sync workers, on the default store
-    (an SQLite file in ``tmp``); gunicorn's own log goes to ``error_log``."""
-    env = {"TMPDIR": str(tmp), "UM_FILES": str(files), "UM_UPDATE_INTERVAL": "0.02"}
+    (an SQLite file under ``tmp``, not under ``$XDG_RUNTIME_DIR``); gunicorn's own log goes
+    to ``error_log``."""
+    env = {
+        "TMPDIR": str(tmp),
+        "XDG_RUNTIME_DIR": "",
+        "UM_FILES": str(files),
+        "UM_UPDATE_INTERVAL": "0.02",
+    }
     # No control socket: it lives in ~/.gunicorn, shared with every other gunicorn run.
     args = ("--error-logfile", str(error_log), "--log-level", "info", "--no-control-socket")
     with run_gunicorn("download_apps:make_app()", workers=3, env=env, args=args) as url:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from abc import ABC, abstractmethod
 
@@ -98,6 +99,8 @@ def default_sqlite_path() -> str:
     """
     # Not platformdirs: its runtime dir is $XDG_RUNTIME_DIR or a guessed /run/user/<uid>
     # (absent for service accounts), and it checks neither owner nor mode; this is the check.
+    if sys.platform == "win32":  # no uids; the temp dir is the user's own there
+        return os.path.join(tempfile.gettempdir(), "uploadmeter", "uploadmeter.sqlite3")
     uid = os.geteuid()
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if os.path.isabs(runtime):

@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -202,6 +203,8 @@ def _make_private(path: str) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    if sys.platform == "win32":  # no POSIX owners or modes to check
+        return
     # Root may own the directory (/srv/app made by an installer); nobody else.
     _refuse_shared(path, directory, "directory", os.stat(directory), {os.geteuid(), 0})
     try:
