@@ -1,12 +1,12 @@
 """The README's nginx config, run in Debian's nginx in front of ``gunicorn -w 3``.
 
 The config is read from the README's deployment section itself, so the documented block is
-the tested one.  Through it a throttled form upload shows its progress, and a tus upload
-whose connection dies midway resumes from the stored offset.  Two negative controls prove
-each part of the block matters: without its ``proxy_request_buffering off`` lines the form
-upload shows no progress until its last byte, and without the two ``/uploadmeter/``
-locations (only ``location = /upload`` streaming, as before issue 10) a tus resume restarts
-from byte 0.
+the tested one.  Through it a throttled form upload shows its progress, a tus upload whose
+connection dies midway resumes from the stored offset, and chunk POSTs reach the app without
+nginx spooling them.  Negative controls prove each part of the block matters: without its
+``proxy_request_buffering off`` lines the form upload shows no progress until its last
+byte, and without the two ``/uploadmeter/`` locations (only ``location = /upload``
+streaming, as before issue 10) a tus resume restarts from byte 0 and chunks are spooled.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from chunked_app import read_completions
-from chunked_support import ChunkClient
+from chunked_support import ChunkClient, ChunkedFile
 from servers import (
     ROOT,
     RawUpload,
@@ -332,3 +332,26 @@ def test_a_tus_upload_cut_midway_resumes_from_the_stored_offset(
     assert record["state"] == "done", record
     (done,) = [d for d in read_completions(app[2]) if d["upload_id"] == upload_id]
     assert done["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("variant", "streams"),
+    [
+        pytest.param(readme_config, True, id="readme-config"),
+        pytest.param(lambda: streaming_only_the_form_route(readme_config()), False,
+                     id="negative-control-only-upload-streams"),
+    ],
+)  # fmt: skip
+def test_chunk_posts_reach_the_app_as_they_arrive(
+    app: tuple[str, str, str], tmp_path: Any, variant: Any, streams: bool
+) -> None:
+    f = ChunkedFile.random(3 * 1024 * KB + 5, 1024 * KB)
+    with run_nginx(variant(), app[0], tmp_path / "nginx") as nginx:
+        c = ChunkClient(nginx.url)
+        c.start()
+        upload_id = c.upload(f)["upload_id"]
+        log = nginx.log()
+    # Each 1 MiB chunk is more than nginx's 16 KiB body buffer: buffered, it is spooled.
+    assert (BUFFERED in log) is not streams
+    done = wait_until(lambda: [d for d in read_completions(app[2]) if d["upload_id"] == upload_id])
+    assert [d["sha256"] for d in done] == [f.sha256]
