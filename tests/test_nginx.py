@@ -74,6 +74,17 @@ def streaming_only_the_form_route(config: str) -> str:
     return trimmed
 
 
+# The README's block, and its negative control: does it stream uploadmeter's own routes?
+CONFIGS = [
+    pytest.param(readme_config, True, id="readme-config"),
+    pytest.param(
+        lambda: streaming_only_the_form_route(readme_config()),
+        False,
+        id="negative-control-only-upload-streams",
+    ),
+]
+
+
 def nginx_binary() -> str:
     binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
@@ -262,16 +273,9 @@ def test_negative_control_a_buffering_nginx_shows_no_form_progress(
         assert client.progress(upload_id)["state"] == "done"
 
 
-@pytest.mark.parametrize(
-    ("variant", "resumes"),
-    [
-        pytest.param(readme_config, True, id="readme-config"),
-        pytest.param(lambda: streaming_only_the_form_route(readme_config()), False,
-                     id="negative-control-only-upload-streams"),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize(("variant", "streams"), CONFIGS)
 def test_a_tus_upload_cut_midway_resumes_from_the_stored_offset(
-    app: tuple[str, str, str], tmp_path: Any, variant: Any, resumes: bool
+    app: tuple[str, str, str], tmp_path: Any, variant: Any, streams: bool
 ) -> None:
     data = os.urandom(3 * 1024 * KB + 77)
     source = tmp_path / "movie.mp4"
@@ -301,7 +305,7 @@ def test_a_tus_upload_cut_midway_resumes_from_the_stored_offset(
             assert relay.held.wait(20), "the PATCH never reached 1 MiB"
             upload_id = str(first.url).rsplit("/", 1)[1]
             stored_before_cut = 0
-            if resumes:
+            if streams:
                 # Streamed: the app stores bytes while the client still sends.
                 stored_before_cut = wait_until(
                     lambda: (n := c.progress(upload_id)["bytes_received"]) >= 512 * KB and n
@@ -324,8 +328,8 @@ def test_a_tus_upload_cut_midway_resumes_from_the_stored_offset(
             relay.close()
             storage.close()
         record = c.progress(upload_id)
-        assert (BUFFERED in nginx.log()) is not resumes
-    if resumes:  # every byte the app had before the cut is kept (the PATCH's head aside)
+        assert (BUFFERED in nginx.log()) is not streams
+    if streams:  # every byte the app had before the cut is kept (the PATCH's head aside)
         assert stored_before_cut <= resumed_from <= limit, (stored_before_cut, resumed_from)
     else:
         assert resumed_from == 0
@@ -334,14 +338,7 @@ def test_a_tus_upload_cut_midway_resumes_from_the_stored_offset(
     assert done["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize(
-    ("variant", "streams"),
-    [
-        pytest.param(readme_config, True, id="readme-config"),
-        pytest.param(lambda: streaming_only_the_form_route(readme_config()), False,
-                     id="negative-control-only-upload-streams"),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize(("variant", "streams"), CONFIGS)
 def test_chunk_posts_reach_the_app_as_they_arrive(
     app: tuple[str, str, str], tmp_path: Any, variant: Any, streams: bool
 ) -> None:
