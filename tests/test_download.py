@@ -39,7 +39,7 @@ from download_support import (
 )
 from servers import Client, free_port, new_upload_id, serve_in_thread, wait_until
 from werkzeug.http import parse_options_header
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 
 from uploadmeter import MemoryStore, UploadMeterMiddleware
 from uploadmeter.disposition import (
@@ -230,6 +230,43 @@ def test_missing_file_and_root_confinement(h: Harness, tmp_path: Path) -> None:
     assert get(h, "/outside")[0] == 404
     assert get(h, "/link")[0] == 404
     assert get(h, "/inside")[2] == b"ok"
+
+
+def test_nul_in_a_requested_path_is_404_not_a_traceback(h: Harness, tmp_path: Path) -> None:
+    """The README's own view, `download([FILES / n for n in names], root=FILES)`, given
+    `?name=a.txt%00`: os.path.realpath raised ValueError ("embedded null byte") -> 500."""
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "a.txt").write_text("a")
+
+    def names(env: dict[str, Any]) -> list[str]:
+        return Request(env).args.getlist("name")
+
+    h.route(
+        "/selection",
+        lambda env: download(
+            [root / n for n in names(env)], "selection.zip", environ=env, meter=h.meter, root=root
+        ),
+    )
+    h.route("/one", lambda env: download(root / names(env)[0], environ=env))
+    h.route("/item", lambda env: download(Item(root / names(env)[0], "x.txt"), environ=env))
+    client = Client(h.base)
+    uid = new_upload_id()
+    for path in (
+        f"/selection?name=a.txt%00&uploadmeter_id={uid}",
+        "/selection?name=a.txt&name=b%00/../a.txt",
+        "/one?name=a.txt%00",
+        "/item?name=%00",
+    ):
+        status, headers, body = client.request("GET", path, headers={"Accept": "application/json"})
+        assert status == 404, (path, body)
+        assert headers["content-type"] == "application/json"
+        assert "was not found" in json.loads(body)["error"]["message"]
+        status, _, body = client.request("GET", path, headers={"Accept": "text/html"})
+        assert status == 404 and b"<h1>404 Not Found</h1>" in body and b"Traceback" not in body
+    record = client.progress(uid)
+    assert record["state"] == "error" and record["error"]["status"] == 404
+    assert client.request("GET", "/one?name=a.txt")[2] == b"a"  # the same view still serves
 
 
 # -- names -------------------------------------------------------------------------------
