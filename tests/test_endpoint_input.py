@@ -178,15 +178,16 @@ def content_length_body() -> Iterator[bytes]:
     return body_pieces(False, total=64 * 1024)
 
 
-@pytest.fixture(params=["werkzeug", "gunicorn"])
-def chunk_server(request: Any, tmp_path: Any, sqlite_path: str) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
+def chunk_server(request: Any, tmp_path_factory: Any) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("chunks")
     if request.param == "werkzeug":
-        with served(str(tmp_path)) as s:
+        with served(str(directory)) as s:
             yield s.url
         return
     env = {
-        "UPLOADMETER_TEST_STORE": "sqlite://" + sqlite_path,
-        "UPLOADMETER_TEST_FILES": str(tmp_path / "files"),
+        "UPLOADMETER_TEST_STORE": f"sqlite://{directory}/store.sqlite3",
+        "UPLOADMETER_TEST_FILES": str(directory / "files"),
     }
     with run_gunicorn("chunked_app:make_app()", workers=2, env=env) as url:
         yield url
@@ -260,21 +261,28 @@ def test_a_small_merge_request_still_merges(tmp_path: Any) -> None:
         assert len(read_completions(s.directory)) == 3
 
 
-@pytest.fixture(params=["werkzeug", "gunicorn"])
-def share_site(
-    request: Any, tmp_path: Any, sqlite_path: str, monkeypatch: Any
-) -> Iterator[tuple[str, str]]:
-    """A server with a share of "notes" behind the code ABCD: ``(base URL, share path)``."""
+@pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
+def links_server(request: Any, tmp_path_factory: Any) -> Iterator[str]:
+    """``download_apps`` (links at {prefix}/d, ``POST /make/share``) on a real server."""
+    directory = tmp_path_factory.mktemp("links")
     if request.param == "werkzeug":
-        monkeypatch.setenv("UM_STORE", "memory://")
-        context: Any = serve_in_thread(download_apps.make_app())
-    else:
-        env = {"UM_STORE": "sqlite://" + sqlite_path, "UM_FILES": str(tmp_path)}
-        context = run_gunicorn("download_apps:make_app()", workers=2, env=env)
-    with context as base:
-        status, _, body = Client(base).request("POST", "/make/share?target=notes&code=ABCD")
-        assert status == 200, body
-        yield base, json.loads(body)["url"]
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("UM_STORE", "memory://")
+            app = download_apps.make_app()
+        with serve_in_thread(app) as base:
+            yield base
+        return
+    env = {"UM_STORE": f"sqlite://{directory}/store.sqlite3", "UM_FILES": str(directory)}
+    with run_gunicorn("download_apps:make_app()", workers=2, env=env) as base:
+        yield base
+
+
+@pytest.fixture
+def share_site(links_server: str) -> tuple[str, str]:
+    """A new share of "notes" behind the code ABCD: ``(base URL, share path)``."""
+    status, _, body = Client(links_server).request("POST", "/make/share?target=notes&code=ABCD")
+    assert status == 200, body
+    return links_server, json.loads(body)["url"]
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

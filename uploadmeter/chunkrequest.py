@@ -265,8 +265,9 @@ def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
             for key, value in request.form.items(multi=True):
                 values.setlist(key, [value])
     except RequestEntityTooLarge:
+        limits = f"{SMALL_BODY} bytes and {SmallBodyRequest.max_form_parts} form fields"
         raise ChunkRefused(
-            413, "too_large", f"A merge request may hold at most {SMALL_BODY} bytes."
+            413, "too_large", f"A merge request may hold at most {limits}."
         ) from None
     except RecursionError:
         raise ChunkRefused(400, "bad_json", "The JSON body is nested too deeply.") from None
