@@ -10,6 +10,8 @@ import http.client
 import io
 import json
 import os
+import shutil
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -37,7 +39,7 @@ from download_support import (
 )
 from servers import Client, free_port, new_upload_id, serve_in_thread, wait_until
 from werkzeug.http import parse_options_header
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 
 from uploadmeter import MemoryStore, UploadMeterMiddleware
 from uploadmeter.disposition import (
@@ -230,6 +232,43 @@ def test_missing_file_and_root_confinement(h: Harness, tmp_path: Path) -> None:
     assert get(h, "/inside")[2] == b"ok"
 
 
+def test_nul_in_a_requested_path_is_404_not_a_traceback(h: Harness, tmp_path: Path) -> None:
+    """The README's own view, `download([FILES / n for n in names], root=FILES)`, given
+    `?name=a.txt%00`: os.path.realpath raised ValueError ("embedded null byte") -> 500."""
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "a.txt").write_text("a")
+
+    def names(env: dict[str, Any]) -> list[str]:
+        return Request(env).args.getlist("name")
+
+    h.route(
+        "/selection",
+        lambda env: download(
+            [root / n for n in names(env)], "selection.zip", environ=env, meter=h.meter, root=root
+        ),
+    )
+    h.route("/one", lambda env: download(root / names(env)[0], environ=env))
+    h.route("/item", lambda env: download(Item(root / names(env)[0], "x.txt"), environ=env))
+    client = Client(h.base)
+    uid = new_upload_id()
+    for path in (
+        f"/selection?name=a.txt%00&uploadmeter_id={uid}",
+        "/selection?name=a.txt&name=b%00/../a.txt",
+        "/one?name=a.txt%00",
+        "/item?name=%00",
+    ):
+        status, headers, body = client.request("GET", path, headers={"Accept": "application/json"})
+        assert status == 404, (path, body)
+        assert headers["content-type"] == "application/json"
+        assert "was not found" in json.loads(body)["error"]["message"]
+        status, _, body = client.request("GET", path, headers={"Accept": "text/html"})
+        assert status == 404 and b"<h1>404 Not Found</h1>" in body and b"Traceback" not in body
+    record = client.progress(uid)
+    assert record["state"] == "error" and record["error"]["status"] == 404
+    assert client.request("GET", "/one?name=a.txt")[2] == b"a"  # the same view still serves
+
+
 # -- names -------------------------------------------------------------------------------
 
 
@@ -289,6 +328,53 @@ def test_zip_extracts_everywhere(h: Harness, tmp_path: Path) -> None:
     assert archive.namelist() == ["a", "a (1)/b.txt", "evil.txt", "C_/x.txt"]
     archive.extractall(tmp_path / "out")  # a file and a folder "a" could not both exist
     assert (tmp_path / "out" / "a (1)" / "b.txt").read_bytes() == b"inside a"
+
+
+def _tree_of(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (relative, ``/``-separated): a file's bytes, or None."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in root.rglob("*")
+    }
+
+
+def test_names_of_only_dots_and_spaces_extract_with_zipfile_and_unzip(
+    h: Harness, tmp_path: Path
+) -> None:
+    """Files named "...", " .. ", ". ." (legal on Linux) keep their own member names."""
+    unzip = shutil.which("unzip")
+    assert unzip is not None, "Info-ZIP unzip is not installed (.ci/run installs it)"
+    folder = tmp_path / "folder"
+    (folder / "....").mkdir(parents=True)
+    files = {"...": b"three", " .. ": b"spaced", ". .": b"dot space dot", "   ": b"spaces"}
+    files |= {"___": b"underscores", "x.txt": b"x", "..../inner.txt": b"inner"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    h.route("/dir", lambda env: download(folder, environ=env))
+    h.route("/mixed", lambda env: download([folder, b"top"], environ=env))
+
+    status, _, body = get(h, "/dir")
+    assert status == 200
+    # Dots become underscores (spaces inside are kept); a clash gets a number, as always.
+    assert sorted(open_zip(body).namelist()) == sorted(
+        ["_", "__", "_ _", "___", "___ (1)", "x.txt", "____/inner.txt"]
+    )
+    for url, prefix in (("/dir", ""), ("/mixed", "folder/")):
+        body = get(h, url)[2]
+        (tmp_path / "got.zip").write_bytes(body)
+        by_zipfile, by_unzip = tmp_path / ("py-" + url[1:]), tmp_path / ("unzip-" + url[1:])
+        open_zip(body).extractall(by_zipfile)
+        done = subprocess.run(
+            [unzip, "-q", str(tmp_path / "got.zip"), "-d", str(by_unzip)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        tree = _tree_of(by_zipfile)
+        assert tree == _tree_of(by_unzip)
+        got = sorted(v for k, v in tree.items() if v is not None and k.startswith(prefix))
+        assert got == sorted(files.values())  # every file, each once
 
 
 def test_symlink_swapped_after_the_response_is_built(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ with the status the clients treat as permanent (415), a reason and a short messa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -22,11 +23,19 @@ from werkzeug.formparser import parse_form_data
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
+from uploadmeter.endpoints import SMALL_BODY, SmallBodyRequest
 from uploadmeter.errors import UploadMeterError
 from uploadmeter.filestore import FileStore, InvalidName, clean_filename, clean_relative_path
 from uploadmeter.responses import json_response
 
-__all__ = ["ChunkParams", "ChunkRefused", "param", "parse_params", "receive_chunk"]
+__all__ = [
+    "ChunkParams",
+    "ChunkRefused",
+    "merge_values",
+    "param",
+    "parse_params",
+    "receive_chunk",
+]
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _INT = re.compile(r"\d{1,18}")
@@ -232,3 +241,38 @@ def receive_chunk(
             if not ok or path != keep:
                 files.discard(path)
     return values, keep, size
+
+
+def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
+    """The parameters of a merge request: its query's, and those of its body (a JSON
+    object or a form) over them.
+
+    The body is a few parameters: one of more than :data:`SMALL_BODY` bytes is refused
+    with 413, before it is read when its ``Content-Length`` says so.
+    """
+    request = SmallBodyRequest(environ)
+    values: MultiDict[str, str] = MultiDict(request.args)
+    try:
+        request.load_body()
+        if request.is_json:
+            data = request.get_data()
+            body = json.loads(data) if data.strip() else {}
+            if not isinstance(body, dict):
+                raise ChunkRefused(400, "bad_json", "The JSON body must be an object.")
+            for key, value in body.items():
+                values.setlist(key, [str(value)])
+        else:
+            for key, value in request.form.items(multi=True):
+                values.setlist(key, [value])
+    except RequestEntityTooLarge:
+        limits = f"{SMALL_BODY} bytes and {SmallBodyRequest.max_form_parts} form fields"
+        raise ChunkRefused(
+            413, "too_large", f"A merge request may hold at most {limits}."
+        ) from None
+    except RecursionError:
+        raise ChunkRefused(400, "bad_json", "The JSON body is nested too deeply.") from None
+    except ValueError:  # not JSON, or not UTF-8
+        raise ChunkRefused(400, "bad_json", "The request body is not valid JSON.") from None
+    except HTTPException:  # the client went away mid-body
+        raise ChunkRefused(400, "bad_body", "The request body is incomplete.") from None
+    return values

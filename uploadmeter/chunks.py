@@ -56,6 +56,7 @@ from uploadmeter.chunkrequest import (
     SHA256,
     ChunkParams,
     ChunkRefused,
+    merge_values,
     param,
     parse_params,
     receive_chunk,
@@ -503,18 +504,9 @@ class ChunkUploads(ResumableEndpoint):
     def _merge_request(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
     ) -> Response:
-        request = Request(environ)
-        values: MultiDict[str, str] = MultiDict(request.args)
-        if request.is_json:
-            body = request.get_json(silent=True)
-            if isinstance(body, dict):
-                for key, value in body.items():
-                    values.setlist(key, [str(value)])
-        else:
-            for key, value in request.form.items(multi=True):
-                values.setlist(key, [value])
-        params = self._params(values, chunk=False)
-        up = self._upload(self._session(environ, extra, issue=False), params.identifier)
+        session = self._session(environ, extra, issue=False)  # before a byte of the body
+        params = self._params(merge_values(environ), chunk=False)
+        up = self._upload(session, params.identifier)
         self._check_cancelled(up, arrived)
         done = self._done(up)
         if done is not None:

@@ -19,6 +19,7 @@ from uploadmeter.errors import UploadMeterError
 from uploadmeter.filestore import Digests, FileInfo, FileStore, copy_and_hash
 from uploadmeter.locks import StoreLock
 from uploadmeter.processing import ProcessingTask
+from uploadmeter.record import shown_text
 from uploadmeter.stores import ProgressStore
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def deliver(
     the error.
     """
     result: dict[str, Any] = {
-        "filename": info.filename,
+        "filename": shown_text(info.filename),  # as the record's field shows it
         "size": info.size,
         "sha256": info.sha256,
         "md5": info.md5,

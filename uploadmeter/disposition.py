@@ -56,11 +56,13 @@ def safe_arcname(name: str) -> str:
     """
     parts = []
     for part in _CONTROL.sub("", unicodedata.normalize("NFC", name)).replace("\\", "/").split("/"):
-        part = _NON_PORTABLE.sub("_", _SPACES.sub(" ", part)).strip()
-        # "." and ".." would escape the extraction folder; Windows refuses trailing dots.
-        part = "" if part in (".", "..") else part.rstrip(". ")
-        if part:
-            parts.append(part)
+        part = _NON_PORTABLE.sub("_", _SPACES.sub(" ", part))
+        if part in ("", ".", ".."):
+            continue  # path syntax, not a name: "." and ".." would escape the extraction folder
+        # Windows drops trailing dots and spaces.  A name of nothing else ("...", " .. ",
+        # ". .", legal on Linux) would vanish and its file take the folder's name; Python's
+        # zipfile and Info-ZIP unzip both keep it with its dots as underscores ("___").
+        parts.append(part.strip().rstrip(". ") or part.strip().replace(".", "_") or "_")
     is_dir = name.endswith(("/", "\\"))
     return "/".join(parts) + ("/" if is_dir and parts else "")
 

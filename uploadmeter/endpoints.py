@@ -10,9 +10,10 @@ cheap however busy the app is.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import NotFound
@@ -36,6 +37,41 @@ INVALID_ID_MESSAGE = "The upload id must be 8 to 128 characters of A-Z, a-z, 0-9
 
 def valid_upload_id(value: str) -> bool:
     return UPLOAD_ID.fullmatch(value) is not None
+
+
+# A body of a few parameters (a merge request, a share's code form): a few KB.  Also room
+# for a relativePath of 4096 bytes, percent-encoded.
+SMALL_BODY = 32 * 1024
+
+
+class SmallBodyRequest(Request):
+    """A request whose body is a few parameters, read within werkzeug's own limits.
+
+    :meth:`load_body` raises ``RequestEntityTooLarge`` for a body over :data:`SMALL_BODY`
+    bytes: before reading a byte when its ``Content-Length`` says so, and at the cap when
+    it has none (chunked).  A form has at most ``max_form_parts`` parts, and a file part
+    stays in memory: nothing is spooled.
+    """
+
+    max_content_length = SMALL_BODY
+    max_form_memory_size = SMALL_BODY
+    max_form_parts = 64
+
+    def load_body(self) -> None:
+        """Read the body, into ``form`` (a form) or ``get_data()`` (anything else)."""
+        self.get_data(parse_form_data=True)
+        # werkzeug stops a body without a length at the cap without a word (a form parsed
+        # from its first part); one more read raises RequestEntityTooLarge if it went on.
+        self.stream.read(1)
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()  # at most SMALL_BODY bytes
 
 
 class Endpoints:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from werkzeug.datastructures import MIMEAccept
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.http import http_date, parse_accept_header
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
@@ -32,6 +32,7 @@ from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_current_url
 
 from uploadmeter.download import Downloader
+from uploadmeter.endpoints import SMALL_BODY, SmallBodyRequest
 from uploadmeter.errors import StoreError
 from uploadmeter.responses import NO_STORE, error_response, json_response
 from uploadmeter.shares import Share, ShareError, ShareManager
@@ -184,14 +185,18 @@ class DownloadLinks:
         try:
             if endpoint == "link":
                 return self._serve_link(environ, args["token"])
-            return self._serve_share(Request(environ), args["share_id"])
+            # A share's form is a code: its body is read within SmallBodyRequest's limits.
+            return self._serve_share(SmallBodyRequest(environ), args["share_id"])
         except LinkError as exc:
             retry = getattr(exc, "retry_after", None)
             headers = [("Retry-After", str(retry))] if exc.status == 429 and retry else []
             return error_response(environ, exc.status, exc.message, headers)
         except StoreError:
             return error_response(environ, 503, "Downloads are unavailable right now.")
-        except HTTPException as exc:  # e.g. a form too large to read
+        except RequestEntityTooLarge:
+            message = f"The form may hold at most {SMALL_BODY} bytes: a code needs a few."
+            return error_response(environ, 413, message)
+        except HTTPException as exc:  # e.g. a body that ended early
             return error_response(environ, exc.code or 400, exc.description or "Bad request.")
 
     def _serve_link(self, environ: dict[str, Any], token: str) -> Response:
@@ -222,7 +227,7 @@ class DownloadLinks:
         except LookupError:
             return None
 
-    def _serve_share(self, request: Request, share_id: str) -> Response:
+    def _serve_share(self, request: SmallBodyRequest, share_id: str) -> Response:
         wants_json = _asks_for_json(request)
         if request.method != "POST":
             counted = request.method == "GET"  # a HEAD is no view
@@ -237,6 +242,7 @@ class DownloadLinks:
                     }
                 )
             return self._share_page(share, None)
+        request.load_body()  # (a SmallBodyRequest: a few KB at most)
         code = request.form.get("code") or request.headers.get("X-Share-Code")
         try:
             share = self.shares.open(share_id, code)

@@ -261,18 +261,10 @@ def _substring_search() -> Callable[[bytes, bytes, int], int]:
 
 _find = _substring_search()
 
-# What XML 1.0 cannot carry (C0 controls but tab, LF and CR; U+FFFE, U+FFFF).  Names are
-# only shown, in JSON and XML, so these become U+FFFD rather than break an XML poll.
-_NOT_XML = dict.fromkeys([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0xFFFE, 0xFFFF], "\ufffd")
-
 
 def _shown(value: str | None) -> str | None:
-    """A name, file name or content type as the record shows it: capped and XML-safe."""
-    if value is None:
-        return None
-    value = value[:MAX_NAME_LENGTH]
-    # isprintable() excludes every character _NOT_XML maps, and is far cheaper.
-    return value if value.isprintable() else value.translate(_NOT_XML)
+    """A name, file name or content type, capped (FieldProgress makes it XML-safe)."""
+    return None if value is None else value[:MAX_NAME_LENGTH]
 
 
 # What browsers send, and what parse_options_header would give back unchanged (no

@@ -28,15 +28,48 @@ IN_FLIGHT = frozenset({STARTING, UPLOADING, PROCESSING})
 FINISHED = frozenset({DONE, ERROR, CANCELLED})
 
 
+# What XML 1.0 cannot carry: C0 controls but tab, LF and CR; surrogates (no UTF-8 either);
+# U+FFFE and U+FFFF.  Names and messages are only shown, so these become U+FFFD.
+_NOT_XML = dict.fromkeys(
+    [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF],
+    "\ufffd",
+)
+
+
+def shown_text(value: str) -> str:
+    """``value`` as a record shows it: what XML 1.0 cannot carry replaced by U+FFFD.
+
+    The one place that cleans names: every field a record lists passes here
+    (:class:`FieldProgress`), and so does every text :meth:`UploadRecord.to_xml` writes.
+    """
+    # isprintable() is False for every character _NOT_XML maps, and far cheaper.
+    return value if value.isprintable() else value.translate(_NOT_XML)
+
+
+def _shown_or_none(value: str | None) -> str | None:
+    return None if value is None else shown_text(value)
+
+
 @dataclass(slots=True)
 class FieldProgress:
-    """One part of a multipart body, as far as it has arrived."""
+    """One part of a multipart body, as far as it has arrived.
+
+    Its names are cleaned on the way in (:func:`shown_text`), whoever writes them: the
+    form observer, the chunk and tus endpoints, a record read back from the store.
+    """
 
     name: str | None
     filename: str | None = None
     content_type: str | None = None
     bytes_received: int = 0
     state: str = UPLOADING
+
+    def __post_init__(self) -> None:
+        # One test for the three names (records of hundreds of fields are read per poll).
+        if not f"{self.name}{self.filename}{self.content_type}".isprintable():
+            self.name = _shown_or_none(self.name)
+            self.filename = _shown_or_none(self.filename)
+            self.content_type = _shown_or_none(self.content_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,13 +231,16 @@ class UploadRecord:
         return data
 
     def to_xml(self) -> bytes:
-        """The JSF component's ``<progress>`` document, extended with the same data."""
+        """The JSF component's ``<progress>`` document, extended with the same data.
+
+        Every text goes through :func:`shown_text`: no writer can make the XML malformed.
+        """
         root = ET.Element("progress")
         pct = self.percentage
-        ET.SubElement(root, "percentage").text = "" if pct is None else str(pct)
+        ET.SubElement(root, "percentage").text = _xml_text(pct)
         if self.state != UNKNOWN:
             # The JSF client treats a missing clientId as "upload not seen yet".
-            ET.SubElement(root, "clientId").text = self.id
+            ET.SubElement(root, "clientId").text = _xml_text(self.id)
         data = self.to_json_dict()
         for key in (
             "state",
@@ -218,29 +254,26 @@ class UploadRecord:
             "finished_at",
             "field_count",
         ):
-            value = data[key]
-            ET.SubElement(root, _camel(key)).text = "" if value is None else str(value)
+            ET.SubElement(root, _camel(key)).text = _xml_text(data[key])
         fields = ET.SubElement(root, "fields")
         for f in self.fields:
             ET.SubElement(
-                fields,
-                "field",
-                {_camel(k): "" if v is None else str(v) for k, v in f.to_dict().items()},
+                fields, "field", {_camel(k): _xml_text(v) for k, v in f.to_dict().items()}
             )
         if self.error is not None:
-            err = ET.SubElement(root, "error", {"status": str(self.error.get("status", ""))})
-            err.text = str(self.error.get("message", ""))
+            err = ET.SubElement(root, "error", {"status": _xml_text(self.error.get("status", ""))})
+            err.text = _xml_text(self.error.get("message", ""))
         if data["processing"] is not None:
             proc = data["processing"]
-            ET.SubElement(
-                root,
-                "processing",
-                {_camel(k): "" if v is None else str(v) for k, v in proc.items()},
-            )
+            ET.SubElement(root, "processing", {_camel(k): _xml_text(v) for k, v in proc.items()})
         return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 _json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
+
+def _xml_text(value: Any) -> str:
+    return "" if value is None else shown_text(str(value))
 
 
 def _json_text(value: str | None) -> str:

@@ -390,7 +390,11 @@ class _Resolver:
             )
 
     def _inside_root(self, path: str) -> str:
-        real = os.path.realpath(path)
+        """The real path, when it may be sent.  Every path source passes here first."""
+        try:
+            real = os.path.realpath(path)
+        except ValueError:  # "embedded null byte": no file can have that name
+            raise SourceNotFound("not a valid path") from None
         if self.root is not None and not _is_inside(real, self.root):
             raise SourceNotFound("outside the download root")
         return real
