@@ -170,19 +170,37 @@ def test_creation_refusals(server: Any) -> None:
         {**V, "Upload-Length": "5", "Upload-Metadata": "filename " + b64("../x")},
     )
     assert status == 400
-    anonymous = ChunkClient(server.url)
-    status, _, _ = anonymous.request("POST", TUS, b"", {**V, "Upload-Length": "5"})
-    assert status == 403
     assert os.listdir(os.path.join(server.directory, "tus")) == []
 
 
-def test_uploads_are_private_to_their_session(server: Any) -> None:
+def test_a_creation_without_a_session_is_issued_one(server: Any) -> None:
+    anonymous = ChunkClient(server.url)
+    status, h, _ = anonymous.request("POST", TUS, b"", {**V, "Upload-Length": "5"})
+    assert status == 201 and "uploadmeter_session=" in h["set-cookie"]
+    upload_id = h["location"].rsplit("/", 1)[1]
+    assert anonymous.progress(upload_id)["state"] == "uploading"  # the cookie reads it
+    # The URL alone (no cookie, as tus-js-client in Node) resumes and completes it.
+    bare = ChunkClient(server.url)
+    assert patch(bare, h["location"], 0, b"12345")[0] == 204 and not bare.cookies
+    assert anonymous.progress(upload_id)["state"] == "done"
+
+
+def test_the_url_is_the_capability_and_records_stay_private(server: Any) -> None:
     owner, other = server.client(), server.client()
     url = create(owner, 10)
-    assert other.request("HEAD", url, headers=V)[0] == 404
-    assert patch(other, url, 0, b"x" * 10)[0] == 404
-    assert other.request("DELETE", url, headers=V)[0] == 404
-    assert owner.request("HEAD", url, headers=V)[0] == 200
+    upload_id = url.rsplit("/", 1)[1]
+    # Another session that holds the URL may continue the upload (a browser whose cookie
+    # changed between two parallel first creations does) ...
+    assert other.request("HEAD", url, headers=V)[0] == 200
+    assert patch(other, url, 0, b"x" * 4)[0] == 204
+    # ... but the progress record stays the owner's alone.
+    assert other.progress(upload_id)["state"] == "unknown"
+    assert owner.progress(upload_id)["bytes_received"] == 4
+    # A URL with any other random part, or another owner folder, names nothing.
+    forged = url[:-1] + ("A" if url[-1] != "A" else "B")
+    assert owner.request("HEAD", forged, headers=V)[0] == 404
+    other_owner = TUS + "0" * 32 + upload_id[32:]
+    assert owner.request("HEAD", other_owner, headers=V)[0] == 404
 
 
 def test_creation_with_upload(server: Any) -> None:
@@ -378,10 +396,10 @@ def test_tuspy_upload_stop_and_resume_under_gunicorn(
         assert done["metadata"] == {"filename": "movie.mp4"}
         with open(done["path"], "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == done["sha256"]
-        # Another session cannot resume it.
+        # A guessed URL names nothing.
         stranger = tus_client.TusClient(url + TUS, headers={})
         with pytest.raises(TusCommunicationError):
-            stranger.uploader(str(source), url=upload_url)
+            stranger.uploader(str(source), url=upload_url[:-4] + "AAAA")
 
 
 @pytest.mark.gunicorn
