@@ -502,3 +502,33 @@ def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
     status, _, body = patch(c, url, 0, b"0123456789")
     assert status == 415 and b"No archives, please." in body
     assert [n for _, _, n in os.walk(os.path.join(server.directory, "files")) if n] == []
+
+
+def test_a_slow_client_keeps_the_lock_and_every_byte_that_arrived(tmp_path: Any) -> None:
+    # The lock lives 2 s; the client sends 1000 bytes/s (100 bytes every 0.1 s) for 8 s.
+    meter = make_app("memory://", str(tmp_path), tus_options={"lock_ttl": 2.0, "lock_wait": 0.2})
+    with serve_fast(meter) as base:
+        c = ChunkClient(base)
+        c.start()
+        data = os.urandom(8000)
+        url = create(c, len(data) + 100)
+        headers = {**V, "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0"}
+        slow = RawUpload(c, url, data, "application/offset+octet-stream", headers=headers)
+        offsets = []
+        for second in range(8):
+            for _ in range(10):
+                slow.send(100)
+                time.sleep(0.1)  # the throttle: 1000 bytes/s
+            offsets.append(int(c.request("HEAD", url, headers=V)[1]["upload-offset"]))
+            if second == 4:
+                # Far past the lock's ttl the slow PATCH still holds it: another PATCH
+                # cannot take the upload over and write at the offset the file has now.
+                status, _, _ = patch(c, url, offsets[-1], b"y" * 10)
+                assert status == 423
+        status, h, body = slow.finish()
+        assert status == 204 and h["upload-offset"] == "8000", body
+        # What arrived was written as it came (in pieces of at most ~1 s of data).
+        assert all(o >= 1000 * (n + 1) - 2048 for n, o in enumerate(offsets)), offsets
+        assert patch(c, url, 8000, b"z" * 100)[0] == 204
+        (done,) = read_completions(str(tmp_path))
+        assert done["sha256"] == hashlib.sha256(data + b"z" * 100).hexdigest()
