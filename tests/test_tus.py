@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -504,10 +505,33 @@ def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
     assert [n for _, _, n in os.walk(os.path.join(server.directory, "files")) if n] == []
 
 
-def test_a_slow_client_keeps_the_lock_and_every_byte_that_arrived(tmp_path: Any) -> None:
+@contextlib.contextmanager
+def _short_lock_server(server: str, directory: str, sqlite_path: str) -> Iterator[str]:
+    """A server whose tus locks live 2 s (PATCHes wait 0.2 s for one): werkzeug's in this
+    process, or gunicorn with three workers sharing an SQLite store."""
+    if server == "werkzeug":
+        options = {"lock_ttl": 2.0, "lock_wait": 0.2}
+        with serve_fast(make_app("memory://", directory, tus_options=options)) as url:
+            yield url
+        return
+    env = {
+        "UPLOADMETER_TEST_STORE": "sqlite://" + sqlite_path,
+        "UPLOADMETER_TEST_FILES": directory,
+        "UPLOADMETER_TEST_TUS_LOCK_TTL": "2",
+        "UPLOADMETER_TEST_TUS_LOCK_WAIT": "0.2",
+    }
+    with run_gunicorn("chunked_app:make_app()", workers=3, env=env) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    "server", ["werkzeug", pytest.param("gunicorn", marks=pytest.mark.gunicorn)]
+)
+def test_a_slow_client_keeps_the_lock_and_every_byte_that_arrived(
+    server: str, tmp_path: Any, sqlite_path: str
+) -> None:
     # The lock lives 2 s; the client sends 1000 bytes/s (100 bytes every 0.1 s) for 8 s.
-    meter = make_app("memory://", str(tmp_path), tus_options={"lock_ttl": 2.0, "lock_wait": 0.2})
-    with serve_fast(meter) as base:
+    with _short_lock_server(server, str(tmp_path), sqlite_path) as base:
         c = ChunkClient(base)
         c.start()
         data = os.urandom(8000)
