@@ -257,7 +257,7 @@ class TusUploads(ResumableEndpoint):
     def _gone_key(upload_id: str) -> str:
         return f"tus-gone:{upload_id}"
 
-    def _find(self, request: Request, upload_id: str) -> _Upload:
+    def _find(self, upload_id: str) -> _Upload:
         """The upload its URL names, whatever session the request carries (the URL is
         the capability); records and quota stay with the session that created it."""
         match = _ID.fullmatch(upload_id)
@@ -399,14 +399,14 @@ class TusUploads(ResumableEndpoint):
     # -- HEAD ----------------------------------------------------------------------------
 
     def _head(self, request: Request, upload_id: str) -> Response:
-        upload = self._find(request, upload_id)
+        upload = self._find(upload_id)
         if not upload.complete and upload.offset() == upload.length:
             # Every byte is here but the worker that received the last ones stopped
             # before handing the file over: do it now (unless another request is).
             lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=0)
             if lock.try_acquire():
                 with lock:
-                    upload = self._find(request, upload_id)
+                    upload = self._find(upload_id)
                     if not upload.complete:
                         self._finish(upload, self._load_record(upload), lock)
         headers = self._headers(upload, upload.offset())
@@ -424,12 +424,12 @@ class TusUploads(ResumableEndpoint):
         if offset is None:
             raise _Answer(400, "Upload-Offset must be a non-negative integer.")
         checksum = self._checksum(request)
-        upload = self._find(request, upload_id)
+        upload = self._find(upload_id)
         if request.content_length is not None and offset + request.content_length > upload.length:
             raise _Answer(413, "The data goes past Upload-Length.")
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
-            upload = self._find(request, upload_id)
+            upload = self._find(upload_id)
             current = upload.offset()
             if offset != current:
                 raise _Answer(409, f"Upload-Offset is {current}.", {"Upload-Offset": str(current)})
@@ -645,7 +645,7 @@ class TusUploads(ResumableEndpoint):
     # -- DELETE: termination -------------------------------------------------------------
 
     def _delete(self, request: Request, upload_id: str) -> Response:
-        upload = self._find(request, upload_id)
+        upload = self._find(upload_id)
         # Raise the cancel flag first: a PATCH in progress stops at its next write.
         settings = self.meter.settings
         self.store.set(
