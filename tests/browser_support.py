@@ -33,6 +33,17 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
+@contextlib.contextmanager
+def running_chromium() -> Iterator[Any]:
+    """Debian's chromium through Playwright, for a module-scoped ``browser`` fixture."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = launch_chromium(p)
+        yield chromium
+        chromium.close()
+
+
 class RequestLog:
     """WSGI wrapper: counts requests in flight and remembers how finished ones ended."""
 

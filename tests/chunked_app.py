@@ -6,6 +6,7 @@
 * ``UPLOADMETER_TEST_FILES`` -- the FileStore directory
 * ``UPLOADMETER_TEST_INSTANT`` -- ``session`` (default), ``global`` or ``off``
 * ``UPLOADMETER_TEST_TUS_LOCK_WAIT`` -- seconds a PATCH waits for another one
+* ``UPLOADMETER_TEST_TUS_LOCK_TTL`` -- seconds a PATCH's lock outlives a stalled worker
 
 Every ``on_complete`` call is appended as one JSON line to ``completed.jsonl`` in the
 FileStore directory, so a test can see what the application received in any worker.
@@ -85,6 +86,8 @@ def make_app(
     tus: dict[str, Any] = {}
     if "UPLOADMETER_TEST_TUS_LOCK_WAIT" in os.environ:
         tus["lock_wait"] = float(os.environ["UPLOADMETER_TEST_TUS_LOCK_WAIT"])
+    if "UPLOADMETER_TEST_TUS_LOCK_TTL" in os.environ:
+        tus["lock_ttl"] = float(os.environ["UPLOADMETER_TEST_TUS_LOCK_TTL"])
     tus.update(tus_options or {})
     meter.mount("/tus", TusUploads(meter, files, on_complete=on_complete, **tus))
     return meter

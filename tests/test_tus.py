@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -170,19 +171,37 @@ def test_creation_refusals(server: Any) -> None:
         {**V, "Upload-Length": "5", "Upload-Metadata": "filename " + b64("../x")},
     )
     assert status == 400
-    anonymous = ChunkClient(server.url)
-    status, _, _ = anonymous.request("POST", TUS, b"", {**V, "Upload-Length": "5"})
-    assert status == 403
     assert os.listdir(os.path.join(server.directory, "tus")) == []
 
 
-def test_uploads_are_private_to_their_session(server: Any) -> None:
+def test_a_creation_without_a_session_is_issued_one(server: Any) -> None:
+    anonymous = ChunkClient(server.url)
+    status, h, _ = anonymous.request("POST", TUS, b"", {**V, "Upload-Length": "5"})
+    assert status == 201 and "uploadmeter_session=" in h["set-cookie"]
+    upload_id = h["location"].rsplit("/", 1)[1]
+    assert anonymous.progress(upload_id)["state"] == "uploading"  # the cookie reads it
+    # The URL alone (no cookie, as tus-js-client in Node) resumes and completes it.
+    bare = ChunkClient(server.url)
+    assert patch(bare, h["location"], 0, b"12345")[0] == 204 and not bare.cookies
+    assert anonymous.progress(upload_id)["state"] == "done"
+
+
+def test_the_url_is_the_capability_and_records_stay_private(server: Any) -> None:
     owner, other = server.client(), server.client()
     url = create(owner, 10)
-    assert other.request("HEAD", url, headers=V)[0] == 404
-    assert patch(other, url, 0, b"x" * 10)[0] == 404
-    assert other.request("DELETE", url, headers=V)[0] == 404
-    assert owner.request("HEAD", url, headers=V)[0] == 200
+    upload_id = url.rsplit("/", 1)[1]
+    # Another session that holds the URL may continue the upload (a browser whose cookie
+    # changed between two parallel first creations does) ...
+    assert other.request("HEAD", url, headers=V)[0] == 200
+    assert patch(other, url, 0, b"x" * 4)[0] == 204
+    # ... but the progress record stays the owner's alone.
+    assert other.progress(upload_id)["state"] == "unknown"
+    assert owner.progress(upload_id)["bytes_received"] == 4
+    # A URL with any other random part, or another owner folder, names nothing.
+    forged = url[:-1] + ("A" if url[-1] != "A" else "B")
+    assert owner.request("HEAD", forged, headers=V)[0] == 404
+    other_owner = TUS + "0" * 32 + upload_id[32:]
+    assert owner.request("HEAD", other_owner, headers=V)[0] == 404
 
 
 def test_creation_with_upload(server: Any) -> None:
@@ -378,10 +397,10 @@ def test_tuspy_upload_stop_and_resume_under_gunicorn(
         assert done["metadata"] == {"filename": "movie.mp4"}
         with open(done["path"], "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == done["sha256"]
-        # Another session cannot resume it.
+        # A guessed URL names nothing.
         stranger = tus_client.TusClient(url + TUS, headers={})
         with pytest.raises(TusCommunicationError):
-            stranger.uploader(str(source), url=upload_url)
+            stranger.uploader(str(source), url=upload_url[:-4] + "AAAA")
 
 
 @pytest.mark.gunicorn
@@ -484,3 +503,56 @@ def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
     status, _, body = patch(c, url, 0, b"0123456789")
     assert status == 415 and b"No archives, please." in body
     assert [n for _, _, n in os.walk(os.path.join(server.directory, "files")) if n] == []
+
+
+@contextlib.contextmanager
+def _short_lock_server(server: str, directory: str, sqlite_path: str) -> Iterator[str]:
+    """A server whose tus locks live 2 s (PATCHes wait 0.2 s for one): werkzeug's in this
+    process, or gunicorn with three workers sharing an SQLite store."""
+    if server == "werkzeug":
+        options = {"lock_ttl": 2.0, "lock_wait": 0.2}
+        with serve_fast(make_app("memory://", directory, tus_options=options)) as url:
+            yield url
+        return
+    env = {
+        "UPLOADMETER_TEST_STORE": "sqlite://" + sqlite_path,
+        "UPLOADMETER_TEST_FILES": directory,
+        "UPLOADMETER_TEST_TUS_LOCK_TTL": "2",
+        "UPLOADMETER_TEST_TUS_LOCK_WAIT": "0.2",
+    }
+    with run_gunicorn("chunked_app:make_app()", workers=3, env=env) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    "server", ["werkzeug", pytest.param("gunicorn", marks=pytest.mark.gunicorn)]
+)
+def test_a_slow_client_keeps_the_lock_and_every_byte_that_arrived(
+    server: str, tmp_path: Any, sqlite_path: str
+) -> None:
+    # The lock lives 2 s; the client sends 1000 bytes/s (100 bytes every 0.1 s) for 8 s.
+    with _short_lock_server(server, str(tmp_path), sqlite_path) as base:
+        c = ChunkClient(base)
+        c.start()
+        data = os.urandom(8000)
+        url = create(c, len(data) + 100)
+        headers = {**V, "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0"}
+        slow = RawUpload(c, url, data, "application/offset+octet-stream", headers=headers)
+        offsets = []
+        for second in range(8):
+            for _ in range(10):
+                slow.send(100)
+                time.sleep(0.1)  # the throttle: 1000 bytes/s
+            offsets.append(int(c.request("HEAD", url, headers=V)[1]["upload-offset"]))
+            if second == 4:
+                # Far past the lock's ttl the slow PATCH still holds it: another PATCH
+                # cannot take the upload over and write at the offset the file has now.
+                status, _, _ = patch(c, url, offsets[-1], b"y" * 10)
+                assert status == 423
+        status, h, body = slow.finish()
+        assert status == 204 and h["upload-offset"] == "8000", body
+        # What arrived was written as it came (in pieces of at most ~1 s of data).
+        assert all(o >= 1000 * (n + 1) - 2048 for n, o in enumerate(offsets)), offsets
+        assert patch(c, url, 8000, b"z" * 100)[0] == 204
+        (done,) = read_completions(str(tmp_path))
+        assert done["sha256"] == hashlib.sha256(data + b"z" * 100).hexdigest()

@@ -25,12 +25,20 @@ from werkzeug.wsgi import get_input_stream
 
 from uploadmeter.endpoints import SMALL_BODY, SmallBodyRequest
 from uploadmeter.errors import UploadMeterError
-from uploadmeter.filestore import FileStore, InvalidName, clean_filename, clean_relative_path
+from uploadmeter.filestore import (
+    DISK_FULL_MESSAGE,
+    FileStore,
+    InvalidName,
+    clean_filename,
+    clean_relative_path,
+    is_disk_full,
+)
 from uploadmeter.responses import json_response
 
 __all__ = [
     "ChunkParams",
     "ChunkRefused",
+    "disk_full",
     "merge_values",
     "param",
     "parse_params",
@@ -54,6 +62,11 @@ class ChunkRefused(UploadMeterError):
         body = {"error": {"status": self.status, "reason": self.reason, "message": self.message}}
         body.update(self.extra)
         return json_response(body, self.status, headers)
+
+
+def disk_full() -> ChunkRefused:
+    """The disk is full: ``507`` (temporary; the answer carries ``Retry-After``)."""
+    return ChunkRefused(507, "disk_full", DISK_FULL_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,8 @@ def receive_chunk(
             415, "too_large", f"A chunk request may hold at most {limit} bytes."
         ) from None
     except (HTTPException, ValueError, OSError) as exc:
+        if is_disk_full(exc):  # temporary (507): nothing of the chunk is kept
+            raise disk_full() from None
         # The client went away mid-body, or the body is not valid multipart.
         raise ChunkRefused(
             415, "bad_body", "The chunk request body is incomplete or invalid."

@@ -56,6 +56,7 @@ from uploadmeter.chunkrequest import (
     SHA256,
     ChunkParams,
     ChunkRefused,
+    disk_full,
     merge_values,
     param,
     parse_params,
@@ -70,12 +71,15 @@ from uploadmeter.completion import (
 from uploadmeter.endpoints import valid_upload_id
 from uploadmeter.errors import StoreError
 from uploadmeter.filestore import (
+    DISK_FULL_MESSAGE,
+    DISK_FULL_RETRY_AFTER,
     Digests,
     DiskFull,
     FileInfo,
     FileStore,
     QuotaExceeded,
     digest_name,
+    is_disk_full,
 )
 from uploadmeter.locks import LockLost, LockTimeout, StoreLock
 from uploadmeter.processing import ProcessingCancelled, ProcessingTask
@@ -234,9 +238,15 @@ class ChunkUploads(ResumableEndpoint):
             log.warning("uploadmeter: chunk request deferred: %s", exc)
             response = ChunkRefused(503, "busy", "The server is busy; try again.").response(extra)
             response.headers["Retry-After"] = "2"
-        except Exception:
-            log.exception("uploadmeter: chunk request failed")
-            response = ChunkRefused(500, "server_error", "The server failed.").response(extra)
+        except Exception as exc:
+            if is_disk_full(exc):  # temporary: the client retries once space returns
+                log.warning("uploadmeter: chunk request deferred: %s", exc)
+                response = disk_full().response(extra)
+            else:
+                log.exception("uploadmeter: chunk request failed")
+                response = ChunkRefused(500, "server_error", "The server failed.").response(extra)
+        if response.status_code == 507:
+            response.headers["Retry-After"] = str(DISK_FULL_RETRY_AFTER)
         return response(environ, start_response)
 
     def _dispatch(
@@ -413,8 +423,8 @@ class ChunkUploads(ResumableEndpoint):
                 return dataclasses.replace(params, chunk_number=None, current_chunk_size=None)
         except QuotaExceeded as exc:
             raise ChunkRefused(415, "quota", str(exc)) from None
-        except DiskFull as exc:
-            raise ChunkRefused(507, "disk_full", str(exc)) from None
+        except DiskFull:
+            raise disk_full() from None
 
     def _record(self, up: _Upload) -> UploadRecord | None:
         text = self.store.get(up.record_key)
@@ -546,15 +556,20 @@ class ChunkUploads(ResumableEndpoint):
                 if problem is not None:
                     task.fail(problem, 415)
                     raise ChunkRefused(415, "checksum_mismatch", problem)
+                path, created = self.files.adopt(temp, digests.sha256)
             except (ChunkRefused, ProcessingCancelled, FileNotFoundError) as exc:
                 # A mismatch, or cancelled meanwhile (a DELETE may have taken the chunks).
                 self.files.discard(temp)
                 self._forget(up)
                 raise exc if isinstance(exc, ChunkRefused) else _cancelled() from None
-            except BaseException:
+            except BaseException as exc:
                 self.files.discard(temp)
+                if is_disk_full(exc):
+                    # The record says so; the chunks stay, and the client's retry merges
+                    # again once space returns.
+                    task.fail(DISK_FULL_MESSAGE, 507)
+                    raise disk_full() from None
                 raise
-            path, created = self.files.adopt(temp, digests.sha256)
             info = FileInfo(
                 path=path,
                 filename=meta.filename,

@@ -44,6 +44,8 @@ from uploadmeter.stores import ProgressStore
 log = logging.getLogger("uploadmeter")
 
 __all__ = [
+    "DISK_FULL_MESSAGE",
+    "DISK_FULL_RETRY_AFTER",
     "CleanupStats",
     "Digests",
     "DiskFull",
@@ -54,6 +56,7 @@ __all__ = [
     "clean_filename",
     "clean_relative_path",
     "copy_and_hash",
+    "is_disk_full",
 ]
 
 BLOCK = 1024 * 1024
@@ -173,6 +176,20 @@ class QuotaExceeded(UploadMeterError):
 
 class DiskFull(UploadMeterError):
     """The disk has no room for a new upload now."""
+
+
+# Disk full is temporary: both protocols answer 507 with this Retry-After (seconds) and
+# keep what they stored whole, so the client finishes once space returns.
+DISK_FULL_RETRY_AFTER = 10
+DISK_FULL_MESSAGE = "The server's disk is full; try again later."
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota on it) has no room left."""
+    if isinstance(exc, DiskFull):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -7,15 +7,22 @@ Core protocol plus the ``creation``, ``creation-with-upload``, ``termination``,
     meter.mount("/tus", TusUploads(meter, "/var/lib/myapp/uploads", on_complete=keep))
     # creation URL: /uploadmeter/tus/
 
-Uploads belong to the session that created them (the ``uploadmeter_session`` cookie or
-the middleware's ``session_id`` hook); another session gets ``404``.  Each upload has a
-progress record under its id (the last segment of its URL), so
-``GET {prefix}/progress?id=`` and ``POST {prefix}/cancel?id=`` work as for forms.
+As with tusd, an upload is addressed by its URL, and the URL is the capability: its
+last segment holds 144 random bits, and HEAD, PATCH and DELETE need nothing else (no
+cookie: tus-js-client in Node keeps none).  Its progress record belongs to the session
+that created it (the ``uploadmeter_session`` cookie or the middleware's ``session_id``
+hook); a creation without a session is issued one (``Set-Cookie``), so a browser can poll
+``GET {prefix}/progress?id=`` and ``POST {prefix}/cancel?id=`` as for forms.  The owner is
+kept in the upload's ``info.json``; a request carrying another session may still use the
+URL, but never sees nor changes that session's records.
 
 PATCH requests to one upload are serialized by a :class:`~uploadmeter.locks.StoreLock`,
-which holds across worker processes (SQLite store) and machines (Redis store); a PATCH
-that lost its lock (it stalled past ``lock_ttl``) touches the file no more.  When the last
-byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
+which holds across worker processes (SQLite store) and machines (Redis store).  A PATCH
+reads its body in pieces sized to what the client sends in a fraction of ``lock_ttl``, so
+even a client at 1 KB/s keeps the lock alive; a PATCH whose lock expired anyway (the
+client stalled) takes it back only if nobody wrote meanwhile, else it touches the file no
+more.  A full disk is answered ``507`` + ``Retry-After``; what was written whole stays.
+When the last byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
 ``verifying``), moved into the content-addressed store and handed to ``on_complete``.
 
 Errors are short JSON (or HTML) messages with the spec's statuses, and every answer
@@ -49,12 +56,15 @@ from uploadmeter.completion import (
 )
 from uploadmeter.errors import StoreError
 from uploadmeter.filestore import (
+    DISK_FULL_MESSAGE,
+    DISK_FULL_RETRY_AFTER,
     DiskFull,
     FileInfo,
     FileStore,
     InvalidName,
     QuotaExceeded,
     clean_filename,
+    is_disk_full,
 )
 from uploadmeter.locks import LockLost, LockTimeout, StoreLock
 from uploadmeter.processing import ProcessingCancelled
@@ -84,9 +94,14 @@ _ALGORITHMS: dict[str, Callable[[], Any]] = {
     "md5": hashlib.md5,
 }
 _INT = re.compile(r"\d{1,18}")
-_ID = re.compile(r"[A-Za-z0-9_-]{24}")
+# An upload id: its owner's FileStore folder (32 hex: where to find it without a cookie)
+# and 144 random bits (the capability).
+_ID = re.compile(r"([0-9a-f]{32})[A-Za-z0-9_-]{24}")
 _METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
-_BLOCK = 256 * 1024
+# A PATCH reads its body in pieces of 1 KiB to 256 KiB: what the client sends in a quarter
+# of the lock's life, so the lock is refreshed in time however slow the client is.
+_MIN_READ = 1024
+_MAX_READ = 256 * 1024
 
 
 class _Answer(Exception):
@@ -99,6 +114,10 @@ class _Answer(Exception):
 
 def _gone() -> _Answer:
     return _Answer(410, "The upload was cancelled.", {"Connection": "close"})
+
+
+def _disk_full() -> _Answer:
+    return _Answer(507, DISK_FULL_MESSAGE, {"Retry-After": str(DISK_FULL_RETRY_AFTER)})
 
 
 @dataclass
@@ -186,9 +205,15 @@ class TusUploads(ResumableEndpoint):
             response = error_response(
                 environ, 503, "The server is busy; try again.", [("Retry-After", "2")]
             )
-        except Exception:
-            log.exception("uploadmeter: tus request failed")
-            response = error_response(environ, 500, "The server failed.")
+        except Exception as exc:
+            if is_disk_full(exc):  # temporary: the client retries once space returns
+                log.warning("uploadmeter: tus request deferred: %s", exc)
+                full = _disk_full()
+                response = error_response(environ, full.status, full.message)
+                response.headers.update(full.headers)
+            else:
+                log.exception("uploadmeter: tus request failed")
+                response = error_response(environ, 500, "The server failed.")
         response.headers["Tus-Resumable"] = TUS_VERSION
         return response(environ, start_response)
 
@@ -204,7 +229,7 @@ class TusUploads(ResumableEndpoint):
                 return self._create(request)
             raise _Answer(405, "Use POST to create an upload.", {"Allow": "POST, OPTIONS"})
         match = re.fullmatch(r"/([^/]+)/?", request.path)
-        if match is None or not _ID.fullmatch(match.group(1)):
+        if match is None or _ID.fullmatch(match.group(1)) is None:
             raise _Answer(404, "Upload not found.")
         upload_id = match.group(1)
         if method == "HEAD":
@@ -228,18 +253,23 @@ class TusUploads(ResumableEndpoint):
 
     # -- lookup --------------------------------------------------------------------------
 
-    def _gone_key(self, session: str, upload_id: str) -> str:
-        return f"tus-gone:{self.files.session_key(session)}:{upload_id}"
+    @staticmethod
+    def _gone_key(upload_id: str) -> str:
+        return f"tus-gone:{upload_id}"
 
-    def _find(self, request: Request, upload_id: str) -> _Upload:
-        session = self.meter.cookie.session_of(request.environ)
-        if session is None:
-            raise _Answer(404, "Upload not found.")
-        directory = self.files.upload_dir("tus", session, upload_id)
+    def _find(self, upload_id: str) -> _Upload:
+        """The upload its URL names, whatever session the request carries (the URL is
+        the capability); records and quota stay with the session that created it."""
+        match = _ID.fullmatch(upload_id)
+        assert match is not None  # checked by _dispatch
+        directory = os.path.join(self.files.tus_root, match.group(1), upload_id)
         info = self.files.read_json(os.path.join(directory, "info.json"))
         if info is None:
-            if self.store.get(self._gone_key(session, upload_id)) is not None:
+            if self.store.get(self._gone_key(upload_id)) is not None:
                 raise _Answer(410, "The upload was terminated or has expired.")
+            raise _Answer(404, "Upload not found.")
+        session = info.get("session")
+        if not isinstance(session, str) or self.files.session_key(session) != match.group(1):
             raise _Answer(404, "Upload not found.")
         upload = _Upload(upload_id, session, directory, info)
         if float(info["expires_at"]) < time.time():
@@ -249,9 +279,7 @@ class TusUploads(ResumableEndpoint):
 
     def _terminate(self, upload: _Upload) -> None:
         self.files.remove_tree(upload.directory)
-        self.store.set(
-            self._gone_key(upload.session, upload.id), "1", max(self.files.expire_after, 3600)
-        )
+        self.store.set(self._gone_key(upload.id), "1", max(self.files.expire_after, 3600))
 
     def _headers(self, upload: _Upload, offset: int) -> dict[str, str]:
         return {
@@ -263,13 +291,6 @@ class TusUploads(ResumableEndpoint):
     # -- POST: creation (with upload) ----------------------------------------------------
 
     def _create(self, request: Request) -> Response:
-        session = self.meter.cookie.session_of(request.environ)
-        if session is None:
-            raise _Answer(
-                403,
-                "No upload session: send the uploadmeter session cookie (load a page of "
-                "this site first) or configure the middleware's session_id hook.",
-            )
         if "Upload-Defer-Length" in request.headers:
             raise _Answer(400, "Deferred upload length is not supported.")
         length = _int_header(request, "Upload-Length")
@@ -287,7 +308,10 @@ class TusUploads(ResumableEndpoint):
             raise _Answer(415, f"A creation request with data must be {OFFSET_TYPE}.")
         checksum = self._checksum(request) if has_body else None
 
-        upload_id = secrets.token_urlsafe(18)
+        # Without a session (a first visit, a client that keeps no cookies) the upload
+        # starts one: the cookie lets a browser poll its progress; the URL needs none.
+        session, cookie = self.meter.session_for(request.environ)
+        upload_id = self.files.session_key(session) + secrets.token_urlsafe(18)
         now = time.time()
         upload = _Upload(
             upload_id,
@@ -295,6 +319,7 @@ class TusUploads(ResumableEndpoint):
             self.files.upload_dir("tus", session, upload_id),
             {
                 "id": upload_id,
+                "session": session,
                 "length": length,
                 "metadata": raw_metadata,
                 "meta": metadata,
@@ -312,12 +337,17 @@ class TusUploads(ResumableEndpoint):
                 self.files.write_json(upload.info_path, upload.info)
         except QuotaExceeded as exc:
             raise _Answer(413, str(exc)) from None
-        except DiskFull as exc:
-            raise _Answer(507, str(exc)) from None
+        except (DiskFull, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            self.files.remove_tree(upload.directory)  # a new random id: ours alone
+            raise _disk_full() from None
         self._save_record(upload, self._new_record(upload))
 
         location = request.script_root.rstrip("/") + "/" + upload_id
         headers = {"Location": location, "Upload-Expires": http_date(upload.info["expires_at"])}
+        if cookie is not None:
+            headers["Set-Cookie"] = cookie
         if has_body or length == 0:
             try:
                 with self._lock(upload) as lock:
@@ -369,14 +399,14 @@ class TusUploads(ResumableEndpoint):
     # -- HEAD ----------------------------------------------------------------------------
 
     def _head(self, request: Request, upload_id: str) -> Response:
-        upload = self._find(request, upload_id)
+        upload = self._find(upload_id)
         if not upload.complete and upload.offset() == upload.length:
             # Every byte is here but the worker that received the last ones stopped
             # before handing the file over: do it now (unless another request is).
             lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=0)
             if lock.try_acquire():
                 with lock:
-                    upload = self._find(request, upload_id)
+                    upload = self._find(upload_id)
                     if not upload.complete:
                         self._finish(upload, self._load_record(upload), lock)
         headers = self._headers(upload, upload.offset())
@@ -394,12 +424,12 @@ class TusUploads(ResumableEndpoint):
         if offset is None:
             raise _Answer(400, "Upload-Offset must be a non-negative integer.")
         checksum = self._checksum(request)
-        upload = self._find(request, upload_id)
+        upload = self._find(upload_id)
         if request.content_length is not None and offset + request.content_length > upload.length:
             raise _Answer(413, "The data goes past Upload-Length.")
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
-            upload = self._find(request, upload_id)
+            upload = self._find(upload_id)
             current = upload.offset()
             if offset != current:
                 raise _Answer(409, f"Upload-Offset is {current}.", {"Upload-Offset": str(current)})
@@ -426,27 +456,43 @@ class TusUploads(ResumableEndpoint):
     ) -> int:
         """Append the request body at ``start``; finish the upload when it is whole.
 
-        Called with the upload's ``lock`` held.  Returns the new offset.
+        Called with the upload's ``lock`` held.  Returns the new offset.  The bytes are
+        flushed to disk (``fsync``) before the offset is answered: an offset is a promise.
         """
         hasher = _ALGORITHMS[checksum[0]]() if checksum else None
         record = self._load_record(upload)
         record.bytes_received = start
         tracker = UploadTracker(self.store, upload.session, record, self.meter.settings)
-        with open(upload.data_path, "r+b") as f:
+        # Unbuffered: every byte counted as written is in the file, and a HEAD meanwhile
+        # sees the offset grow.
+        with open(upload.data_path, "r+b", buffering=0) as f:
             f.seek(start)
             try:
                 written, failure = self._append(request, f, upload, start, hasher, lock, tracker)
                 # Still ours?  Otherwise another PATCH writes this file now: leave it be.
-                lock.refresh()
+                self._keep_lock(lock, upload, start + written)
             except LockLost:
                 raise _Answer(423, "The upload's lock was lost; retry.") from None
-            if failure is not None and (hasher is not None or failure.status == 413):
+            if failure is not None and (
+                hasher is not None
+                or failure.status == 413
+                or (failure.status == 507 and written == 0)
+            ):
                 f.truncate(start)  # a checksum covers the whole body, or nothing is kept
                 written = 0
             elif checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
                 f.truncate(start)
                 written = 0
                 failure = _Answer(460, "Checksum Mismatch")
+            if written:
+                try:
+                    os.fsync(f.fileno())
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    f.truncate(start)  # which bytes reached the disk is unknown: none count
+                    written = 0
+                    failure = _disk_full()
         offset = start + written
         upload.info["expires_at"] = time.time() + self.files.expire_after
         self.files.write_json(upload.info_path, upload.info)
@@ -470,19 +516,35 @@ class TusUploads(ResumableEndpoint):
     ) -> tuple[int, _Answer | None]:
         """Copy the body into ``f``: ``(bytes written, the failure that stopped it)``.
 
-        Keeps what arrived when the client goes away (the spec asks servers to).
-        Terminates the upload and raises ``410`` when the user cancels.
+        Keeps what arrived when the client goes away (the spec asks servers to), and
+        what was written whole when the disk fills up (``507``).  Terminates the upload
+        and raises ``410`` when the user cancels.
         """
         remaining = upload.length - start
         written = 0
+        size = _MIN_READ
         try:
             # One byte more than fits, to tell a body that is too long from one that ends.
             stream = get_input_stream(request.environ, max_content_length=remaining + 1)
-            while block := stream.read(_BLOCK):
+            while True:
+                # Up to the next multiple of ``size``: a client that pauses at a round
+                # offset has every byte it sent written, none waiting in a half-read piece.
+                began = time.monotonic()
+                block = stream.read(size - written % size)
+                took = time.monotonic() - began
+                if not block:
+                    break
                 if written + len(block) > remaining:
                     raise RequestEntityTooLarge()
-                lock.refresh(every=self.lock_ttl / 3)
-                f.write(block)
+                self._keep_lock(lock, upload, start + written)
+                try:
+                    _write_all(f, block)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    f.truncate(start + written)  # drop the piece's part that fitted
+                    log.warning("uploadmeter: tus PATCH of %s: disk full", upload.id)
+                    return written, _disk_full()
                 written += len(block)
                 if hasher is not None:
                     hasher.update(block)
@@ -490,12 +552,35 @@ class TusUploads(ResumableEndpoint):
                     f.close()
                     self._terminate(upload)
                     raise _gone()
+                size = _next_read_size(size, len(block), took, lock.ttl)
         except RequestEntityTooLarge:
             return written, _Answer(413, "The data goes past Upload-Length.")
         except (HTTPException, OSError, ValueError) as exc:
             log.info("uploadmeter: tus PATCH of %s interrupted: %s", upload.id, exc)
             return written, _Answer(400, "The request body ended early.")
         return written, None
+
+    def _keep_lock(self, lock: StoreLock, upload: _Upload, offset: int) -> None:
+        """Make sure this request still holds the upload's lock before it writes at
+        ``offset``; raises :class:`LockLost` when another request took the upload over.
+
+        The lock is refreshed at most every third of its ttl.  If it expired (the client
+        stalled) and nobody took it, it is taken again, provided the file still ends at
+        ``offset``: no other request wrote meanwhile, so these bytes are still the next.
+        """
+        try:
+            lock.refresh(every=lock.ttl / 3)
+            return
+        except LockLost:
+            if not lock.try_acquire():
+                raise
+        try:
+            unchanged = os.path.getsize(upload.data_path) == offset
+        except FileNotFoundError:  # terminated meanwhile
+            unchanged = False
+        if not unchanged:
+            lock.release()
+            raise LockLost(f"tus upload {upload.id} changed while its lock was lost")
 
     def _new_record(self, upload: _Upload) -> UploadRecord:
         return UploadRecord(
@@ -560,7 +645,7 @@ class TusUploads(ResumableEndpoint):
     # -- DELETE: termination -------------------------------------------------------------
 
     def _delete(self, request: Request, upload_id: str) -> Response:
-        upload = self._find(request, upload_id)
+        upload = self._find(upload_id)
         # Raise the cancel flag first: a PATCH in progress stops at its next write.
         settings = self.meter.settings
         self.store.set(
@@ -577,6 +662,23 @@ class TusUploads(ResumableEndpoint):
                 record.error = dict(CANCELLED_ERROR, message="The upload was terminated.")
                 self.store.set(upload.record_key, record.dumps(), settings.ttl)
         return Response(status=204)
+
+
+def _write_all(f: IO[bytes], data: bytes) -> None:
+    """Write ``data`` to an unbuffered file (whose writes may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) or 0 :]
+
+
+def _next_read_size(size: int, got: int, took: float, ttl: float) -> int:
+    """The next piece to read: what the client sent in a quarter of ``ttl`` at the rate
+    just seen, a power of two from 1 KiB to 256 KiB, growing at most 4x at a time."""
+    affordable = got / max(took, 1e-6) * ttl / 4
+    target = _MIN_READ
+    while target * 2 <= min(affordable, size * 4, _MAX_READ):
+        target *= 2
+    return target
 
 
 def _int_header(request: Request, name: str) -> int | None:
