@@ -41,11 +41,10 @@ def best_of(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
 
 
 def read_rows(number: int) -> list[list[str]]:
-    from uploadmeter.observer import MultipartObserver, _find
-    from uploadmeter.record import UploadRecord
+    from uploadmeter.core import MultipartObserver, TrackerSettings, UploadRecord, UploadTracker
+    from uploadmeter.core._observer import _find
     from uploadmeter.stores import MemoryStore
-    from uploadmeter.stream import MeteredInput
-    from uploadmeter.tracker import TrackerSettings, UploadTracker
+    from uploadmeter.wsgi import MeteredInput
 
     chunk = os.urandom(CHUNK)
     boundary = BOUNDARY.encode()
@@ -80,7 +79,7 @@ def read_rows(number: int) -> list[list[str]]:
 def observer_rows(parts: int, number: int) -> list[list[str]]:
     from servers import multipart_body
 
-    from uploadmeter.observer import MultipartObserver
+    from uploadmeter.core import MultipartObserver
 
     body, _ = multipart_body(
         [(f"file{i}", f"f{i}.bin", os.urandom(CHUNK)) for i in range(parts)], BOUNDARY

@@ -3,7 +3,7 @@
 Each parser is fed the same body in the same 64 KiB chunks (what werkzeug's form parser
 reads from ``wsgi.input``) and must report every part's name and byte count:
 
-* **uploadmeter** -- :class:`uploadmeter.observer.MultipartObserver` (``bytes.find``
+* **uploadmeter** -- :class:`uploadmeter.core.MultipartObserver` (``bytes.find``
   framing, werkzeug for part headers only), and the same with StringZilla's SIMD search
   (``pip install stringzilla``; the observer uses it when installed)
 * **streaming-form-data** 2.1.0 -- fed every chunk, one catch-all counting target
@@ -33,8 +33,8 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-import uploadmeter.observer as observer_module
-from uploadmeter.observer import MultipartObserver
+import uploadmeter.core._observer as observer_module
+from uploadmeter.core import MultipartObserver
 
 CHUNK = 64 * 1024
 Sizes = list[tuple[str, int]]

@@ -361,9 +361,9 @@ def main() -> None:
     if args.only in (None, "inprocess") and not args.control:
         rows += run_inprocess(pairs, args.quick)
     print()
-    import uploadmeter.observer
+    import uploadmeter.core
 
-    search = "bytes.find" if uploadmeter.observer._find is bytes.find else "stringzilla"
+    search = "bytes.find" if uploadmeter.core._observer._find is bytes.find else "stringzilla"
     if args.search == "bytes.find":
         search = "bytes.find"
     malloc = "glibc default" if os.environ.get("UM_BENCH_MALLOC") == "dynamic" else "fixed"

@@ -33,9 +33,8 @@ from demo_app.storage import UploadFolder
 from demo_app.throttle import ReadThrottle
 from demo_app.views import bp
 from uploadmeter import UploadMeterMiddleware
-from uploadmeter.chunks import ChunkUploads
-from uploadmeter.filestore import FileInfo, FileStore
 from uploadmeter.flask import UploadMeter
+from uploadmeter.resumable import ChunkUploads, FileInfo, FileStore
 
 meter = UploadMeter()
 

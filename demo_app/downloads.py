@@ -30,9 +30,8 @@ from flask.typing import ResponseReturnValue
 
 from demo_app.storage import StoredFile, UploadFolder
 from uploadmeter import UploadMeterMiddleware
-from uploadmeter.download import Downloader
+from uploadmeter.downloads import Downloader, Item
 from uploadmeter.links import DownloadLinks
-from uploadmeter.sources import Item
 
 bp = Blueprint("downloads", __name__, url_prefix="/downloads", template_folder="templates")
 

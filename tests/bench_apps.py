@@ -66,9 +66,9 @@ class CountingStore(ProgressStore):
 
 def _search() -> None:
     if os.environ.get("UM_BENCH_SEARCH") == "bytes.find":
-        import uploadmeter.observer
+        import uploadmeter.core
 
-        uploadmeter.observer._find = bytes.find
+        uploadmeter.core._observer._find = bytes.find
 
 
 def _store() -> ProgressStore:

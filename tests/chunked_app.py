@@ -20,10 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from uploadmeter import UploadMeterMiddleware
-from uploadmeter.chunks import ChunkUploads
-from uploadmeter.filestore import FileInfo, FileStore
+from uploadmeter.resumable import ChunkUploads, FileInfo, FileStore, TusUploads
 from uploadmeter.stores import ProgressStore
-from uploadmeter.tus import TusUploads
 
 SECRET = "chunked-test-secret"
 

@@ -28,9 +28,8 @@ from e2e_apps import with_pid
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter import UploadMeterMiddleware
-from uploadmeter.download import download
+from uploadmeter.downloads import Item, download
 from uploadmeter.links import DownloadLinks
-from uploadmeter.sources import Item
 from uploadmeter.stores import ProgressStore
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

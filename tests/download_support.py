@@ -33,7 +33,7 @@ from servers import Client, new_upload_id, run_gunicorn
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter import MemoryStore
-from uploadmeter.record import UploadRecord
+from uploadmeter.core import UploadRecord
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # enough of a PNG for names and bytes
 

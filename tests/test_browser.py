@@ -17,7 +17,7 @@ import pytest
 from browser_support import launch_chromium, make_file, run_demo, screenshot, sha256_of
 from servers import run_gunicorn, serve_in_thread, wait_until
 
-from uploadmeter.record import PROCESSING, UploadRecord
+from uploadmeter.core import PROCESSING, UploadRecord
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 

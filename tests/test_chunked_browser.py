@@ -25,7 +25,7 @@ from chunked_support import serve_fast
 from jinja2 import Environment, PackageLoader, select_autoescape
 from servers import ROOT, wait_until
 
-from uploadmeter.component import component_settings
+from uploadmeter.ui import component_settings
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -130,7 +130,7 @@ def page_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
     env = Environment(
-        loader=PackageLoader("uploadmeter", "templates"), autoescape=select_autoescape(["html"])
+        loader=PackageLoader("uploadmeter.ui", "templates"), autoescape=select_autoescape(["html"])
     )
     settings = component_settings(poll_interval=0.2)
     module = env.get_template("uploadmeter/chunked.html").make_module(

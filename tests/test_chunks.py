@@ -29,10 +29,9 @@ from chunked_support import (
 )
 from servers import RawUpload, multipart_body, run_gunicorn, wait_until
 
-from uploadmeter.completion import UploadRejected
-from uploadmeter.filestore import FileInfo
+from uploadmeter.core._tracker import record_key
 from uploadmeter.processing import task
-from uploadmeter.tracker import record_key
+from uploadmeter.resumable import FileInfo, UploadRejected
 
 KB = 1024
 

@@ -1,4 +1,4 @@
-"""The progress component's markup, rendered without Flask by uploadmeter.component, and
+"""The progress component's markup, rendered without Flask by uploadmeter.ui, and
 a plain WSGI app (no Flask) that serves it through the middleware."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from werkzeug.formparser import parse_form_data
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter import MemoryStore, UploadMeterMiddleware, current_upload
-from uploadmeter.component import asset_version, render_assets, render_file_upload
-from uploadmeter.record import UploadRecord
+from uploadmeter.core import UploadRecord
+from uploadmeter.ui import render_assets, render_file_upload
+from uploadmeter.ui._render import asset_version
 
 VOID = {"input", "img", "link", "meta", "br", "hr", "source", "path"}
 
@@ -332,7 +333,7 @@ def test_plain_wsgi_app_serves_widget_script_and_progress() -> None:
 
 @pytest.mark.parametrize("name", ["uploadmeter.js", "uploadmeter.css"])
 def test_static_files_have_no_external_references(name: str) -> None:
-    text = resources.files("uploadmeter").joinpath("static", name).read_text()
+    text = resources.files("uploadmeter.ui").joinpath("static", name).read_text()
     assert not re.search(r"https?://", text), "no external dependencies"
     if name.endswith(".js"):
         assert ".innerHTML" not in text and "insertAdjacentHTML" not in text
@@ -342,7 +343,7 @@ def test_static_files_have_no_external_references(name: str) -> None:
 def test_progress_json_is_what_the_script_reads() -> None:
     """The fields uploadmeter.js reads exist in the endpoint's JSON."""
     data = UploadRecord(id="abcdefgh", content_length=10).to_json_dict()
-    script = resources.files("uploadmeter").joinpath("static", "uploadmeter.js").read_text()
+    script = resources.files("uploadmeter.ui").joinpath("static", "uploadmeter.js").read_text()
     for key in re.findall(r"data\.([a-z_]+)", script):
         assert key in data, key
     json.dumps(data)

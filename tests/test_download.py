@@ -42,21 +42,23 @@ from werkzeug.http import parse_options_header
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter import MemoryStore, UploadMeterMiddleware
-from uploadmeter.disposition import (
-    UniqueNames,
-    ascii_fallback,
-    content_disposition,
-    safe_arcname,
-)
-from uploadmeter.download import Downloader, download
-from uploadmeter.remote import (
+from uploadmeter.downloads import (
     AddressNotAllowed,
+    Downloader,
     HostNotAllowed,
+    Item,
     RemoteCache,
     RemoteError,
     RemoteFetcher,
+    UniqueNames,
+    Url,
+    ascii_fallback,
+    content_disposition,
+    download,
+    name_field,
+    safe_arcname,
+    source_field,
 )
-from uploadmeter.sources import Item, Url, name_field, source_field
 
 View = Callable[[dict[str, Any]], Response]
 

@@ -26,8 +26,8 @@ from servers import (  # noqa: E402
 )
 
 from uploadmeter import MemoryStore, SQLiteStore, UploadMeterMiddleware  # noqa: E402
-from uploadmeter.component import render_file_upload  # noqa: E402
 from uploadmeter.flask import ConfigurationError, UploadMeter, current_upload  # noqa: E402
+from uploadmeter.ui import render_file_upload  # noqa: E402
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

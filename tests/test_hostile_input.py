@@ -25,10 +25,9 @@ from servers import Client, multipart_body, new_upload_id, serve_in_thread, wait
 from werkzeug.test import Client as WSGIClient
 
 from uploadmeter import MemoryStore, UploadMeterMiddleware
-from uploadmeter.observer import MAX_HEADER_BYTES, MAX_NAME_LENGTH, MultipartObserver
-from uploadmeter.record import DONE, UploadRecord
-from uploadmeter.stream import MeteredInput
-from uploadmeter.tracker import TrackerSettings, UploadTracker
+from uploadmeter.core import DONE, MultipartObserver, TrackerSettings, UploadRecord, UploadTracker
+from uploadmeter.core._observer import MAX_HEADER_BYTES, MAX_NAME_LENGTH
+from uploadmeter.wsgi import MeteredInput
 
 FILE = hashlib.sha256(b"seed").digest() * 4000  # 128 KB
 BODY, CTYPE = multipart_body([("title", None, b"hello"), ("doc", "doc.bin", FILE)])

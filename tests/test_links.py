@@ -24,7 +24,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.wrappers import Response
 
 from uploadmeter import MemoryStore, RedisStore, SQLiteStore, UploadMeterMiddleware
-from uploadmeter.download import Downloader
+from uploadmeter.downloads import Downloader, Item
 from uploadmeter.links import (
     DownloadLinks,
     LinkInvalid,
@@ -32,7 +32,6 @@ from uploadmeter.links import (
     LinkSigner,
     LinkUsed,
 )
-from uploadmeter.sources import Item
 from uploadmeter.stores import ProgressStore
 
 CONTENT = bytes(range(256)) * 64

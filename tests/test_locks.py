@@ -1,4 +1,4 @@
-"""The cross-process lock (uploadmeter.locks.StoreLock) on the SQLite and Redis stores:
+"""The cross-process lock (uploadmeter.core.StoreLock) on the SQLite and Redis stores:
 it serializes real processes, expires for a crashed holder, and a holder that stalled past
 its ttl can neither free nor take over its successor's lock."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from servers import wait_until
 
-from uploadmeter.locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.core import LockLost, LockTimeout, StoreLock
 from uploadmeter.stores import MemoryStore, open_store
 
 

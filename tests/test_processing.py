@@ -17,6 +17,8 @@ from servers import Client, multipart_body, new_upload_id, wait_until
 from werkzeug.formparser import parse_form_data
 
 from uploadmeter import InvalidUploadId, MemoryStore, UploadMeterMiddleware, current_upload
+from uploadmeter.core import UPLOADING, TrackerSettings, UploadRecord
+from uploadmeter.core._tracker import load_record, record_key, request_cancel
 from uploadmeter.processing import (
     ProcessingCancelled,
     ProcessingFailed,
@@ -24,9 +26,7 @@ from uploadmeter.processing import (
     request_task,
     task,
 )
-from uploadmeter.record import UPLOADING, UploadRecord
 from uploadmeter.stores import open_store
-from uploadmeter.tracker import TrackerSettings, load_record, record_key, request_cancel
 
 SECRET = "processing-test"
 Steps = list[threading.Event]
@@ -447,9 +447,9 @@ def test_a_cancel_made_while_the_task_starts_is_not_lost() -> None:
 
 def test_processing_records_when_it_began_so_the_upload_time_excludes_it() -> None:
     from uploadmeter import MemoryStore
+    from uploadmeter.core import UploadRecord
+    from uploadmeter.core._tracker import record_key
     from uploadmeter.processing import task
-    from uploadmeter.record import UploadRecord
-    from uploadmeter.tracker import record_key
 
     store = MemoryStore()
     t = task(store, "c.session", "upload-123456", "compressing", total=10)

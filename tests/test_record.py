@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uploadmeter.record import DONE, ERROR, UPLOADING, FieldProgress, UploadRecord
+from uploadmeter.core import DONE, ERROR, UPLOADING, FieldProgress, UploadRecord
 
 # Any text a part name, file name or content type may hold, lone surrogates excepted
 # (the observer decodes strictly: it never produces them).

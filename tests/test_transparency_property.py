@@ -35,12 +35,11 @@ from hypothesis import strategies as st
 from werkzeug.formparser import parse_form_data
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-import uploadmeter.observer as observer_module
-from uploadmeter.observer import MultipartObserver
-from uploadmeter.record import DONE, UploadRecord
+import uploadmeter.core._observer as observer_module
+from uploadmeter.core import DONE, MultipartObserver, TrackerSettings, UploadRecord, UploadTracker
+from uploadmeter.core._tracker import load_record
 from uploadmeter.stores import MemoryStore
-from uploadmeter.stream import MeteredInput
-from uploadmeter.tracker import TrackerSettings, UploadTracker, load_record
+from uploadmeter.wsgi import MeteredInput
 
 # The observer's delimiter search: bytes.find, or StringZilla's when installed.  Both run.
 SEARCHES = pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
 
-from uploadmeter.completion import UploadRejected
+from uploadmeter.resumable import UploadRejected
 from uploadmeter.stores import open_store
 
 TUS = "/uploadmeter/tus/"

@@ -14,9 +14,8 @@ import os
 
 from flask import Flask, abort, send_file
 
-from uploadmeter.filestore import FileInfo
 from uploadmeter.flask import UploadMeter
-from uploadmeter.tus import TusUploads
+from uploadmeter.resumable import FileInfo, TusUploads
 
 NODE_MODULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js", "node_modules")
 

@@ -11,10 +11,9 @@ records per-field progress in a store shared by every worker, and answers
 :class:`uploadmeter.flask.UploadMeter` instead.
 """
 
-from uploadmeter.chunks import ChunkUploads
-from uploadmeter.completion import UploadRejected
-from uploadmeter.component import render_file_upload
-from uploadmeter.errors import (
+from uploadmeter.core._observer import MultipartObserver
+from uploadmeter.core._record import FieldProgress, UploadRecord
+from uploadmeter.exceptions import (
     InvalidUploadId,
     StoreError,
     UnsafeStorePath,
@@ -22,12 +21,13 @@ from uploadmeter.errors import (
     UploadMeterError,
     UploadTooLarge,
 )
-from uploadmeter.filestore import FileInfo
-from uploadmeter.middleware import UploadHandle, UploadMeterMiddleware, current_upload
-from uploadmeter.observer import MultipartObserver
-from uploadmeter.record import FieldProgress, UploadRecord
+from uploadmeter.resumable._completion import UploadRejected
+from uploadmeter.resumable._storage import FileInfo
+from uploadmeter.resumable.chunked._app import ChunkUploads
+from uploadmeter.resumable.tus._app import TusUploads
 from uploadmeter.stores import MemoryStore, ProgressStore, RedisStore, SQLiteStore, open_store
-from uploadmeter.tus import TusUploads
+from uploadmeter.ui._render import render_file_upload
+from uploadmeter.wsgi._middleware import UploadHandle, UploadMeterMiddleware, current_upload
 
 __version__ = "0.1.0"
 

@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, current_app, has_app_context, has_request_context, request
 
-from uploadmeter.component import DEFAULT_FIRST_POLL, DEFAULT_POLL_INTERVAL, component_settings
-from uploadmeter.errors import UploadMeterError
-from uploadmeter.middleware import UploadHandle, UploadMeterMiddleware
-from uploadmeter.middleware import current_upload as _current_upload
-from uploadmeter.stores import ProgressStore
+from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.stores._base import ProgressStore
+from uploadmeter.ui._render import DEFAULT_FIRST_POLL, DEFAULT_POLL_INTERVAL, component_settings
+from uploadmeter.wsgi._middleware import UploadHandle, UploadMeterMiddleware
+from uploadmeter.wsgi._middleware import current_upload as _current_upload
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
-    from uploadmeter.links import DownloadLinks
+    from uploadmeter.links._endpoint import DownloadLinks
     from uploadmeter.processing import ProcessingTask
 
 __all__ = ["CONFIG_DEFAULTS", "ConfigurationError", "UploadMeter", "current_upload"]
@@ -151,14 +151,16 @@ class UploadMeter:
         )
         resolver = config["UPLOADMETER_DOWNLOAD_RESOLVER"]
         if resolver is not None:
-            from uploadmeter.links import DownloadLinks  # needs the downloads extra
+            from uploadmeter.links._endpoint import DownloadLinks  # needs the downloads extra
 
             state.links = DownloadLinks.attach(middleware, resolver, secret_key)
         app.extensions[EXTENSION_KEY] = state
 
         # Templates ship in the package; a blueprint with a template folder puts them on
         # the app's loader (after the app's own templates, which may override them).
-        app.register_blueprint(Blueprint("uploadmeter", __name__, template_folder="templates"))
+        app.register_blueprint(
+            Blueprint("uploadmeter", "uploadmeter.ui", template_folder="templates")
+        )
         app.jinja_env.globals["uploadmeter_settings"] = _template_settings(state)
 
     # -- access --------------------------------------------------------------------------
@@ -207,9 +209,9 @@ class UploadMeter:
         """Send ``source`` from a view: a file with Range/ETag support, or several sources
         as one streamed zip, with progress under the request's tracking id.
 
-        See :func:`uploadmeter.download.download` for sources and options.
+        See :func:`uploadmeter.downloads.download` for sources and options.
         """
-        from uploadmeter.download import download  # needs the downloads extra
+        from uploadmeter.downloads._api import download  # needs the downloads extra
 
         return download(source, filename, environ=request.environ, meter=self.middleware, **options)
 

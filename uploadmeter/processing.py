@@ -33,14 +33,14 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from uploadmeter.endpoints import valid_upload_id
-from uploadmeter.errors import InvalidUploadId, StoreError, UploadMeterError
-from uploadmeter.record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
-from uploadmeter.stores import ProgressStore
-from uploadmeter.tracker import CANCELLED_ERROR, TrackerSettings, cancel_key, record_key
+from uploadmeter.core._ids import valid_upload_id
+from uploadmeter.core._record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
+from uploadmeter.core._tracker import CANCELLED_ERROR, TrackerSettings, cancel_key, record_key
+from uploadmeter.exceptions import InvalidUploadId, StoreError, UploadMeterError
+from uploadmeter.stores._base import ProgressStore
 
 if TYPE_CHECKING:
-    from uploadmeter.middleware import UploadMeterMiddleware
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 

@@ -1,0 +1,254 @@
+"""The life of one tracked upload in the store: start, throttled progress, one final write.
+
+The tracker owns the :class:`~uploadmeter.core.UploadRecord` of an upload while its
+worker receives it.  It decides when a write is worth making (a 2 GB upload costs tens of
+writes, not tens of thousands), learns about cancellation from the store, and survives a
+store that goes away: the upload carries on, a warning is logged, progress resumes when
+the store answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from uploadmeter.core._observer import MultipartObserver
+from uploadmeter.core._record import (
+    CANCELLED,
+    ERROR,
+    FINISHED,
+    IN_FLIGHT,
+    PROCESSING,
+    STARTING,
+    UPLOADING,
+    UploadRecord,
+)
+from uploadmeter.exceptions import StoreError
+from uploadmeter.stores._base import ProgressStore
+
+log = logging.getLogger("uploadmeter")
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How often and how long records are kept; shared by every upload of a middleware."""
+
+    ttl: float = 300.0  # how long a finished record stays readable
+    stale_after: float = 120.0  # an in-flight record not updated for this long is dead
+    update_interval: float = 0.2  # at most one progress write per this many seconds
+    heartbeat: float = 2.0  # ... and at least one per this long while bytes arrive
+    # (growing with the upload's age, elapsed / 25, up to stale_after / 3, so a slow upload
+    # costs about a hundred writes, not one every 2 s: 135, not 412, for 1 GiB at 10 Mbit/s)
+    min_step: float = 0.01  # ... otherwise only when progress moved by 1 % of the length
+    store_retry: float = 1.0  # after a store failure, wait this long before trying again
+
+
+CANCELLED_ERROR = {"status": 499, "message": "The upload was cancelled."}
+
+
+def record_key(session: str, upload_id: str) -> str:
+    return f"upload:{session}:{upload_id}"
+
+
+def cancel_key(session: str, upload_id: str) -> str:
+    return f"cancel:{session}:{upload_id}"
+
+
+def load_record(
+    store: ProgressStore, session: str, upload_id: str, stale_after: float
+) -> UploadRecord | None:
+    """The record as a poller should see it, or ``None``."""
+    text = store.get(record_key(session, upload_id))
+    if text is None:
+        return None
+    return UploadRecord.loads(text).with_staleness(stale_after)
+
+
+def request_cancel(
+    store: ProgressStore, session: str, upload_id: str, settings: TrackerSettings
+) -> UploadRecord | None:
+    """Ask the worker receiving an upload to stop it.  ``None`` if there is no such upload.
+
+    The flag is read by the uploading worker at its next write; the record is marked
+    ``cancelled`` at once so polls show it even while the worker waits for bytes.
+    """
+    record = load_record(store, session, upload_id, settings.stale_after)
+    if record is None or record.state not in IN_FLIGHT:
+        return record
+    # Record and flag live equally long: a flag outliving its record would cancel a later
+    # upload that reuses the id (claim() clears flags only beside an existing record).
+    ttl = settings.stale_after + settings.ttl
+    store.set(cancel_key(session, upload_id), "1", ttl)
+    record.state = CANCELLED
+    record.finished_at = time.time()
+    record.error = dict(CANCELLED_ERROR)
+    store.set(record_key(session, upload_id), record.dumps(), ttl)
+    return record
+
+
+class UploadTracker:
+    """Writes one upload's record; used by the middleware and the metered stream."""
+
+    def __init__(
+        self,
+        store: ProgressStore,
+        session: str,
+        record: UploadRecord,
+        settings: TrackerSettings,
+        observer: MultipartObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.record = record
+        self.settings = settings
+        self.observer = observer
+        self.writes = 0  # store writes made, for benchmarks and tests
+        self._key = record_key(session, record.id)
+        self._cancel_key = cancel_key(session, record.id)
+        self._last_bytes = record.bytes_received  # a resumed record counts on from here
+        self._last_time = self._started = time.monotonic()
+        self._last_write = self._last_look = 0.0
+        self._store_down_until = 0.0
+        self._step = int(record.content_length * settings.min_step) if record.content_length else 0
+
+    # -- start ---------------------------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Take the id for this upload and write its first record (``starting``).
+
+        ``False`` when an upload with this id is still in flight.  A fresh id costs one
+        store operation: ``add`` both detects a double submit (two near-simultaneous
+        requests with one id: the second finds the first's record) and writes the record.
+        Only reusing an id whose upload ended costs more.
+        """
+        record = self.record
+        record.updated_at = time.time()
+        ttl = self.settings.stale_after + self.settings.ttl
+        try:
+            if self.store.add(self._key, record.dumps(), ttl):
+                self.writes += 1
+                # The claim is the first write: the first progress write is due like any
+                # other (1 % more, or the heartbeat), so an upload that ends within one
+                # update interval costs the claim, its last byte and its final state.
+                self._last_write = time.monotonic()
+                return True
+            existing = self.store.get(self._key)
+            if existing is not None:
+                previous = UploadRecord.loads(existing).with_staleness(self.settings.stale_after)
+                if previous.state in IN_FLIGHT:
+                    return False
+            # The id's last upload ended: its cancel flag must not stop this one.
+            self.store.delete(self._cancel_key)
+            self.store.set(self._key, record.dumps(), ttl)
+            self.writes += 1
+            self._last_write = time.monotonic()
+        except StoreError as exc:
+            # No store, no conflict detection: the upload itself must still go through.
+            self._store_failed(exc)
+        return True
+
+    # -- progress ------------------------------------------------------------------------
+
+    def progress(self, received: int, now: float) -> bool:
+        """Record ``received`` bytes if a write is due.  Returns ``True`` if cancelled."""
+        record = self.record
+        record.bytes_received = received
+        moved = received - self._last_bytes
+        due = (
+            record.state not in (UPLOADING, STARTING)
+            or not self._step
+            or moved >= self._step
+            or now - self._last_write >= self._heartbeat(now)
+        )
+        if now < self._store_down_until:
+            return False
+        if not due:
+            # No write yet, but a cancel must not wait for one: look every heartbeat.
+            if now - max(self._last_write, self._last_look) < self.settings.heartbeat:
+                return False
+            self._last_look = now
+            return self._cancel_requested()
+        elapsed = now - self._last_time
+        if elapsed > 0 and moved:
+            speed = moved / elapsed
+            # Exponential smoothing keeps the ETA from jumping with every burst.
+            record.speed = speed if record.speed is None else 0.7 * record.speed + 0.3 * speed
+        self._last_bytes = received
+        self._last_time = now
+        record.state = UPLOADING
+        return self._write(now, check_cancel=True)
+
+    def _heartbeat(self, now: float) -> float:
+        settings = self.settings
+        return min(max(settings.heartbeat, (now - self._started) / 25), settings.stale_after / 3)
+
+    def finish(self, state: str, error: dict[str, object] | None = None) -> None:
+        """The final write: ``done``, ``error`` or ``cancelled``.  Idempotent."""
+        record = self.record
+        if record.state in FINISHED:
+            return
+        if self.observer is not None:
+            self.observer.close()
+        if state == ERROR and self._cancel_requested():
+            # Cancelled elsewhere, then the client went away: that is a cancel, and the
+            # record the cancel endpoint wrote must not be overwritten with an error.
+            state, error = CANCELLED, dict(CANCELLED_ERROR)
+        record.state = state
+        record.error = error
+        record.finished_at = record.updated_at = time.time()
+        if state == ERROR and record.fields:
+            for f in record.fields:
+                if f.state == UPLOADING:
+                    f.state = ERROR
+        self._store_down_until = 0.0  # the last word is always worth one more try
+        self._write(time.monotonic(), check_cancel=False, ttl=self.settings.ttl)
+
+    def start_processing(self, phase: str, total: int | None) -> bool:
+        """Hand the record to a processing task: ``processing``, not ``done``.
+
+        Returns ``True`` (and writes nothing) when the upload was cancelled.
+        """
+        record = self.record
+        if record.state in FINISHED:
+            return record.state == CANCELLED
+        record.state = PROCESSING
+        record.processing = {"phase": phase, "done": 0, "total": total, "started_at": time.time()}
+        self._store_down_until = 0.0
+        return self._write(time.monotonic(), check_cancel=True)
+
+    def _cancel_requested(self) -> bool:
+        try:
+            return self.store.get(self._cancel_key) is not None
+        except StoreError:
+            return False
+
+    def write_now(self) -> None:
+        """Write the record as it is (first event, state changes, app results)."""
+        self._write(time.monotonic(), check_cancel=False)
+
+    # -- store ---------------------------------------------------------------------------
+
+    def _write(self, now: float, *, check_cancel: bool, ttl: float | None = None) -> bool:
+        record = self.record
+        if self.observer is not None:
+            record.fields = self.observer.fields
+            record.field_count = self.observer.field_count
+        record.updated_at = time.time()
+        if ttl is None:
+            # In flight: readable until it is stale, then for the finished-record ttl.
+            ttl = self.settings.stale_after + self.settings.ttl
+        try:
+            # Cancel first: a cancelled record must not be overwritten with "uploading".
+            if check_cancel and self.store.get(self._cancel_key) is not None:
+                return True
+            self.store.set(self._key, record.dumps(), ttl)
+            self.writes += 1
+            self._last_write = now
+        except StoreError as exc:
+            self._store_failed(exc)
+        return False
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if not self._store_down_until:
+            log.warning("uploadmeter: progress store unavailable, upload continues: %s", exc)
+        self._store_down_until = time.monotonic() + self.settings.store_retry

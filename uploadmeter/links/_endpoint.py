@@ -1,0 +1,281 @@
+"""Download links that need no session, served under the middleware (seed design, part 5).
+
+A download manager or a colleague holding a link carries no session cookie, so these URLs
+authorise themselves -- without ever containing the file's path.  :class:`DownloadLinks`
+ties signed links (:mod:`uploadmeter.links`) and shares (:mod:`uploadmeter.links`)
+to a ``resolver(target) -> source`` callback, and serves them as a WSGI app that the
+middleware mounts::
+
+    links = DownloadLinks.attach(middleware, resolver=lambda ref: files_dir / ref,
+                                 secret_key=app.secret_key)
+    url = links.signed_url("report.pdf", expires_in=300, environ=request.environ)
+    share = links.share("report.pdf", code=True)   # links.share_url(share.id), share.code
+
+``GET {prefix}/d/l/<token>`` downloads (Range works); ``GET {prefix}/d/s/<id>`` shows the
+share page, ``POST`` it with ``code`` to get the file (a redirect to a fresh signed link).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.http import http_date, parse_accept_header
+from werkzeug.routing import Map, Rule
+from werkzeug.utils import redirect
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import get_current_url
+
+from uploadmeter.downloads._api import Downloader
+from uploadmeter.downloads._sources import Item
+from uploadmeter.exceptions import StoreError
+from uploadmeter.links._shares import Share, ShareError, ShareManager
+from uploadmeter.links._signing import (
+    LinkError,
+    LinkSigner,
+    SecretKey,
+)
+from uploadmeter.stores._base import ProgressStore
+from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
+from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
+
+if TYPE_CHECKING:
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+
+__all__ = ["DownloadLinks"]
+
+Resolver = Callable[[str], Any]
+_PRIVATE = {"Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}  # tokens stay here
+
+
+class DownloadLinks:
+    """Signed links and shares for an app, served under the middleware.
+
+    :param resolver: ``resolver(target) -> source`` for :func:`uploadmeter.downloads.download`
+        (e.g. a ``Path``, or an ``Item`` with a name); returning ``None`` or raising
+        ``LookupError`` answers 404.
+    :param secret_key: signs links and keys code signatures (a list for rotation).
+    :param store: shared by all workers; usually the middleware's.
+    :param base_path: where the app is mounted, from the site root (``{prefix}/d``).
+    :param downloader: how files are sent (e.g. ``Downloader(root=..., remote=...)``).
+    :param share_link_ttl: seconds the link handed out after a share's code is valid;
+        single-use when the share has ``max_downloads``.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        secret_key: SecretKey,
+        store: ProgressStore,
+        *,
+        base_path: str = "/uploadmeter/d",
+        downloader: Downloader | None = None,
+        share_link_ttl: float = 3600.0,
+        max_attempts: int = 5,
+        attempt_window: float = 900.0,
+    ) -> None:
+        self.resolver = resolver
+        self.signer = LinkSigner(secret_key, store)
+        self.shares = ShareManager(
+            secret_key, store, max_attempts=max_attempts, attempt_window=attempt_window
+        )
+        self.base_path = "/" + base_path.strip("/")
+        self.downloader = downloader or Downloader()
+        self.share_link_ttl = share_link_ttl
+        self.url_map = Map(
+            [
+                Rule("/l/<token>", endpoint="link", methods=["GET", "HEAD"]),
+                Rule("/s/<share_id>", endpoint="share", methods=["GET", "HEAD", "POST"]),
+            ]
+        )
+
+    @classmethod
+    def attach(
+        cls,
+        meter: UploadMeterMiddleware,
+        resolver: Resolver,
+        secret_key: SecretKey,
+        *,
+        path: str = "/d",
+        **options: Any,
+    ) -> DownloadLinks:
+        """Create the links app on the middleware's store and mount it at ``{prefix}{path}``."""
+        path = "/" + path.strip("/")
+        links = cls(resolver, secret_key, meter.store, base_path=meter.prefix + path, **options)
+        meter.mount(path, links)
+        return links
+
+    # -- making links --------------------------------------------------------------------
+
+    def signed_url(
+        self,
+        target: str,
+        *,
+        expires_in: float = 300,
+        single_use: bool = False,
+        filename: str | None = None,
+        environ: dict[str, Any] | None = None,
+        external: bool = False,
+    ) -> str:
+        """A URL downloading ``target`` without a session (see :meth:`LinkSigner.create`).
+
+        ``environ`` adds the app's script root; ``external`` makes the URL absolute.
+        """
+        link = self.signer.create(
+            target, expires_in=expires_in, single_use=single_use, filename=filename
+        )
+        return self._url(f"/l/{link.token}", environ, external)
+
+    def share(self, target: str, **options: Any) -> Share:
+        """Create a share (see :meth:`ShareManager.create`); ``share_url`` gives its URL."""
+        return self.shares.create(target, **options)
+
+    def share_url(
+        self, share_id: str, *, environ: dict[str, Any] | None = None, external: bool = False
+    ) -> str:
+        return self._url(f"/s/{share_id}", environ, external)
+
+    def _url(self, path: str, environ: dict[str, Any] | None, external: bool) -> str:
+        if environ is None:
+            if external:
+                raise ValueError("external URLs need the request's environ")
+            return self.base_path + path
+        if external:
+            root = get_current_url(environ, root_only=True).rstrip("/")
+        else:
+            root = environ.get("SCRIPT_NAME", "").rstrip("/")
+        return root + self.base_path + path
+
+    # -- serving -------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self.respond(environ)(environ, start_response)
+
+    def respond(self, environ: dict[str, Any]) -> Response:
+        try:
+            endpoint, args = self.url_map.bind_to_environ(environ).match()
+        except MethodNotAllowed as exc:
+            allow = ", ".join(exc.valid_methods or ())
+            return error_response(environ, 405, f"Use {allow}.", [("Allow", allow)])
+        except HTTPException:
+            return error_response(environ, 404, "No such download link.")
+        try:
+            if endpoint == "link":
+                return self._serve_link(environ, args["token"])
+            # A share's form is a code: its body is read within SmallBodyRequest's limits.
+            return self._serve_share(SmallBodyRequest(environ), args["share_id"])
+        except LinkError as exc:
+            retry = getattr(exc, "retry_after", None)
+            headers = [("Retry-After", str(retry))] if exc.status == 429 and retry else []
+            return error_response(environ, exc.status, exc.message, headers)
+        except StoreError:
+            return error_response(environ, 503, "Downloads are unavailable right now.")
+        except RequestEntityTooLarge:
+            message = f"The form may hold at most {SMALL_BODY} bytes: a code needs a few."
+            return error_response(environ, 413, message)
+        except HTTPException as exc:  # e.g. a body that ended early
+            return error_response(environ, exc.code or 400, exc.description or "Bad request.")
+
+    def _serve_link(self, environ: dict[str, Any], token: str) -> Response:
+        link = self.signer.verify(token)
+        if link.share is not None:
+            self.shares.get(link.share)  # a revoked or expired share takes its links along
+        spend = environ.get("REQUEST_METHOD") != "HEAD"  # looking does not use a link up
+        if spend:
+            self.signer.use(link)
+        try:
+            source = self._resolve(link.target)
+            if source is None:
+                response = error_response(environ, 404, "The file of this link no longer exists.")
+            else:
+                response = self.downloader(source, link.filename, environ=environ)
+        except BaseException:
+            if spend:
+                self.signer.unuse(link)
+            raise
+        if spend and response.status_code >= 400:
+            self.signer.unuse(link)  # nothing was sent: the link is still good
+        response.headers.extend(_PRIVATE)
+        return response
+
+    def _resolve(self, target: str) -> Any:
+        try:
+            return self.resolver(target)
+        except LookupError:
+            return None
+
+    def _serve_share(self, request: SmallBodyRequest, share_id: str) -> Response:
+        wants_json = _asks_for_json(request)
+        if request.method != "POST":
+            counted = request.method == "GET"  # a HEAD is no view
+            share = self.shares.viewed(share_id) if counted else self.shares.get(share_id)
+            if wants_json:
+                return json_response(
+                    {
+                        "id": share.id,
+                        "filename": share.filename,
+                        "expires_at": share.expires_at,
+                        "code_required": share.code_required,
+                    }
+                )
+            return self._share_page(share, None)
+        request.load_body()  # (a SmallBodyRequest: a few KB at most)
+        code = request.form.get("code") or request.headers.get("X-Share-Code")
+        try:
+            share = self.shares.open(share_id, code)
+        except ShareError as exc:
+            if exc.status in (403, 429) and not wants_json:
+                return self._share_page(self.shares.get(share_id), exc)
+            raise
+        link = self.signer.create(
+            share.target,
+            expires_in=self.share_link_ttl,
+            single_use=share.max_downloads is not None,  # else the limit is one link away
+            filename=share.filename,
+            share=share.id,
+        )
+        # SCRIPT_NAME is where this app is mounted, so the link resolves back here.
+        url = request.environ.get("SCRIPT_NAME", "").rstrip("/") + "/l/" + link.token
+        if wants_json:
+            return json_response({"url": url, "expires_in": self.share_link_ttl})
+        return redirect(url, 303)
+
+    def _share_page(self, share: Share, error: ShareError | None) -> Response:
+        page = _templates().get_template("uploadmeter/share.html")
+        html = page.render(
+            title=share.filename or self._display_name(share.target) or "Shared file",
+            available_until=http_date(share.expires_at),
+            code_required=share.code_required,
+            error=error.message if error is not None else None,
+        )
+        response = Response(html, status=error.status if error else 200, mimetype="text/html")
+        response.headers.extend({**NO_STORE, **_PRIVATE})
+        if error is not None and error.status == 429 and error.retry_after:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+
+    def _display_name(self, target: str) -> str | None:
+        source = self._resolve(target)
+        if isinstance(source, Item) and source.name:
+            return source.name
+        if isinstance(source, os.PathLike):
+            return os.path.basename(os.fspath(source)) or None
+        return None
+
+
+def _asks_for_json(request: Request) -> bool:
+    """Share pages are pages: JSON only when the client prefers it over HTML."""
+    accept = parse_accept_header(request.environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
+    return accept.best_match(["text/html", "application/json"]) == "application/json"
+
+
+@functools.cache
+def _templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("uploadmeter.ui", "templates"), autoescape=select_autoescape(["html"])
+    )

@@ -1,0 +1,151 @@
+"""Handing a finished resumable upload to the application (chunked and tus alike).
+
+The application's ``on_complete(FileInfo)`` hook may return data for the client, refuse
+the file (:class:`UploadRejected`), or return a started
+:class:`~uploadmeter.processing.ProcessingTask` when slow work follows -- the record then
+stays ``processing`` until that task ends.  :class:`ResumableEndpoint` holds what the
+chunk and tus endpoints share on the way there: hashing the whole file as processing
+progress, moving it into the :class:`~uploadmeter.resumable.FileStore`, delivering it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+from uploadmeter.core._locks import StoreLock
+from uploadmeter.core._record import shown_text
+from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.processing import ProcessingTask
+from uploadmeter.resumable._storage import Digests, FileInfo, FileStore, copy_and_hash
+from uploadmeter.stores._base import ProgressStore
+
+if TYPE_CHECKING:
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+
+log = logging.getLogger("uploadmeter")
+
+__all__ = ["CompletionFailed", "OnComplete", "ResumableEndpoint", "UploadRejected", "deliver"]
+
+OnComplete = Callable[[FileInfo], "Mapping[str, Any] | ProcessingTask | None"]
+
+
+class UploadRejected(UploadMeterError):
+    """Raise from ``on_complete`` to refuse a file; ``message`` is shown to the user."""
+
+    def __init__(self, message: str, status: int = 415) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class CompletionFailed(UploadMeterError):
+    """``on_complete`` raised something else; the record says ``error`` (500)."""
+
+
+def deliver(
+    info: FileInfo,
+    task: ProcessingTask,
+    on_complete: OnComplete | None,
+    before_finish: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Call ``on_complete`` and end ``task`` (the record) accordingly; return the result.
+
+    The default result (name, size, hashes) is written into the record *before* the hook
+    runs, so a processing task the hook starts carries it to the end.
+    ``before_finish(result)`` runs once the hook accepted the file, before the record says
+    ``done``.  Raises :class:`UploadRejected` or :class:`CompletionFailed` after recording
+    the error.
+    """
+    result: dict[str, Any] = {
+        "filename": shown_text(info.filename),  # as the record's field shows it
+        "size": info.size,
+        "sha256": info.sha256,
+        "md5": info.md5,
+        "instant": info.instant,
+    }
+    task.set_result(**result)
+    task.touch(force=True)
+    follow: ProcessingTask | None = None
+    if on_complete is not None:
+        try:
+            returned = on_complete(info)
+        except UploadRejected as exc:
+            task.fail(exc.message, exc.status)
+            raise
+        except Exception as exc:
+            log.exception("uploadmeter: on_complete failed for upload %s", info.upload_id)
+            task.fail("The server could not take the file.", 500)
+            raise CompletionFailed(str(exc)) from exc
+        if isinstance(returned, ProcessingTask):
+            follow = returned
+        elif returned is not None:
+            result.update(returned)
+    if before_finish is not None:
+        before_finish(result)
+    if follow is not None:
+        task.abandon()  # the application's task owns the record from here
+        follow.start()
+    else:
+        task.finish(**result)
+    return result
+
+
+class ResumableEndpoint:
+    """The base of :class:`~uploadmeter.resumable.ChunkUploads` and
+    :class:`~uploadmeter.resumable.TusUploads`: their store, files and hand-over."""
+
+    def __init__(
+        self,
+        meter: UploadMeterMiddleware,
+        files: FileStore | str | os.PathLike[str],
+        on_complete: OnComplete | None,
+        session_quota: int,
+        lock_ttl: float,
+    ) -> None:
+        self.meter = meter
+        self.files = files if isinstance(files, FileStore) else FileStore(files)
+        self.on_complete = on_complete
+        self.session_quota = session_quota
+        self.lock_ttl = lock_ttl
+
+    @property
+    def store(self) -> ProgressStore:
+        return self.meter.store
+
+    def start_task(self, session: str, upload_id: str, phase: str, total: int) -> ProcessingTask:
+        return ProcessingTask(
+            self.store, session, upload_id, phase, total=total, settings=self.meter.settings
+        ).start()
+
+    @staticmethod
+    def hash_files(
+        task: ProcessingTask, lock: StoreLock, paths: Iterable[str], out: IO[bytes] | None = None
+    ) -> Digests:
+        """Read ``paths`` once (copying them into ``out``) for their hashes, reporting the
+        bytes read as ``task``'s progress and keeping ``lock``."""
+
+        def progress(done: int) -> None:
+            task.update(done)
+            lock.refresh(every=lock.ttl / 3)
+
+        return copy_and_hash(paths, out, progress)
+
+    def hand_over(
+        self,
+        info: FileInfo,
+        task: ProcessingTask,
+        before_finish: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        new_file: bool,
+    ) -> dict[str, Any]:
+        """:func:`deliver` the file.  When the application refuses a file this upload put
+        into the store (``new_file``), it leaves the store again."""
+        try:
+            return deliver(info, task, self.on_complete, before_finish)
+        except (UploadRejected, CompletionFailed):
+            if new_file:
+                self.files.discard(info.path)
+            raise

@@ -1,0 +1,744 @@
+"""Resumable chunked uploads: the protocol of simple-uploader.js, resumable.js and flow.js.
+
+A WSGI app the middleware mounts under its prefix::
+
+    meter = UploadMeterMiddleware(app, secret_key="...")
+    chunks = ChunkUploads(meter, "/var/lib/myapp/uploads", on_complete=store_file)
+    meter.mount("/chunks", chunks)      # target: "/uploadmeter/chunks"
+
+The unmodified npm clients work against it with only ``target`` set:
+
+* ``GET`` (test) -- ``200`` + JSON when the tested chunk is stored, ``204`` when it is not
+  (the clients then send it; a 404 would abort them).  When the whole file is already
+  there (instant upload) every test answers ``200`` with ``{"skipUpload": true, ...}``.
+  Answers carry ``uploaded`` (chunk numbers stored), for ``checkChunkUploadedByResponse``.
+* ``POST`` (chunk, multipart field ``file`` or ``method: "octet"``) -- stored under a
+  temp name, size-checked against the declared sizes, renamed into place; ``200`` + JSON.
+  When every chunk is there the file is merged at once.
+* ``POST /merge`` -- explicit merge for clients that ask for one.
+* ``DELETE`` -- cancel: the chunks are deleted.
+
+Permanent errors use statuses both clients give up on (``permanentErrors`` of
+simple-uploader.js ``[404, 415, 500, 501]``, flow.js adds ``413``): ``415`` for any upload
+refused (bad or hostile parameters, sizes, quota, hash mismatch, cancelled), ``404`` for
+an unknown upload, ``500`` for a server fault.  ``503`` (store or lock busy) and ``507``
+(disk full) are temporary.
+
+The merge joins chunks in numeric order in one streaming pass that computes MD5 and
+SHA-256, checks the identifier when it is an MD5 (32 hex) or SHA-256 (64 hex), or a
+declared ``sha256`` parameter, deletes the chunk folder and hands the file to
+``on_complete(FileInfo)``.  Progress goes to the session's ordinary progress record (id
+in every answer as ``upload_id``), so ``GET {prefix}/progress?id=`` works as for forms.
+One store lock per upload orders its merge and its progress writes, so a chunk stored on
+one worker cannot overwrite the final record a merge on another worker wrote.
+
+A cancel (``DELETE``, or ``POST {prefix}/cancel``) refuses the requests the client had
+sent before it learnt of the cancel -- chunks in flight are not stored -- and a later
+attempt with the same identifier starts afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Request, Response
+
+from uploadmeter.core._ids import valid_upload_id
+from uploadmeter.core._locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.core._record import (
+    CANCELLED,
+    DONE,
+    ERROR,
+    FINISHED,
+    UPLOADING,
+    FieldProgress,
+    UploadRecord,
+)
+from uploadmeter.core._tracker import CANCELLED_ERROR, cancel_key, record_key
+from uploadmeter.exceptions import StoreError
+from uploadmeter.processing import ProcessingCancelled, ProcessingTask
+from uploadmeter.resumable._completion import (
+    CompletionFailed,
+    OnComplete,
+    ResumableEndpoint,
+    UploadRejected,
+)
+from uploadmeter.resumable._storage import (
+    DISK_FULL_MESSAGE,
+    DISK_FULL_RETRY_AFTER,
+    Digests,
+    DiskFull,
+    FileInfo,
+    FileStore,
+    QuotaExceeded,
+    digest_name,
+    is_disk_full,
+)
+from uploadmeter.resumable.chunked._params import (
+    SHA256,
+    ChunkParams,
+    ChunkRefused,
+    disk_full,
+    merge_values,
+    param,
+    parse_params,
+    receive_chunk,
+)
+from uploadmeter.wsgi._responses import NO_STORE, json_response
+
+if TYPE_CHECKING:
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+
+log = logging.getLogger("uploadmeter")
+
+__all__ = ["ChunkParams", "ChunkUploads", "UploadRejected"]
+
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+_CHUNK_FILE = re.compile(r"(\d{1,9})\.chunk")
+# How long a chunk's progress write waits for the upload's lock: far longer than another
+# chunk's write holds it, far shorter than a merge does.
+_PROGRESS_LOCK_WAIT = 1.0
+# What meta.json keeps of the first chunk's parameters: the file, not one chunk.
+_META_FIELDS = (
+    "identifier",
+    "filename",
+    "relative_path",
+    "total_size",
+    "chunk_size",
+    "total_chunks",
+    "sha256",
+)
+
+
+def _cancelled() -> ChunkRefused:
+    return ChunkRefused(415, "cancelled", "The upload was cancelled.")
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """Where one upload of one session lives: its folder and its keys in the store."""
+
+    session: str
+    upload_id: str
+    directory: str
+    key: str
+
+    def chunk_path(self, number: int) -> str:
+        return os.path.join(self.directory, f"{number}.chunk")
+
+    @property
+    def meta_path(self) -> str:
+        return os.path.join(self.directory, "meta.json")
+
+    @property
+    def record_key(self) -> str:
+        return record_key(self.session, self.upload_id)
+
+    @property
+    def cancel_key(self) -> str:
+        return cancel_key(self.session, self.upload_id)
+
+    @property
+    def done_key(self) -> str:
+        return "chunks-done:" + self.key
+
+    @property
+    def told_key(self) -> str:
+        """When the client learnt of a cancel (the moment a request was refused for it)."""
+        return "chunks-told:" + self.key
+
+    @property
+    def lock_name(self) -> str:
+        return "chunks:" + self.key
+
+    def stored(self, total_chunks: int) -> list[int]:
+        """Chunk numbers on disk, ascending (numerically: 2 before 10)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        numbers = (int(m.group(1)) for m in map(_CHUNK_FILE.fullmatch, names) if m)
+        return sorted(n for n in numbers if 1 <= n <= total_chunks)
+
+
+class ChunkUploads(ResumableEndpoint):
+    """The chunk endpoint (WSGI app); mount it with ``meter.mount("/chunks", chunks)``.
+
+    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
+    :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory; share one
+        with :class:`~uploadmeter.resumable.TusUploads` to share quota and finished files.
+    :param on_complete: ``on_complete(FileInfo)`` once a file is merged and verified (or
+        found already stored).  Return a dict to show to the client (e.g. ``{"url": ...}``),
+        or a started :class:`~uploadmeter.processing.ProcessingTask` when processing
+        follows; raise :class:`UploadRejected` to refuse the file.
+    :param max_file_size: largest file accepted, in bytes.
+    :param session_quota: bytes one session may have in unfinished uploads (chunked and tus).
+    :param max_chunk_size: largest declared ``chunkSize``; a request body may hold up to
+        twice that (the last chunk takes the remainder).
+    :param max_chunks: largest ``totalChunks``.
+    :param auto_merge: merge as soon as every chunk is stored (else wait for ``/merge``).
+    :param instant_upload: ``"session"``: a file this session already uploaded (MD5 or
+        SHA-256 identifier) is not sent again; ``"global"``: also files of other sessions,
+        for SHA-256 identifiers only (MD5 collisions can be forged); ``None``: never.
+        Global de-duplication lets anyone who knows a file's SHA-256 obtain it.
+    :param hash_identifiers: treat 32/64-hex identifiers as MD5/SHA-256 of the file and
+        reject a merge that does not match (turn off for clients sending hex UUIDs).
+    :param file_field: the multipart field of the chunk (``fileParameterName``).
+    :param lock_ttl: seconds an upload's lock outlives a stalled merge.
+    """
+
+    def __init__(
+        self,
+        meter: UploadMeterMiddleware,
+        files: FileStore | str | os.PathLike[str],
+        *,
+        on_complete: OnComplete | None = None,
+        max_file_size: int = 4 * 1024**3,
+        session_quota: int = 16 * 1024**3,
+        max_chunk_size: int = 64 * 1024**2,
+        max_chunks: int = 10_000,
+        auto_merge: bool = True,
+        instant_upload: Literal["session", "global"] | None = "session",
+        hash_identifiers: bool = True,
+        file_field: str = "file",
+        lock_ttl: float = 30.0,
+    ) -> None:
+        super().__init__(meter, files, on_complete, session_quota, lock_ttl)
+        self.max_file_size = max_file_size
+        self.max_chunk_size = max_chunk_size
+        self.max_chunks = max_chunks
+        self.auto_merge = auto_merge
+        self.instant_upload = instant_upload
+        self.hash_identifiers = hash_identifiers
+        self.file_field = file_field
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        arrived = time.time()  # before the body: tells chunks in flight from new ones
+        extra: list[tuple[str, str]] = []
+        try:
+            response = self._dispatch(environ, extra, arrived)
+        except ChunkRefused as refused:
+            response = refused.response(extra)
+        except ProcessingCancelled:
+            response = _cancelled().response(extra)
+        except (StoreError, LockTimeout, LockLost) as exc:
+            log.warning("uploadmeter: chunk request deferred: %s", exc)
+            response = ChunkRefused(503, "busy", "The server is busy; try again.").response(extra)
+            response.headers["Retry-After"] = "2"
+        except Exception as exc:
+            if is_disk_full(exc):  # temporary: the client retries once space returns
+                log.warning("uploadmeter: chunk request deferred: %s", exc)
+                response = disk_full().response(extra)
+            else:
+                log.exception("uploadmeter: chunk request failed")
+                response = ChunkRefused(500, "server_error", "The server failed.").response(extra)
+        if response.status_code == 507:
+            response.headers["Retry-After"] = str(DISK_FULL_RETRY_AFTER)
+        return response(environ, start_response)
+
+    def _dispatch(
+        self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
+    ) -> Response:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "").rstrip("/")
+        self.files.maybe_cleanup(self.store)
+        if path == "":
+            if method in ("GET", "HEAD"):
+                return self._test(environ, extra, arrived)
+            if method == "POST":
+                return self._post_chunk(environ, extra, arrived)
+            if method == "DELETE":
+                return self._delete(environ, extra)
+            allow = "GET, HEAD, POST, DELETE"
+        elif path == "/merge":
+            if method == "POST":
+                return self._merge_request(environ, extra, arrived)
+            allow = "POST"
+        else:
+            raise ChunkRefused(404, "not_found", "No such chunk endpoint.")
+        response = ChunkRefused(405, "method", f"Use {allow}.").response(extra)
+        response.headers["Allow"] = allow
+        return response
+
+    # -- sessions and names --------------------------------------------------------------
+
+    def _session(
+        self, environ: dict[str, Any], extra: list[tuple[str, str]], *, issue: bool
+    ) -> str:
+        session: str | None
+        if issue:
+            session, cookie = self.meter.session_for(environ)
+            if cookie:
+                extra.append(("Set-Cookie", cookie))
+        else:
+            session = self.meter.cookie.session_of(environ)
+        if session is None:
+            # Parallel first chunks without a cookie would each start a new session.
+            raise ChunkRefused(
+                415,
+                "no_session",
+                "No upload session: load the page from this server first (its cookie "
+                "keys the upload).",
+            )
+        return session
+
+    def _upload(self, session: str, identifier: str) -> _Upload:
+        key = digest_name("chunks", session, identifier)
+        return _Upload(
+            session=session,
+            upload_id=identifier if valid_upload_id(identifier) else "chunks-" + key[:32],
+            directory=self.files.upload_dir("partial", session, key),
+            key=key,
+        )
+
+    def _params(self, values: MultiDict[str, str], *, chunk: bool) -> ChunkParams:
+        return parse_params(
+            values,
+            chunk=chunk,
+            max_file_size=self.max_file_size,
+            max_chunk_size=self.max_chunk_size,
+            max_chunks=self.max_chunks,
+        )
+
+    # -- GET: test -----------------------------------------------------------------------
+
+    def _test(
+        self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
+    ) -> Response:
+        params = self._params(Request(environ).args, chunk=False)
+        session = self._session(environ, extra, issue=True)
+        up = self._upload(session, params.identifier)
+        self._check_cancelled(up, arrived)
+        done = self._done(up) or self._instant(up, params)
+        if done is not None:
+            return self._answer(up, params, extra, done=done)
+        meta = self._read_meta(up)
+        stored: list[int] = []
+        if meta is not None:
+            _check_same_split(meta, params)
+            stored = up.stored(meta.total_chunks)
+            if len(stored) == meta.total_chunks and self.auto_merge:
+                # All there but never merged (the merging worker died): merge now, or the
+                # client would call the file complete on the strength of these tests.
+                return self._merge(up, meta, extra)
+        if params.chunk_number is not None and params.chunk_number not in stored:
+            return Response(status=204, headers=[*NO_STORE.items(), *extra])
+        return self._answer(up, params, extra, stored)
+
+    # -- POST: one chunk -----------------------------------------------------------------
+
+    def _post_chunk(
+        self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
+    ) -> Response:
+        session = self._session(environ, extra, issue=False)  # before reading the body
+        values, received, size = receive_chunk(
+            environ, self.files, file_field=self.file_field, max_chunk_size=self.max_chunk_size
+        )
+        try:
+            params = self._params(values, chunk=True)
+            number = params.chunk_number
+            assert number is not None
+            if size != params.expected_size(number):
+                raise ChunkRefused(
+                    415,
+                    "size_mismatch",
+                    f"Chunk {number} has {size} bytes; the declared sizes say "
+                    f"{params.expected_size(number)}.",
+                )
+            up = self._upload(session, params.identifier)
+            self._check_cancelled(up, arrived)
+            done = self._done(up)
+            meta = None if done is not None else self._store_chunk(up, params, received, arrived)
+        finally:
+            self.files.discard(received)  # a no-op once the chunk was renamed into place
+        if meta is None:  # a late duplicate of a finished upload
+            return self._answer(up, params, extra, done=done or self._done(up) or {})
+        self._write_progress(up, meta, arrived)
+        # Listed after the progress write let go of the lock: if the last chunk's merge
+        # found it taken by this write, this request sees every chunk and merges.
+        stored = up.stored(meta.total_chunks)
+        if len(stored) == meta.total_chunks and self.auto_merge:
+            return self._merge(up, meta, extra)
+        return self._answer(up, params, extra, stored)
+
+    def _store_chunk(
+        self, up: _Upload, params: ChunkParams, received: str, arrived: float
+    ) -> ChunkParams | None:
+        """Rename a received chunk into place; return the upload's declared sizes, or
+        ``None`` when the upload was merged meanwhile (a late duplicate)."""
+        assert params.chunk_number is not None
+        for _ in range(2):
+            meta = self._read_meta(up) or self._create_meta(up, params, arrived)
+            if meta is None:
+                return None
+            _check_same_split(meta, params)
+            try:
+                os.replace(received, up.chunk_path(params.chunk_number))
+                return meta
+            except FileNotFoundError:
+                # The folder went away meanwhile: merged (the done mark is written before
+                # the folder is removed), cancelled or expired.
+                if self._done(up) is not None:
+                    return None
+                self._check_cancelled(up, arrived)
+        raise ChunkRefused(503, "busy", "The upload changed meanwhile; try again.")
+
+    # -- per-upload state ----------------------------------------------------------------
+
+    def _read_meta(self, up: _Upload) -> ChunkParams | None:
+        """The upload's declared file (``meta.json``), or ``None`` before its first chunk."""
+        data = self.files.read_json(up.meta_path)
+        if data is None:
+            return None
+        fields: dict[str, Any] = {name: data.get(name) for name in _META_FIELDS}
+        return ChunkParams(**fields, chunk_number=None, current_chunk_size=None)
+
+    def _create_meta(self, up: _Upload, params: ChunkParams, arrived: float) -> ChunkParams | None:
+        """Start an upload on its first chunk (quota checked).  ``None`` if it was merged."""
+        try:
+            with self.files.session_lock(self.store, up.session):
+                meta = self._read_meta(up)
+                if meta is not None:
+                    return meta  # a parallel first chunk was quicker
+                if self._done(up) is not None:
+                    return None  # merged since we looked: a late duplicate
+                self._check_cancelled(up, arrived)  # DELETE takes this lock too
+                self.files.check_room(up.session, params.total_size, self.session_quota)
+                os.makedirs(up.directory, exist_ok=True)
+                data = {name: getattr(params, name) for name in _META_FIELDS}
+                self.files.write_json(up.meta_path, dict(data, created=time.time()))
+                return dataclasses.replace(params, chunk_number=None, current_chunk_size=None)
+        except QuotaExceeded as exc:
+            raise ChunkRefused(415, "quota", str(exc)) from None
+        except DiskFull:
+            raise disk_full() from None
+
+    def _record(self, up: _Upload) -> UploadRecord | None:
+        text = self.store.get(up.record_key)
+        return None if text is None else UploadRecord.loads(text)
+
+    def _check_cancelled(self, up: _Upload, arrived: float) -> None:
+        """Refuse a request of a cancelled upload; let a later attempt start afresh.
+
+        A request the client sent before it learnt of the cancel (it *arrived* before
+        that moment) is refused, so chunks in flight do not bring the upload back.  The
+        client learns at ``DELETE``; after ``{prefix}/cancel`` it learns from the first
+        request refused here.  Requests that arrive later belong to a new attempt.
+        """
+        flagged = self.store.get(up.cancel_key) is not None
+        record = self._record(up)
+        if not flagged and (record is None or record.state != CANCELLED):
+            return
+        told = self.store.get(up.told_key)
+        if told is None:
+            self._tell_cancelled(up, record)
+            self._forget(up)
+        elif arrived > float(told):
+            for key in (up.cancel_key, up.told_key, up.done_key, up.record_key):
+                self.store.delete(key)
+            return
+        raise _cancelled()
+
+    def _tell_cancelled(self, up: _Upload, record: UploadRecord | None) -> None:
+        """Mark ``up`` cancelled now: the record, the cancel flag (stops a merge or a
+        processing task at its next write) and the moment the client was told."""
+        settings = self.meter.settings
+        flag_ttl = settings.stale_after + settings.ttl
+        self.store.set(up.cancel_key, "1", flag_ttl)
+        self.store.set(up.told_key, repr(time.time()), flag_ttl)
+        record = record or UploadRecord(id=up.upload_id)
+        if record.state != CANCELLED:
+            record.state = CANCELLED
+            record.finished_at = record.updated_at = time.time()
+            record.error = dict(CANCELLED_ERROR)
+        self.store.set(up.record_key, record.dumps(), settings.ttl)
+
+    def _forget(self, up: _Upload) -> None:
+        """Drop the chunks and the completion mark of ``up``."""
+        self.files.remove_tree(up.directory)
+        self.store.delete(up.done_key)
+
+    def _write_progress(self, up: _Upload, meta: ChunkParams, arrived: float) -> None:
+        """Record the bytes stored so far.
+
+        Under the upload's lock, waited for briefly.  Another chunk's request holds it for
+        the moment its own write takes; that write may have counted the chunks before
+        this one was stored, so this one must still write after it (skipping it left the
+        bar behind what the server had until the next chunk came).  A merge holds it for
+        long: then this write is dropped, the merge's record being the one that counts.
+        """
+        lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT)
+        try:
+            lock.acquire()
+        except LockTimeout:
+            return
+        with lock:
+            if self._done(up) is not None or self.store.get(up.cancel_key) is not None:
+                return
+            stored = up.stored(meta.total_chunks)
+            record = self._record(up)
+            if record is None or record.state in FINISHED:
+                # The clock starts when the first chunk request arrived, not when its body
+                # was stored: otherwise a few parallel chunks look instantaneous.
+                record = UploadRecord(id=up.upload_id, started_at=arrived)
+            received = sum(meta.expected_size(n) for n in stored)
+            record.state = UPLOADING
+            record.content_length = meta.total_size
+            record.bytes_received = received
+            record.updated_at = time.time()
+            state = DONE if len(stored) == meta.total_chunks else UPLOADING
+            record.fields = [FieldProgress("file", meta.filename, None, received, state)]
+            record.field_count = 1
+            settings = self.meter.settings
+            self.store.set(up.record_key, record.dumps(), settings.stale_after + settings.ttl)
+
+    # -- merge ---------------------------------------------------------------------------
+
+    def _done(self, up: _Upload) -> dict[str, Any] | None:
+        text = self.store.get(up.done_key)
+        return None if text is None else dict(json.loads(text))
+
+    def _merge_request(
+        self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
+    ) -> Response:
+        session = self._session(environ, extra, issue=False)  # before a byte of the body
+        params = self._params(merge_values(environ), chunk=False)
+        up = self._upload(session, params.identifier)
+        self._check_cancelled(up, arrived)
+        done = self._done(up)
+        if done is not None:
+            return self._answer(up, params, extra, done=done)
+        meta = self._read_meta(up)
+        if meta is None:
+            raise ChunkRefused(404, "not_found", "No such upload (it may have expired).")
+        missing = sorted(set(meta.numbers) - set(up.stored(meta.total_chunks)))
+        if missing:
+            raise ChunkRefused(
+                409, "incomplete", "Some chunks are missing.", missing=missing[:1000]
+            )
+        return self._merge(up, meta, extra)
+
+    def _merge(self, up: _Upload, meta: ChunkParams, extra: list[tuple[str, str]]) -> Response:
+        lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=0)
+        if not lock.try_acquire():
+            # Another request is merging it (its answer or the progress record tells), or
+            # writing progress (it merges next: it lists the chunks once it let go).
+            body = self._body(up, meta, meta.numbers)
+            body["merging"] = True
+            return json_response(body, 200, extra)
+        with lock:
+            done = self._done(up)
+            if done is not None:
+                return self._answer(up, meta, extra, done=done)
+            stored = up.stored(meta.total_chunks)
+            if len(stored) != meta.total_chunks:
+                return self._answer(up, meta, extra, stored)
+            task = self.start_task(up.session, up.upload_id, "merging", meta.total_size)
+            temp, out = self.files.temp_file()
+            try:
+                with out:
+                    chunks = (up.chunk_path(n) for n in meta.numbers)
+                    digests = self.hash_files(task, lock, chunks, out)
+                problem = self._verify(meta, digests)
+                if problem is not None:
+                    task.fail(problem, 415)
+                    raise ChunkRefused(415, "checksum_mismatch", problem)
+                path, created = self.files.adopt(temp, digests.sha256)
+            except (ChunkRefused, ProcessingCancelled, FileNotFoundError) as exc:
+                # A mismatch, or cancelled meanwhile (a DELETE may have taken the chunks).
+                self.files.discard(temp)
+                self._forget(up)
+                raise exc if isinstance(exc, ChunkRefused) else _cancelled() from None
+            except BaseException as exc:
+                self.files.discard(temp)
+                if is_disk_full(exc):
+                    # The record says so; the chunks stay, and the client's retry merges
+                    # again once space returns.
+                    task.fail(DISK_FULL_MESSAGE, 507)
+                    raise disk_full() from None
+                raise
+            info = FileInfo(
+                path=path,
+                filename=meta.filename,
+                size=digests.size,
+                sha256=digests.sha256,
+                md5=digests.md5,
+                session=up.session,
+                upload_id=up.upload_id,
+                protocol="chunks",
+                relative_path=meta.relative_path,
+            )
+            try:
+                done = self._complete(up, info, task, new_file=created)
+            finally:
+                # After the done mark: a late duplicate finding no folder then finds it.
+                self.files.remove_tree(up.directory)
+            return self._answer(up, meta, extra, done=done)
+
+    def _verify(self, meta: ChunkParams, digests: Digests) -> str | None:
+        if digests.size != meta.total_size:
+            return f"The merged file has {digests.size} bytes, not {meta.total_size}."
+        if meta.sha256 and meta.sha256 != digests.sha256:
+            return "The merged file does not match its declared SHA-256; upload it again."
+        if self.hash_identifiers:
+            ident = meta.identifier
+            if _MD5.fullmatch(ident) and ident.lower() != digests.md5:
+                return "The merged file does not match its MD5 identifier; upload it again."
+            if SHA256.fullmatch(ident) and ident.lower() != digests.sha256:
+                return "The merged file does not match its SHA-256 identifier; upload it again."
+        return None
+
+    def _complete(
+        self, up: _Upload, info: FileInfo, task: ProcessingTask, *, new_file: bool
+    ) -> dict[str, Any]:
+        """Hand the file to the app, remember it, and end (or hand over) the record."""
+        done: dict[str, Any] = {"upload_id": up.upload_id, "result": None}
+
+        def mark_done(result: dict[str, Any] | None) -> None:
+            done["result"] = result
+            self.store.set(
+                up.done_key, json.dumps(done, ensure_ascii=False), self.meter.settings.ttl
+            )
+
+        # Marked before the hook runs: however long it takes (the merge lock may expire),
+        # a late chunk or test request finds the upload complete instead of merging again.
+        mark_done(None)
+        try:
+            self.hand_over(info, task, mark_done, new_file=new_file)
+        except (UploadRejected, CompletionFailed) as exc:
+            self.store.delete(up.done_key)
+            if isinstance(exc, UploadRejected):
+                raise ChunkRefused(415, "rejected", exc.message) from None
+            raise ChunkRefused(500, "server_error", "The server could not take the file.") from None
+        self._remember(up.session, info)
+        return done
+
+    # -- instant upload ------------------------------------------------------------------
+
+    def _have_key(self, scope: str, algorithm: str, digest: str) -> str:
+        return f"chunks-have:{scope}:{algorithm}:{digest}"
+
+    def _remember(self, session: str, info: FileInfo) -> None:
+        if self.instant_upload is None:
+            return
+        value = json.dumps({"sha256": info.sha256, "md5": info.md5, "size": info.size})
+        keep = self.files.keep_completed
+        ttl = keep if keep is not None else 30 * 24 * 3600.0
+        scope = self.files.session_key(session)
+        self.store.set(self._have_key(scope, "md5", info.md5), value, ttl)
+        self.store.set(self._have_key(scope, "sha256", info.sha256), value, ttl)
+        if self.instant_upload == "global":
+            self.store.set(self._have_key("global", "sha256", info.sha256), value, ttl)
+
+    def _instant(self, up: _Upload, params: ChunkParams) -> dict[str, Any] | None:
+        """Complete an upload without its bytes when the file is already stored."""
+        if self.instant_upload is None or not self.hash_identifiers:
+            return None
+        ident = params.identifier.lower()
+        scope = self.files.session_key(up.session)
+        if _MD5.fullmatch(ident):
+            keys = [self._have_key(scope, "md5", ident)]
+        elif SHA256.fullmatch(ident):
+            keys = [self._have_key(scope, "sha256", ident)]
+            if self.instant_upload == "global":
+                keys.append(self._have_key("global", "sha256", ident))
+        else:
+            return None
+        texts = (self.store.get(key) for key in keys)
+        found = next((json.loads(text) for text in texts if text is not None), None)
+        if found is None or found["size"] != params.total_size:
+            return None
+        if params.sha256 and params.sha256 != found["sha256"]:
+            return None
+        path = self.files.existing(found["sha256"], found["size"])
+        if path is None:
+            return None
+        # Tests of several chunks arrive at once: one of them completes the upload.
+        with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=5):
+            done = self._done(up)
+            if done is not None:
+                return done
+            task = self.start_task(up.session, up.upload_id, "instant", 0)
+            info = FileInfo(
+                path=path,
+                filename=params.filename,
+                size=found["size"],
+                sha256=found["sha256"],
+                md5=found["md5"],
+                session=up.session,
+                upload_id=up.upload_id,
+                protocol="chunks",
+                relative_path=params.relative_path,
+                instant=True,
+            )
+            return self._complete(up, info, task, new_file=False)
+
+    # -- DELETE: cancel ------------------------------------------------------------------
+
+    def _delete(self, environ: dict[str, Any], extra: list[tuple[str, str]]) -> Response:
+        identifier = param(Request(environ).args, "identifier")
+        if not identifier or len(identifier) > 255:
+            raise ChunkRefused(415, "bad_identifier", "Missing or invalid identifier.")
+        up = self._upload(self._session(environ, extra, issue=False), identifier)
+        # Under the session's lock: a chunk cannot start the upload again meanwhile.
+        with self.files.session_lock(self.store, up.session):
+            existed = os.path.isdir(up.directory)
+            record = self._record(up)
+            if record is None or record.state not in (DONE, ERROR):
+                # Cancel it (again, after {prefix}/cancel: the client knows from now on).
+                self._tell_cancelled(up, record)
+            self._forget(up)
+        return json_response({"upload_id": up.upload_id, "deleted": existed}, 200, extra)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def _body(self, up: _Upload, params: ChunkParams, stored: list[int]) -> dict[str, Any]:
+        return {
+            "upload_id": up.upload_id,
+            "skipUpload": False,
+            "uploaded": stored,
+            "totalChunks": params.total_chunks,
+            "bytes_stored": sum(params.expected_size(n) for n in stored),
+            "complete": False,
+            "merging": False,
+            "result": None,
+        }
+
+    def _answer(
+        self,
+        up: _Upload,
+        params: ChunkParams,
+        extra: list[tuple[str, str]],
+        stored: list[int] | None = None,
+        *,
+        done: dict[str, Any] | None = None,
+    ) -> Response:
+        """The JSON answer: the chunks stored, or with ``done`` the completed upload."""
+        if done is None:
+            return json_response(self._body(up, params, stored or []), 200, extra)
+        body = self._body(up, params, params.numbers)
+        result = done.get("result") or {}
+        body.update(skipUpload=True, complete=True, result=result, url=result.get("url"))
+        return json_response(body, 200, extra)
+
+
+def _check_same_split(meta: ChunkParams, params: ChunkParams) -> None:
+    if not meta.same_split(params):
+        raise ChunkRefused(
+            415,
+            "conflict",
+            "This identifier is already uploading with other sizes; use a new identifier.",
+        )

@@ -1,0 +1,188 @@
+"""The endpoints the middleware answers itself, under its prefix (``/uploadmeter``).
+
+* ``GET  {prefix}/progress?id=ID[&format=xml]`` -- the upload's record, JSON or XML
+* ``POST {prefix}/cancel?id=ID`` -- stop an upload of this session
+* ``GET  {prefix}/static/...`` -- the component's script and stylesheet
+
+Polls never reach the application (the JSF design's ``PagePhaseListener``), so they stay
+cheap however busy the app is.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any
+
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.exceptions import NotFound
+from werkzeug.http import parse_accept_header
+from werkzeug.middleware.shared_data import SharedDataMiddleware
+from werkzeug.wrappers import Request, Response
+
+from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
+from uploadmeter.core._record import CANCELLED, UploadRecord, unknown_record
+from uploadmeter.core._tracker import load_record, request_cancel
+from uploadmeter.exceptions import StoreError
+from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
+
+if TYPE_CHECKING:
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# A body of a few parameters (a merge request, a share's code form): a few KB.  Also room
+# for a relativePath of 4096 bytes, percent-encoded.
+SMALL_BODY = 32 * 1024
+
+
+class SmallBodyRequest(Request):
+    """A request whose body is a few parameters, read within werkzeug's own limits.
+
+    :meth:`load_body` raises ``RequestEntityTooLarge`` for a body over :data:`SMALL_BODY`
+    bytes: before reading a byte when its ``Content-Length`` says so, and at the cap when
+    it has none (chunked).  A form has at most ``max_form_parts`` parts, and a file part
+    stays in memory: nothing is spooled.
+    """
+
+    max_content_length = SMALL_BODY
+    max_form_memory_size = SMALL_BODY
+    max_form_parts = 64
+
+    def load_body(self) -> None:
+        """Read the body, into ``form`` (a form) or ``get_data()`` (anything else)."""
+        self.get_data(parse_form_data=True)
+        # werkzeug stops a body without a length at the cap without a word (a form parsed
+        # from its first part); one more read raises RequestEntityTooLarge if it went on.
+        self.stream.read(1)
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()  # at most SMALL_BODY bytes
+
+
+class Endpoints:
+    """Dispatches requests under the prefix; owned by :class:`UploadMeterMiddleware`."""
+
+    def __init__(self, meter: UploadMeterMiddleware) -> None:
+        self.meter = meter
+        self.static = SharedDataMiddleware(
+            NotFound(), {"/static": ("uploadmeter.ui", "static")}, cache_timeout=3600
+        )
+        self.mounts: dict[str, WSGIApp] = {}
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], sub: str
+    ) -> Iterable[bytes]:
+        if sub == "/progress":
+            return self.progress(environ)(environ, start_response)
+        if sub == "/cancel":
+            return self.cancel(environ)(environ, start_response)
+        if sub.startswith("/static/"):
+            environ = dict(environ, PATH_INFO=sub)
+            return self.static(environ, start_response)
+        for mount, app in self.mounts.items():
+            if sub == mount or sub.startswith(mount + "/"):
+                # Like werkzeug's DispatcherMiddleware: the mount moves to SCRIPT_NAME.
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.meter.prefix + mount
+                environ["PATH_INFO"] = sub[len(mount) :]
+                return app(environ, start_response)
+        return error_response(environ, 404, "No such uploadmeter endpoint.")(
+            environ, start_response
+        )
+
+    # -- progress and cancel --------------------------------------------------------------
+
+    def progress(self, environ: dict[str, Any]) -> Response:
+        found = self._lookup(
+            environ,
+            ("GET", "HEAD"),
+            lambda session, upload_id: load_record(
+                self.meter.store, session, upload_id, self.meter.settings.stale_after
+            ),
+            "Progress is unavailable",
+        )
+        if isinstance(found, Response):
+            return found
+        request, upload_id, record, extra = found
+        record = record or unknown_record(upload_id)
+        if _wants_xml(request):
+            response = Response(record.to_xml(), mimetype="text/xml", headers=NO_STORE)
+            for name, value in extra:
+                response.headers.add(name, value)
+            return response
+        return json_response(record.to_json_dict(), 200, extra)
+
+    def cancel(self, environ: dict[str, Any]) -> Response:
+        found = self._lookup(
+            environ,
+            ("POST",),
+            lambda session, upload_id: request_cancel(
+                self.meter.store, session, upload_id, self.meter.settings
+            ),
+            "Cannot cancel now",
+        )
+        if isinstance(found, Response):
+            return found
+        _, upload_id, record, extra = found
+        if record is None:
+            body = unknown_record(upload_id).to_json_dict()
+            body["error"] = {"status": 404, "message": "No such upload in this session."}
+            return json_response(body, 404, extra)
+        # Cancelled now (200), or it had already finished (409): its final state either way.
+        status = 200 if record.state == CANCELLED else 409
+        return json_response(record.to_json_dict(), status, extra)
+
+    def _lookup(
+        self,
+        environ: dict[str, Any],
+        methods: tuple[str, ...],
+        action: Callable[[str, str], UploadRecord | None],
+        unavailable: str,
+    ) -> tuple[Request, str, UploadRecord | None, list[tuple[str, str]]] | Response:
+        """Check method and id, find the session, run ``action(session, id)`` on the store.
+
+        Returns ``(request, id, record or None, extra headers)``, or an error response.
+        """
+        if environ.get("REQUEST_METHOD") not in methods:
+            return self._method_not_allowed(environ, ", ".join(methods))
+        request = Request(environ)
+        upload_id = _requested_id(request)
+        if upload_id is None or not valid_upload_id(upload_id):
+            return error_response(environ, 400, INVALID_ID_MESSAGE)
+        session, cookie = self.meter.session_for(environ)
+        if cookie is not None:
+            # A session issued just now cannot own an upload: no store round trip.
+            return request, upload_id, None, [("Set-Cookie", cookie)]
+        try:
+            return request, upload_id, action(session, upload_id), []
+        except StoreError as exc:
+            return error_response(environ, 503, f"{unavailable}: {exc}")
+
+    def _method_not_allowed(self, environ: dict[str, Any], allow: str) -> Response:
+        return error_response(environ, 405, f"Use {allow}.", [("Allow", allow)])
+
+
+def _requested_id(request: Request) -> str | None:
+    return (
+        request.args.get("id")
+        or request.headers.get("X-Upload-ID")
+        or request.headers.get("X-Progress-ID")
+    )
+
+
+def _wants_xml(request: Request) -> bool:
+    fmt = request.args.get("format")
+    if fmt:
+        return fmt.lower() == "xml"
+    header = request.environ.get("HTTP_ACCEPT", "*/*")
+    if "xml" not in header and "text/" not in header:
+        return False  # fetch's "*/*" and JSON clients: no need to parse (a quarter of a poll)
+    accept = parse_accept_header(header, MIMEAccept)
+    best = accept.best_match(["application/json", "application/xml", "text/xml"])
+    return best in ("application/xml", "text/xml")

@@ -1,0 +1,346 @@
+"""The WSGI middleware: measures multipart uploads as the application reads them.
+
+It mirrors the JSF design's ``UploadMultipartFilter``: requests that are not
+``multipart/form-data`` pass straight through; multipart requests that carry a tracking id
+get a counting stream around ``wsgi.input``, and their progress goes to a store that
+every worker shares.  The application parses the body exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
+from werkzeug.wrappers import Response
+from werkzeug.wsgi import ClosingIterator
+
+from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
+from uploadmeter.core._observer import MultipartObserver
+from uploadmeter.core._record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
+from uploadmeter.core._sessions import CookieSettings, SessionCookie, SessionHook
+from uploadmeter.core._tracker import TrackerSettings, UploadTracker
+from uploadmeter.exceptions import UploadCancelled
+from uploadmeter.stores import ProgressStore, open_store
+from uploadmeter.wsgi._endpoints import Endpoints, WSGIApp
+from uploadmeter.wsgi._responses import error_response
+from uploadmeter.wsgi._stream import MeteredInput
+
+log = logging.getLogger("uploadmeter")
+
+ENVIRON_KEY = "uploadmeter.upload"
+
+
+class UploadHandle:
+    """What the application can do with the upload it is receiving.
+
+    Found in ``environ["uploadmeter.upload"]`` (or :func:`current_upload`) while a tracked
+    upload is handled, so a view can tell the progress component the outcome::
+
+        upload = current_upload(request.environ)
+        if upload:
+            upload.set_result(filename=saved_name, url=url_for("files"))
+            # or: upload.fail("Only PDF files are accepted.", status=400)
+    """
+
+    def __init__(self, tracker: UploadTracker, session: str | None = None) -> None:
+        self._tracker = tracker
+        self.session = session  # for processing tasks: uploadmeter.processing.task()
+        self.failure: tuple[int, str] | None = None
+
+    @property
+    def id(self) -> str:
+        return self._tracker.record.id
+
+    @property
+    def record(self) -> UploadRecord:
+        """The live record (read-only use)."""
+        return self._tracker.record
+
+    def set_result(self, **result: Any) -> None:
+        """JSON-serialisable data shown to the client once the upload is ``done``."""
+        self._tracker.record.result = dict(self._tracker.record.result or {}, **result)
+
+    def fail(self, message: str, status: int = 400) -> None:
+        """Report the upload as failed with ``message``, whatever the response status."""
+        self.failure = (status, message)
+
+    def start_processing(self, phase: str, total: int | None = None) -> None:
+        """Processing follows: the record goes to ``processing`` now, never to ``done``.
+
+        Call it once the upload has been read, then report with
+        ``uploadmeter.processing.task(meter, upload.session, upload.id, phase)``, which
+        ends in ``done`` or ``error``.  Raises :class:`~uploadmeter.UploadCancelled` when
+        the user already cancelled.
+        """
+        if self._tracker.start_processing(phase, total):
+            raise UploadCancelled()
+
+
+def current_upload(environ: dict[str, Any]) -> UploadHandle | None:
+    """The :class:`UploadHandle` of the tracked upload in this request, if any."""
+    handle = environ.get(ENVIRON_KEY)
+    return handle if isinstance(handle, UploadHandle) else None
+
+
+class UploadMeterMiddleware:
+    """Measure multipart uploads and answer progress polls.
+
+    ::
+
+        from uploadmeter import UploadMeterMiddleware
+        app.wsgi_app = UploadMeterMiddleware(app.wsgi_app, secret_key="change me")
+
+    A form posting to ``/upload?uploadmeter_id=<id>`` is then observed, and
+    ``GET /uploadmeter/progress?id=<id>`` answers its progress to the same browser.
+
+    :param app: the WSGI application to wrap.
+    :param secret_key: signs the session cookie; a list of keys allows rotation.
+    :param store: a :class:`~uploadmeter.stores.ProgressStore` or a URL (``memory://``,
+        ``sqlite:///path``, ``redis://host:port/db``).  Default: an SQLite file in the
+        temp dir, shared by every worker on the machine.
+    :param prefix: where the middleware's own endpoints live.
+    :param max_content_length: multipart requests larger than this get 413.
+    :param ttl: seconds a finished record stays readable.
+    :param update_interval: at most one progress write per this many seconds.
+    :param stale_after: an in-flight record not updated for this long reads as ``error``.
+    :param max_tracked_fields: parts listed per record (more are counted, not listed).
+    :param session_id: ``hook(environ) -> str | None`` giving the app's own session id;
+        when it returns a value the cookie is not used.
+    :param cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure:
+        the session cookie (``cookie_secure=None``: Secure when the request is https).
+    :param set_cookie_on_pages: also set the cookie on HTML pages served by the app that
+        lack it.  Off by default: the component's script fetches it from the progress
+        endpoint before its first upload, and a page view then costs nothing extra.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        secret_key: str | bytes | list[str] | list[bytes],
+        store: str | ProgressStore | None = None,
+        *,
+        prefix: str = "/uploadmeter",
+        max_content_length: int | None = None,
+        ttl: float = 300.0,
+        update_interval: float = 0.2,
+        stale_after: float = 120.0,
+        max_tracked_fields: int = 256,
+        session_id: SessionHook | None = None,
+        cookie_name: str = "uploadmeter_session",
+        cookie_path: str = "/",
+        cookie_domain: str | None = None,
+        cookie_samesite: str = "Lax",
+        cookie_secure: bool | None = None,
+        set_cookie_on_pages: bool = False,
+    ) -> None:
+        if not secret_key:
+            raise ValueError("UploadMeterMiddleware needs a secret_key to sign its cookie")
+        self.app = app
+        self.store = open_store(store)
+        self.prefix = "/" + prefix.strip("/")
+        self.max_content_length = max_content_length
+        self.max_tracked_fields = max_tracked_fields
+        self.settings = TrackerSettings(
+            ttl=ttl, stale_after=stale_after, update_interval=update_interval
+        )
+        self.cookie = SessionCookie(
+            secret_key,
+            CookieSettings(cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure),
+            hook=session_id,
+        )
+        self.set_cookie_on_pages = set_cookie_on_pages
+        self.endpoints = Endpoints(self)
+        self._prefix_slash = self.prefix + "/"
+
+    def mount(self, path: str, app: WSGIApp) -> None:
+        """Serve ``app`` under ``{prefix}{path}`` (used by the chunk and tus endpoints)."""
+        self.endpoints.mounts["/" + path.strip("/")] = app
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self._prefix_slash):
+            return self.endpoints(environ, start_response, path[len(self.prefix) :])
+        content_type = environ.get("CONTENT_TYPE", "")
+        if content_type[:19].lower() == "multipart/form-data":
+            return self._upload(environ, start_response)
+        if (
+            self.set_cookie_on_pages
+            and environ.get("REQUEST_METHOD") == "GET"
+            and not self.cookie.has_cookie(environ)
+        ):
+            return self._page_with_cookie(environ, start_response)
+        return self.app(environ, start_response)
+
+    def session_for(self, environ: dict[str, Any]) -> tuple[str, str | None]:
+        """``(session, Set-Cookie value or None)``; issues a cookie when there is none."""
+        session = self.cookie.session_of(environ)
+        if session is not None:
+            return session, None
+        return self.cookie.issue(environ)
+
+    # -- pages ---------------------------------------------------------------------------
+
+    def _page_with_cookie(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            for name, value in headers:
+                if name.lower() == "content-type" and value.startswith("text/html"):
+                    headers = [*headers, ("Set-Cookie", self.cookie.issue(environ)[1])]
+                    break
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    def _upload(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        length = _content_length(environ)
+        upload_id = requested_upload_id(environ)
+        too_large = (
+            self.max_content_length is not None
+            and length is not None
+            and length > self.max_content_length
+        )
+        if upload_id is None:
+            if too_large:
+                return self._too_large(environ)(environ, start_response)
+            return self.app(environ, start_response)
+        if not valid_upload_id(upload_id):
+            return error_response(environ, 400, INVALID_ID_MESSAGE)(environ, start_response)
+
+        session, cookie = self.session_for(environ)
+        extra = [("Set-Cookie", cookie)] if cookie else []
+        tracker = UploadTracker(
+            self.store,
+            session,
+            UploadRecord(id=upload_id, content_length=length),
+            self.settings,
+            _observer_for(environ.get("CONTENT_TYPE", ""), self.max_tracked_fields),
+        )
+        if not tracker.claim():
+            return error_response(
+                environ, 409, "An upload with this id is already in progress.", extra
+            )(environ, start_response)
+        if too_large:
+            tracker.finish(ERROR, {"status": 413, "message": _TOO_LARGE})
+            return self._too_large(environ, extra)(environ, start_response)
+
+        stream = MeteredInput(
+            environ["wsgi.input"],
+            tracker,
+            content_length=length,
+            limit=self.max_content_length if length is None else None,
+            update_interval=self.settings.update_interval,
+        )
+        environ["wsgi.input"] = stream
+        handle = UploadHandle(tracker, session)
+        environ[ENVIRON_KEY] = handle
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            _finish(tracker, stream, handle, int(status[:3]))
+            return start_response(status, [*headers, *extra], exc_info)
+
+        try:
+            app_iter = self.app(environ, start)
+        except HTTPException as exc:
+            # A bare WSGI app may let our own UploadTooLarge/UploadCancelled escape.
+            _finish(tracker, stream, handle, exc.code or 500)
+            return exc.get_response(environ)(environ, start_response)
+        except Exception:
+            _finish(tracker, stream, handle, None, crashed=True)
+            raise
+        return ClosingIterator(app_iter, lambda: _finish(tracker, stream, handle, None))
+
+    def _too_large(
+        self, environ: dict[str, Any], extra: list[tuple[str, str]] | None = None
+    ) -> Response:
+        response = error_response(environ, 413, _TOO_LARGE, extra or [])
+        # The body is not read; tell the client the connection will not be reused.
+        response.headers["Connection"] = "close"
+        return response
+
+
+_TOO_LARGE = "The upload is larger than this server accepts."
+
+
+def _finish(
+    tracker: UploadTracker,
+    stream: MeteredInput,
+    handle: UploadHandle,
+    status: int | None,
+    *,
+    crashed: bool = False,
+) -> None:
+    """Decide the upload's final state from what the application did.  Idempotent."""
+    record = tracker.record
+    if record.state in FINISHED or record.state == PROCESSING:
+        return  # decided already; processing: a task owns the record now
+    length = stream.content_length
+    complete = stream.received >= length if length is not None else stream.eof
+    if crashed:
+        tracker.finish(ERROR, {"status": 500, "message": "The application failed."})
+    elif stream.failure is not None and not complete:
+        where = f"{stream.received} of {length}" if length is not None else f"{stream.received}"
+        message = f"The connection closed after {where} bytes."
+        tracker.finish(ERROR, {"status": 400, "message": message})
+    elif handle.failure is not None:
+        code, message = handle.failure
+        tracker.finish(ERROR, {"status": code, "message": message})
+    elif status is None:
+        tracker.finish(ERROR, {"status": 500, "message": "The application sent no response."})
+    elif status >= 400:
+        reason = HTTP_STATUS_CODES.get(status, "Error")
+        message = f"The application rejected the upload ({status} {reason})."
+        tracker.finish(ERROR, {"status": status, "message": message})
+    elif complete:
+        tracker.finish(DONE)
+    else:
+        message = "The application answered before reading the whole upload."
+        tracker.finish(ERROR, {"status": status, "message": message})
+
+
+def _content_length(environ: dict[str, Any]) -> int | None:
+    value = environ.get("CONTENT_LENGTH")
+    if not value:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def requested_upload_id(environ: dict[str, Any]) -> str | None:
+    """The tracking id a request carries (query ``uploadmeter_id``, ``X-Upload-ID`` or
+    ``X-Progress-ID``), ``""`` when the parameter is present but empty, else ``None``."""
+    query: str = environ.get("QUERY_STRING", "")
+    if "uploadmeter_id=" in query:
+        values = parse_qs(query).get("uploadmeter_id")
+        if values:
+            return values[0]
+        return ""  # present but empty: invalid, not untracked
+    for header in ("HTTP_X_UPLOAD_ID", "HTTP_X_PROGRESS_ID"):
+        if header in environ:
+            return str(environ[header])
+    return None
+
+
+def _observer_for(content_type: str, max_fields: int) -> MultipartObserver | None:
+    boundary = parse_options_header(content_type)[1].get("boundary")
+    if not boundary:
+        return None
+    try:
+        return MultipartObserver(boundary.encode("latin-1"), max_fields=max_fields)
+    except (ValueError, UnicodeEncodeError):
+        return None  # odd boundary: whole-request progress only
