@@ -22,9 +22,9 @@ from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter.errors import StoreError
-from uploadmeter.record import CANCELLED, UploadRecord, unknown_record
+from uploadmeter.record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
 from uploadmeter.responses import NO_STORE, error_response, json_response
-from uploadmeter.tracker import load_record, request_cancel
+from uploadmeter.tracker import TOO_LATE_TO_CANCEL, load_record, request_cancel
 
 if TYPE_CHECKING:
     from uploadmeter.middleware import UploadMeterMiddleware
@@ -143,8 +143,13 @@ class Endpoints:
             body["error"] = {"status": 404, "message": "No such upload in this session."}
             return json_response(body, 404, extra)
         # Cancelled now (200), or it had already finished (409): its final state either way.
-        status = 200 if record.state == CANCELLED else 409
-        return json_response(record.to_json_dict(), status, extra)
+        if record.state == CANCELLED:
+            return json_response(record.to_json_dict(), 200, extra)
+        body = record.to_json_dict()
+        if record.state in IN_FLIGHT:
+            # The app has the whole body: it decides the outcome, the cancel changes nothing.
+            body["error"] = {"status": 409, "message": TOO_LATE_TO_CANCEL}
+        return json_response(body, 409, extra)
 
     def _lookup(
         self,

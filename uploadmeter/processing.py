@@ -37,7 +37,13 @@ from uploadmeter.endpoints import valid_upload_id
 from uploadmeter.errors import InvalidUploadId, StoreError, UploadMeterError
 from uploadmeter.record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
 from uploadmeter.stores import ProgressStore
-from uploadmeter.tracker import CANCELLED_ERROR, TrackerSettings, cancel_key, record_key
+from uploadmeter.tracker import (
+    CANCELLED_ERROR,
+    TrackerSettings,
+    cancel_flagged,
+    cancel_key,
+    record_key,
+)
 
 if TYPE_CHECKING:
     from uploadmeter.middleware import UploadMeterMiddleware
@@ -221,7 +227,7 @@ class ProcessingTask:
     def cancelled(self) -> bool:
         """Whether the user asked to cancel (one store read)."""
         try:
-            return self.store.get(self._cancel_key) is not None
+            return cancel_flagged(self.store.get(self._cancel_key))
         except StoreError:
             return False
 
