@@ -35,3 +35,12 @@ def redis_url(redis_server: tuple[str, Any]) -> Iterator[str]:
 @pytest.fixture
 def sqlite_path(tmp_path: Any) -> str:
     return str(tmp_path / "uploadmeter.sqlite3")
+
+
+@pytest.fixture
+def dirs(tmp_path: Any) -> tuple[str, str]:
+    """``(upload dir, spool dir)``: where a test app stores files and spools parts."""
+    upload_dir, spool_dir = tmp_path / "uploads", tmp_path / "spool"
+    upload_dir.mkdir()
+    spool_dir.mkdir()
+    return str(upload_dir), str(spool_dir)

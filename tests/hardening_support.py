@@ -31,7 +31,7 @@ from flask import Flask, Request, jsonify, request
 from servers import free_port, wait_for_port
 from werkzeug.utils import secure_filename
 
-from uploadmeter import UploadMeterMiddleware, current_upload
+from uploadmeter import SQLiteStore, UploadMeterMiddleware, current_upload
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SECRET = "hardening secret"
@@ -88,14 +88,42 @@ def make_app(
 
 def gunicorn_app() -> Callable[..., Iterable[bytes]]:
     """For gunicorn: :func:`make_app` configured by ``UM_*`` environment variables."""
+    limit = os.environ.get("UM_MAX_CONTENT_LENGTH")
     meter = make_app(
         os.environ["UM_UPLOAD_DIR"],
         os.environ["UM_SPOOL_DIR"],
-        store=os.environ.get("UM_STORE") or None,
+        store=_store_from_env(),
         stale_after=float(os.environ.get("UM_STALE_AFTER", "120")),
         update_interval=0.0,
+        max_content_length=int(limit) if limit else None,
     )
     return meter.flask_app  # type: ignore[attr-defined,no-any-return]
+
+
+def _store_from_env() -> Any:
+    """``UM_STORE``, as an :class:`SQLiteStore` with ``UM_SQLITE_BUSY_TIMEOUT`` when set."""
+    spec = os.environ.get("UM_STORE") or None
+    busy = os.environ.get("UM_SQLITE_BUSY_TIMEOUT")
+    if spec and busy and spec.startswith("sqlite://"):
+        return SQLiteStore(spec[len("sqlite://") :], busy_timeout=float(busy))
+    return spec
+
+
+def plain_gunicorn_app() -> Callable[..., Iterable[bytes]]:
+    """For gunicorn: a plain WSGI app (no framework) that reads the body in 8 KiB reads
+    and answers its size, behind the middleware."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        size = 0
+        while data := stream.read(8192):
+            size += len(data)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(size).encode()]
+
+    return UploadMeterMiddleware(
+        app, secret_key=SECRET, store=_store_from_env(), update_interval=0.0
+    )
 
 
 def open_fds(ignore: str | None = None) -> int:

@@ -54,14 +54,6 @@ def disconnect_offsets(count: int, seed: int) -> list[int]:
     return sorted(set(special + rng.sample(range(1, len(BODY)), count - len(special))))
 
 
-@pytest.fixture
-def dirs(tmp_path: Any) -> tuple[str, str]:
-    upload_dir, spool_dir = tmp_path / "uploads", tmp_path / "spool"
-    upload_dir.mkdir()
-    spool_dir.mkdir()
-    return str(upload_dir), str(spool_dir)
-
-
 def start_upload(client: Client, upload_id: str, body: bytes = BODY) -> RawUpload:
     assert client.progress(upload_id)["state"] == "unknown"  # fetches the session cookie
     return RawUpload(client, f"/upload?uploadmeter_id={upload_id}", body, CTYPE)

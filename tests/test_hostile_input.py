@@ -64,14 +64,6 @@ class CountingApp:
 
 
 @pytest.fixture
-def dirs(tmp_path: Any) -> tuple[str, str]:
-    upload_dir, spool_dir = tmp_path / "uploads", tmp_path / "spool"
-    upload_dir.mkdir()
-    spool_dir.mkdir()
-    return str(upload_dir), str(spool_dir)
-
-
-@pytest.fixture
 def live(dirs: tuple[str, str]) -> Iterator[tuple[str, UploadMeterMiddleware]]:
     meter = make_app(*dirs, store=MemoryStore(), update_interval=0.0)
     with serve_in_thread(meter.flask_app) as url:  # type: ignore[attr-defined]

@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
-from uploadmeter.core._tracker import CANCELLED_ERROR, TrackerSettings, cancel_key, record_key
+from uploadmeter.core._tracker import (
+    CANCELLED_ERROR,
+    TrackerSettings,
+    cancel_flagged,
+    cancel_key,
+    record_key,
+)
 from uploadmeter.exceptions import InvalidUploadId, StoreError, UploadMeterError
 from uploadmeter.stores._base import ProgressStore
 
@@ -221,7 +227,7 @@ class ProcessingTask:
     def cancelled(self) -> bool:
         """Whether the user asked to cancel (one store read)."""
         try:
-            return self.store.get(self._cancel_key) is not None
+            return cancel_flagged(self.store.get(self._cancel_key))
         except StoreError:
             return False
 

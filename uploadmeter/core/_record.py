@@ -139,10 +139,17 @@ class UploadRecord:
         """Turn a record whose worker stopped reporting into an ``error``.
 
         A worker killed mid-upload never writes its final state; without this the record
-        would read ``uploading`` until it expired.
+        would read ``uploading`` until it expired.  A body that arrived whole is exempt:
+        its outcome is the application's answer, which may take time (storing the file) or
+        reach the store late (retried while the store is away), and must not read as a
+        false ``error`` meanwhile.
         """
         now = time.time() if now is None else now
-        if self.state in IN_FLIGHT and now - self.updated_at > stale_after:
+        if (
+            self.state in IN_FLIGHT
+            and now - self.updated_at > stale_after
+            and not self._arrived_whole()
+        ):
             self.state = ERROR
             self.finished_at = self.updated_at
             self.error = {
@@ -151,6 +158,10 @@ class UploadRecord:
                 "may have stopped.",
             }
         return self
+
+    def _arrived_whole(self) -> bool:
+        length = self.content_length
+        return self.state == UPLOADING and length is not None and self.bytes_received >= length
 
     # -- storage -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ the store answers again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -45,6 +46,24 @@ class TrackerSettings:
 
 
 CANCELLED_ERROR = {"status": 499, "message": "The upload was cancelled."}
+TOO_LATE_TO_CANCEL = "Too late to cancel: the server has received the whole upload."
+
+# The cancel key holds either the cancel flag, or -- written by the uploading worker when the
+# application has read the whole body -- a marker saying it is too late to cancel.  Both are
+# written with ``add``, so whichever comes first wins: a cancel never lands on a body the app
+# already has (it would read ``cancelled``, then ``done``).  The marker names the upload's
+# start, so a marker left by an earlier upload with the same id is told apart.
+CANCEL_FLAG = "1"
+_RECEIVED = "received:"
+
+
+def body_received_marker(record: UploadRecord) -> str:
+    return f"{_RECEIVED}{record.started_at!r}"
+
+
+def cancel_flagged(value: str | None) -> bool:
+    """Whether a cancel key's value asks to cancel (not absent, not the received marker)."""
+    return value is not None and not value.startswith(_RECEIVED)
 
 
 def record_key(session: str, upload_id: str) -> str:
@@ -71,7 +90,9 @@ def request_cancel(
     """Ask the worker receiving an upload to stop it.  ``None`` if there is no such upload.
 
     The flag is read by the uploading worker at its next write; the record is marked
-    ``cancelled`` at once so polls show it even while the worker waits for bytes.
+    ``cancelled`` at once so polls show it even while the worker waits for bytes.  Once
+    the application has read the whole body it is too late: the record is returned
+    unchanged (still in flight, not ``cancelled``), and the upload ends as the app decides.
     """
     record = load_record(store, session, upload_id, settings.stale_after)
     if record is None or record.state not in IN_FLIGHT:
@@ -79,7 +100,13 @@ def request_cancel(
     # Record and flag live equally long: a flag outliving its record would cancel a later
     # upload that reuses the id (claim() clears flags only beside an existing record).
     ttl = settings.stale_after + settings.ttl
-    store.set(cancel_key(session, upload_id), "1", ttl)
+    key = cancel_key(session, upload_id)
+    if not store.add(key, CANCEL_FLAG, ttl):
+        value = store.get(key)
+        if value == body_received_marker(record) and record.state != PROCESSING:
+            return record  # too late; a processing task still honours a cancel
+        if not cancel_flagged(value):
+            store.set(key, CANCEL_FLAG, ttl)  # a processing record, or an earlier upload's marker
     record.state = CANCELLED
     record.finished_at = time.time()
     record.error = dict(CANCELLED_ERROR)
@@ -168,7 +195,38 @@ class UploadTracker:
                 return False
             self._last_look = now
             return self._cancel_requested()
+        self._moved_to(received, now)
+        return self._write(now, check_cancel=True)
+
+    def body_received(self, received: int, now: float) -> bool:
+        """The application has read the whole body: from now on a cancel is refused.
+
+        Takes the place of the last byte's progress write (``add`` of the too-late marker
+        instead of the cancel flag's ``get``, then the record).  Returns ``True`` when a
+        cancel came first: the app must not get the end of the body then.
+        """
+        record = self.record
+        record.bytes_received = received
+        if record.state in FINISHED:
+            return record.state == CANCELLED
+        if now < self._store_down_until:
+            return False
+        try:
+            if not self.store.add(
+                self._cancel_key, body_received_marker(record), self._in_flight_ttl()
+            ) and cancel_flagged(self.store.get(self._cancel_key)):
+                return True
+        except StoreError as exc:
+            self._store_failed(exc)
+            return False
+        self._moved_to(received, now)
+        self._write(now, check_cancel=False)
+        return False
+
+    def _moved_to(self, received: int, now: float) -> None:
+        record = self.record
         elapsed = now - self._last_time
+        moved = received - self._last_bytes
         if elapsed > 0 and moved:
             speed = moved / elapsed
             # Exponential smoothing keeps the ETA from jumping with every burst.
@@ -176,7 +234,10 @@ class UploadTracker:
         self._last_bytes = received
         self._last_time = now
         record.state = UPLOADING
-        return self._write(now, check_cancel=True)
+
+    def _in_flight_ttl(self) -> float:
+        # In flight: readable until it is stale, then for the finished-record ttl.
+        return self.settings.stale_after + self.settings.ttl
 
     def _heartbeat(self, now: float) -> float:
         settings = self.settings
@@ -201,7 +262,34 @@ class UploadTracker:
                 if f.state == UPLOADING:
                     f.state = ERROR
         self._store_down_until = 0.0  # the last word is always worth one more try
-        self._write(time.monotonic(), check_cancel=False, ttl=self.settings.ttl)
+        try:
+            self._write_final()
+        except StoreError as exc:
+            self._store_failed(exc)
+            # The outcome is known and must reach the store: retried in the background.
+            _final_writes.retry(self, time.monotonic() + self._in_flight_ttl())
+
+    def _write_final(self, *, retried: bool = False) -> None:
+        """Write the final record (raises :class:`StoreError`)."""
+        record = self.record
+        if self.observer is not None:
+            record.fields = self.observer.fields
+            record.field_count = self.observer.field_count
+        if retried and record.state != CANCELLED and self._cancel_requested(raising=True):
+            # A cancel landed while the store was away (finish() could not see it).
+            if record.state != ERROR:
+                # Never "cancelled", then "done": the cancel endpoint's record stays.
+                log.warning(
+                    "uploadmeter: upload %s was cancelled while the store was unavailable; "
+                    "the application had already answered %s",
+                    record.id,
+                    record.state,
+                )
+                return
+            record.state, record.error = CANCELLED, dict(CANCELLED_ERROR)
+        record.updated_at = time.time()
+        self.store.set(self._key, record.dumps(), self.settings.ttl)
+        self.writes += 1
 
     def start_processing(self, phase: str, total: int | None) -> bool:
         """Hand the record to a processing task: ``processing``, not ``done``.
@@ -216,10 +304,12 @@ class UploadTracker:
         self._store_down_until = 0.0
         return self._write(time.monotonic(), check_cancel=True)
 
-    def _cancel_requested(self) -> bool:
+    def _cancel_requested(self, *, raising: bool = False) -> bool:
         try:
-            return self.store.get(self._cancel_key) is not None
+            return cancel_flagged(self.store.get(self._cancel_key))
         except StoreError:
+            if raising:
+                raise
             return False
 
     def write_now(self) -> None:
@@ -235,11 +325,10 @@ class UploadTracker:
             record.field_count = self.observer.field_count
         record.updated_at = time.time()
         if ttl is None:
-            # In flight: readable until it is stale, then for the finished-record ttl.
-            ttl = self.settings.stale_after + self.settings.ttl
+            ttl = self._in_flight_ttl()
         try:
             # Cancel first: a cancelled record must not be overwritten with "uploading".
-            if check_cancel and self.store.get(self._cancel_key) is not None:
+            if check_cancel and cancel_flagged(self.store.get(self._cancel_key)):
                 return True
             self.store.set(self._key, record.dumps(), ttl)
             self.writes += 1
@@ -252,3 +341,58 @@ class UploadTracker:
         if not self._store_down_until:
             log.warning("uploadmeter: progress store unavailable, upload continues: %s", exc)
         self._store_down_until = time.monotonic() + self.settings.store_retry
+
+
+class _FinalWriteRetries:
+    """Final writes that failed, retried by one daemon thread per process.
+
+    A finished upload's outcome must reach the store once it answers again, but the
+    request that knows it has already been answered.  The thread outlives that request
+    (fine in gunicorn's sync and threaded workers alike: it sleeps between tries), backs
+    off from 0.1 s to 2 s, drops a write once the record it replaces would have expired,
+    and exits when nothing is left.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[UploadTracker, float]] = {}
+        self._thread: threading.Thread | None = None
+
+    def retry(self, tracker: UploadTracker, deadline: float) -> None:
+        with self._lock:
+            self._pending[id(tracker)] = (tracker, deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="uploadmeter-final-writes", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while True:
+            time.sleep(delay)
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    return
+                due = list(self._pending.items())
+            landed = False
+            for key, (tracker, deadline) in due:
+                try:
+                    tracker._write_final(retried=True)
+                except StoreError:
+                    if time.monotonic() < deadline:
+                        continue
+                    log.error(
+                        "uploadmeter: gave up writing the outcome of upload %s",
+                        tracker.record.id,
+                    )
+                else:
+                    landed = True
+                    log.info("uploadmeter: store back, outcome of %s written", tracker.record.id)
+                with self._lock:
+                    del self._pending[key]
+            delay = 0.1 if landed else min(delay * 2, 2.0)
+
+
+_final_writes = _FinalWriteRetries()

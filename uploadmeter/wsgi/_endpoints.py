@@ -21,8 +21,8 @@ from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
-from uploadmeter.core._record import CANCELLED, UploadRecord, unknown_record
-from uploadmeter.core._tracker import load_record, request_cancel
+from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
+from uploadmeter.core._tracker import TOO_LATE_TO_CANCEL, load_record, request_cancel
 from uploadmeter.exceptions import StoreError
 from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
 
@@ -135,8 +135,13 @@ class Endpoints:
             body["error"] = {"status": 404, "message": "No such upload in this session."}
             return json_response(body, 404, extra)
         # Cancelled now (200), or it had already finished (409): its final state either way.
-        status = 200 if record.state == CANCELLED else 409
-        return json_response(record.to_json_dict(), status, extra)
+        if record.state == CANCELLED:
+            return json_response(record.to_json_dict(), 200, extra)
+        body = record.to_json_dict()
+        if record.state in IN_FLIGHT:
+            # The app has the whole body: it decides the outcome, the cancel changes nothing.
+            body["error"] = {"status": 409, "message": TOO_LATE_TO_CANCEL}
+        return json_response(body, 409, extra)
 
     def _lookup(
         self,

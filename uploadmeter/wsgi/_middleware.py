@@ -23,11 +23,11 @@ from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
 from uploadmeter.core._sessions import CookieSettings, SessionCookie, SessionHook
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
-from uploadmeter.exceptions import UploadCancelled
+from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 from uploadmeter.stores import ProgressStore, open_store
 from uploadmeter.wsgi._endpoints import Endpoints, WSGIApp
 from uploadmeter.wsgi._responses import error_response
-from uploadmeter.wsgi._stream import MeteredInput
+from uploadmeter.wsgi._stream import UNREADABLE, CappedInput, MeteredInput
 
 log = logging.getLogger("uploadmeter")
 
@@ -205,6 +205,12 @@ class UploadMeterMiddleware:
     def _upload(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        if "HTTP_TRANSFER_ENCODING" in environ and environ.get("CONTENT_LENGTH"):
+            # Two framings (RFC 9112 6.1): the length the limit and the record would trust
+            # is not the body the server reads.
+            response = error_response(environ, 400, _CONFLICTING_FRAMING)
+            response.headers["Connection"] = "close"
+            return response(environ, start_response)
         length = _content_length(environ)
         upload_id = requested_upload_id(environ)
         too_large = (
@@ -215,6 +221,8 @@ class UploadMeterMiddleware:
         if upload_id is None:
             if too_large:
                 return self._too_large(environ)(environ, start_response)
+            if length is None and self.max_content_length is not None:
+                return self._capped(environ, start_response, self.max_content_length)
             return self.app(environ, start_response)
         if not valid_upload_id(upload_id):
             return error_response(environ, 400, INVALID_ID_MESSAGE)(environ, start_response)
@@ -257,10 +265,22 @@ class UploadMeterMiddleware:
             # A bare WSGI app may let our own UploadTooLarge/UploadCancelled escape.
             _finish(tracker, stream, handle, exc.code or 500)
             return exc.get_response(environ)(environ, start_response)
-        except Exception:
-            _finish(tracker, stream, handle, None, crashed=True)
+        except BaseException as exc:
+            # Also SystemExit: gunicorn's worker timeout (and a shutdown) raises it in the
+            # middle of a read; the record must say so before the worker goes.
+            _finish(tracker, stream, handle, None, crashed=exc)
             raise
         return ClosingIterator(app_iter, lambda: _finish(tracker, stream, handle, None))
+
+    def _capped(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], limit: int
+    ) -> Iterable[bytes]:
+        """An untracked body of unknown length: the app reads at most ``limit`` bytes."""
+        environ["wsgi.input"] = CappedInput(environ["wsgi.input"], limit)
+        try:
+            return self.app(environ, start_response)
+        except UploadTooLarge:  # a bare WSGI app let it escape
+            return self._too_large(environ)(environ, start_response)
 
     def _too_large(
         self, environ: dict[str, Any], extra: list[tuple[str, str]] | None = None
@@ -272,6 +292,7 @@ class UploadMeterMiddleware:
 
 
 _TOO_LARGE = "The upload is larger than this server accepts."
+_CONFLICTING_FRAMING = "The request has both Content-Length and Transfer-Encoding."
 
 
 def _finish(
@@ -280,20 +301,33 @@ def _finish(
     handle: UploadHandle,
     status: int | None,
     *,
-    crashed: bool = False,
+    crashed: BaseException | None = None,
 ) -> None:
-    """Decide the upload's final state from what the application did.  Idempotent."""
+    """Decide the upload's final state from what the application did.  Idempotent.
+
+    ``crashed``: what the application raised.  A failed read comes first: an app that lets
+    the server's disconnect error escape has not failed, the client has gone.
+    """
     record = tracker.record
     if record.state in FINISHED or record.state == PROCESSING:
         return  # decided already; processing: a task owns the record now
     length = stream.content_length
     complete = stream.received >= length if length is not None else stream.eof
-    if crashed:
-        tracker.finish(ERROR, {"status": 500, "message": "The application failed."})
-    elif stream.failure is not None and not complete:
-        where = f"{stream.received} of {length}" if length is not None else f"{stream.received}"
-        message = f"The connection closed after {where} bytes."
+    where = f"{stream.received} of {length}" if length is not None else f"{stream.received}"
+    if stream.failure is not None and not complete:
+        if stream.failure.startswith(UNREADABLE):
+            message = f"The request body could not be read after {where} bytes."
+        else:
+            message = f"The connection closed after {where} bytes."
         tracker.finish(ERROR, {"status": 400, "message": message})
+    elif crashed is not None and not isinstance(crashed, Exception):
+        # SystemExit (gunicorn's worker timeout, a shutdown), KeyboardInterrupt.
+        message = (
+            f"The server stopped the request (worker timeout or shutdown) after {where} bytes."
+        )
+        tracker.finish(ERROR, {"status": 500, "message": message})
+    elif crashed is not None:
+        tracker.finish(ERROR, {"status": 500, "message": "The application failed."})
     elif handle.failure is not None:
         code, message = handle.failure
         tracker.finish(ERROR, {"status": code, "message": message})
@@ -325,11 +359,10 @@ def requested_upload_id(environ: dict[str, Any]) -> str | None:
     """The tracking id a request carries (query ``uploadmeter_id``, ``X-Upload-ID`` or
     ``X-Progress-ID``), ``""`` when the parameter is present but empty, else ``None``."""
     query: str = environ.get("QUERY_STRING", "")
-    if "uploadmeter_id=" in query:
-        values = parse_qs(query).get("uploadmeter_id")
-        if values:
-            return values[0]
-        return ""  # present but empty: invalid, not untracked
+    if "uploadmeter_id=" in query:  # cheap pre-check; the parse decides
+        values = parse_qs(query, keep_blank_values=True).get("uploadmeter_id")
+        if values is not None:
+            return values[0]  # "" when present but empty: invalid, not untracked
     for header in ("HTTP_X_UPLOAD_ID", "HTTP_X_PROGRESS_ID"):
         if header in environ:
             return str(environ[header])

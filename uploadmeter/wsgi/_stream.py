@@ -16,11 +16,18 @@ import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wsgi import LimitedStream
+
 from uploadmeter.core._record import CANCELLED, ERROR
 from uploadmeter.core._tracker import CANCELLED_ERROR, UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 
 _monotonic = time.monotonic
+
+# What ``MeteredInput.failure`` starts with when a read raised.
+DISCONNECTED = "disconnected"
+UNREADABLE = "unreadable"
 
 
 class MeteredInput:
@@ -139,27 +146,57 @@ class MeteredInput:
             )
             raise UploadTooLarge()
         now = _monotonic()
-        if now >= self._next_report:
+        if self.received == self.content_length:
+            # The last byte: always written, and from now on too late to cancel.
+            if self._tracker.body_received(self.received, now):
+                self._cancelled()
+        elif now >= self._next_report:
             self._next_report = now + self._interval
             if self._tracker.progress(self.received, now):
                 self._cancelled()
-        elif self.received == self.content_length:
-            # The last byte is worth a write even inside the throttle window.
-            self._tracker.progress(self.received, now)
 
     def _ended(self) -> None:
         if self.eof:
             return
         self.eof = True
-        if self.content_length is not None and self.received < self.content_length:
-            self.failure = "disconnected"
+        if self.content_length is None:
+            # A body of unknown length is whole at its end.
+            if self._tracker.body_received(self.received, _monotonic()):
+                self._cancelled()
+        elif self.received < self.content_length:
+            self.failure = DISCONNECTED
 
     def _failed(self, exc: Exception) -> None:
+        """Classify a read that raised: the one place that tells a disconnect.
+
+        A vanished client is an ``OSError`` from the server's reader (a reset:
+        ``ConnectionResetError`` from gunicorn's ``Body`` and werkzeug's socket file alike;
+        gunicorn's ``NoMoreData`` for a chunked body cut short; a timeout) or werkzeug's
+        ``ClientDisconnected``; anything else is a body the server could not decode.
+        """
         if isinstance(exc, (UploadCancelled, UploadTooLarge)):
             return
-        self.failure = f"disconnected ({type(exc).__name__})"
+        kind = DISCONNECTED if isinstance(exc, (OSError, ClientDisconnected)) else UNREADABLE
+        self.failure = f"{kind} ({type(exc).__name__})"
 
     def _cancelled(self) -> None:
         self.failure = "cancelled"
         self._tracker.finish(CANCELLED, dict(CANCELLED_ERROR))
         raise UploadCancelled()
+
+
+class CappedInput(LimitedStream):
+    """An untracked body of unknown length (chunked), held to ``max_content_length``.
+
+    werkzeug's ``LimitedStream`` with the limit as a maximum, except that a body of exactly
+    ``limit`` bytes ends normally: past the limit, one more byte is looked for, and only a
+    byte that exists makes the read raise :class:`UploadTooLarge` (a werkzeug 413).
+    """
+
+    def __init__(self, stream: BinaryIO | Any, limit: int) -> None:
+        super().__init__(stream, limit, is_max=True)
+        self._source = stream
+
+    def on_exhausted(self) -> None:
+        if self._source.read(1):
+            raise UploadTooLarge()

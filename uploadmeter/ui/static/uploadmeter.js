@@ -536,7 +536,12 @@
     }
     if (run !== this.run) return; // finished while we asked
     if (status === 409 && data && data.state !== "cancelled") {
-      this.render(data, run); // it had already ended: show how
+      if (data.state === "done" || data.state === "error") {
+        this.render(data, run); // it had already ended: show how
+      } else {
+        // Too late: the server has the whole body; the running polls show how it ends.
+        setText(this.status, (data.error && data.error.message) || "Too late to cancel.");
+      }
       return;
     }
     var grace = this.submitted && status === 200 ? CANCEL_GRACE_MS : 0;
