@@ -23,7 +23,7 @@ import download_apps
 import pytest
 from chunked_app import read_completions
 from chunked_support import ChunkClient, ChunkedFile, served
-from servers import Client, multipart_body, run_gunicorn, serve_in_thread
+from servers import Client, multipart_body, run_gunicorn, serve_in_thread, tcp_buffer_max
 
 TUS = "/uploadmeter/tus/"
 V = {"Tus-Resumable": "1.0.0"}
@@ -178,16 +178,11 @@ def content_length_body() -> Iterator[bytes]:
     return body_pieces(False)
 
 
-def _tcp_buffer_max(name: str) -> int:
-    with open(f"/proc/sys/net/ipv4/{name}") as f:
-        return int(f.read().split()[2])
-
-
 # A server that answers at the 32 KiB mark stops the client within what the loopback socket
 # buffers take before its answer is seen (2.8 MB measured; the auto-tuning maxima bound it,
 # 10 MiB on Linux's defaults); one that read the body first would take all 64 MiB (and then
 # never answer, the body being 200 MB).
-SENT_BEFORE_THE_ANSWER = _tcp_buffer_max("tcp_wmem") + _tcp_buffer_max("tcp_rmem")
+SENT_BEFORE_THE_ANSWER = tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem")
 
 
 @pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])

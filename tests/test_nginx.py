@@ -34,6 +34,7 @@ from servers import (
     free_port,
     new_upload_id,
     run_gunicorn,
+    tcp_buffer_max,
     wait_for_port,
     wait_until,
 )
@@ -379,17 +380,12 @@ def test_chunk_posts_reach_the_app_as_they_arrive(
     assert [d["sha256"] for d in done] == [f.sha256]
 
 
-def _tcp_buffer_max(name: str) -> int:
-    with open(f"/proc/sys/net/ipv4/{name}") as f:
-        return int(f.read().split()[2])
-
-
 DOWNLOAD = 48 * 1024 * KB
 # What may lie between the app and a client that stopped reading when nginx streams the
 # response: the app's send and nginx's receive buffer (auto-tuned up to these maxima),
 # nginx's send buffer, and nginx's proxy_buffer_size.  About 14 MiB on Linux's defaults,
 # far below DOWNLOAD: a buffering nginx takes all of it.
-IN_FLIGHT = 2 * _tcp_buffer_max("tcp_wmem") + _tcp_buffer_max("tcp_rmem") + 64 * KB
+IN_FLIGHT = 2 * tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem") + 64 * KB
 
 
 def buffering_downloads(config: str) -> str:
