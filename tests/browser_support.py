@@ -33,6 +33,21 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
+@contextlib.contextmanager
+def chromium_serving(scripts: Iterable[str]) -> Iterator[Any]:
+    """Chromium for pages that serve the npm ``scripts`` (paths in tests/js/node_modules)."""
+    import pytest
+    from playwright.sync_api import sync_playwright
+
+    for script in scripts:
+        if not os.path.exists(script):
+            pytest.fail(f"{script} is missing: run `npm ci --prefix tests/js`")
+    with sync_playwright() as p:
+        chromium = launch_chromium(p)
+        yield chromium
+        chromium.close()
+
+
 class RequestLog:
     """WSGI wrapper: counts requests in flight and remembers how finished ones ended."""
 
