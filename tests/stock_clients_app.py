@@ -15,9 +15,8 @@ import os
 from chunked_app import completion_log
 from flask import Flask, abort, send_file
 
-from uploadmeter.chunks import ChunkUploads
-from uploadmeter.filestore import FileStore
 from uploadmeter.flask import UploadMeter
+from uploadmeter.resumable import ChunkUploads, FileStore
 
 NODE_MODULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js", "node_modules")
 SCRIPTS = {
