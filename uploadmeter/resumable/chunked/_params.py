@@ -20,30 +20,21 @@ from typing import IO, Any
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import parse_form_data
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Request
 from werkzeug.wsgi import get_input_stream
 
-from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.exceptions import ChunkRefused, InvalidName
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
+    DISK_FULL_RETRY_AFTER,
     FileStore,
-    InvalidName,
     clean_filename,
     clean_relative_path,
     is_disk_full,
 )
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
-from uploadmeter.wsgi._responses import json_response
 
-__all__ = [
-    "ChunkParams",
-    "ChunkRefused",
-    "disk_full",
-    "merge_values",
-    "param",
-    "parse_params",
-    "receive_chunk",
-]
+__all__ = ["ChunkParams", "disk_full", "merge_values", "param", "parse_params", "receive_chunk"]
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _INT = re.compile(r"\d{1,18}")
@@ -51,22 +42,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORM_OVERHEAD = 64 * 1024  # a multipart chunk's parameters and part headers
 
 
-class ChunkRefused(UploadMeterError):
-    """A chunk-protocol answer other than success; becomes a short JSON error."""
-
-    def __init__(self, status: int, reason: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.extra = status, reason, message, extra
-
-    def response(self, headers: list[tuple[str, str]]) -> Response:
-        body = {"error": {"status": self.status, "reason": self.reason, "message": self.message}}
-        body.update(self.extra)
-        return json_response(body, self.status, headers)
-
-
 def disk_full() -> ChunkRefused:
     """The disk is full: ``507`` (temporary; the answer carries ``Retry-After``)."""
-    return ChunkRefused(507, "disk_full", DISK_FULL_MESSAGE)
+    return ChunkRefused(
+        "disk_full",
+        DISK_FULL_MESSAGE,
+        status=507,
+        headers={"Retry-After": str(DISK_FULL_RETRY_AFTER)},
+    )
 
 
 @dataclass(frozen=True)
@@ -126,44 +109,39 @@ def parse_params(
     def optional(name: str) -> int | None:
         value = param(values, name)
         if value is not None and not _INT.fullmatch(value):
-            raise ChunkRefused(415, "bad_parameter", f"Parameter {name} is not a number.")
+            raise ChunkRefused("bad_parameter", f"Parameter {name} is not a number.")
         return None if value is None else int(value)
 
     def required(name: str) -> int:
         value = optional(name)
         if value is None:
-            raise ChunkRefused(415, "bad_parameter", f"Missing parameter {name}.")
+            raise ChunkRefused("bad_parameter", f"Missing parameter {name}.")
         return value
 
     identifier = param(values, "identifier")
     if not identifier or len(identifier) > 255 or _CONTROL.search(identifier):
-        raise ChunkRefused(
-            415, "bad_identifier", "The identifier must be 1-255 printable characters."
-        )
+        raise ChunkRefused("bad_identifier", "The identifier must be 1-255 printable characters.")
     try:
         filename = clean_filename(param(values, "filename") or "")
         relative = param(values, "relativePath")
         relative_path = clean_relative_path(relative) if relative else None
     except InvalidName as exc:
-        raise ChunkRefused(415, "bad_filename", str(exc)) from None
+        raise ChunkRefused("bad_filename", str(exc)) from None
     total_size = required("totalSize")
     chunk_size = required("chunkSize")
     total_chunks = required("totalChunks")
     if total_size > max_file_size:
         raise ChunkRefused(
-            415,
-            "too_large",
-            f"The file is larger than this server accepts ({max_file_size} bytes).",
+            "too_large", f"The file is larger than this server accepts ({max_file_size} bytes)."
         )
     if not 1 <= chunk_size <= max_chunk_size:
-        raise ChunkRefused(415, "bad_chunk_size", f"chunkSize must be 1 to {max_chunk_size} bytes.")
+        raise ChunkRefused("bad_chunk_size", f"chunkSize must be 1 to {max_chunk_size} bytes.")
     # Clients split with floor (last chunk up to 2 x chunkSize) or, with
     # forceChunkSize, ceil (last chunk smaller); anything else is not a real split.
     floor = max(total_size // chunk_size, 1)
     ceil = max(-(-total_size // chunk_size), 1)
     if total_chunks not in (floor, ceil) or total_chunks > max_chunks:
         raise ChunkRefused(
-            415,
             "bad_total_chunks",
             f"totalChunks must be {floor}"
             + (f" or {ceil}" if ceil != floor else "")
@@ -171,10 +149,10 @@ def parse_params(
         )
     number = required("chunkNumber") if chunk else optional("chunkNumber")
     if number is not None and not 1 <= number <= total_chunks:
-        raise ChunkRefused(415, "bad_chunk_number", "chunkNumber is out of range.")
+        raise ChunkRefused("bad_chunk_number", "chunkNumber is out of range.")
     sha256 = values.get("sha256")
     if sha256 is not None and not SHA256.fullmatch(sha256):
-        raise ChunkRefused(415, "bad_parameter", "sha256 must be 64 hex digits.")
+        raise ChunkRefused("bad_parameter", "sha256 must be 64 hex digits.")
     params = ChunkParams(
         identifier=identifier,
         filename=filename,
@@ -188,9 +166,7 @@ def parse_params(
     )
     current = params.current_chunk_size
     if number is not None and current is not None and current != params.expected_size(number):
-        raise ChunkRefused(
-            415, "size_mismatch", "currentChunkSize does not match the declared sizes."
-        )
+        raise ChunkRefused("size_mismatch", "currentChunkSize does not match the declared sizes.")
     return params
 
 
@@ -224,7 +200,7 @@ def receive_chunk(
             )
             storage = parts.get(file_field)
             if storage is None:
-                raise ChunkRefused(415, "no_file", f"The request has no file field {file_field!r}.")
+                raise ChunkRefused("no_file", f"The request has no file field {file_field!r}.")
             keep = next(path for path, f in created if f is storage.stream)
             for key, value in form.items(multi=True):
                 values.setlist(key, [value])  # the body's values win over the query's
@@ -241,15 +217,13 @@ def receive_chunk(
         ok = True
     except RequestEntityTooLarge:
         raise ChunkRefused(
-            415, "too_large", f"A chunk request may hold at most {limit} bytes."
+            "too_large", f"A chunk request may hold at most {limit} bytes."
         ) from None
     except (HTTPException, ValueError, OSError) as exc:
         if is_disk_full(exc):  # temporary (507): nothing of the chunk is kept
             raise disk_full() from None
         # The client went away mid-body, or the body is not valid multipart.
-        raise ChunkRefused(
-            415, "bad_body", "The chunk request body is incomplete or invalid."
-        ) from exc
+        raise ChunkRefused("bad_body", "The chunk request body is incomplete or invalid.") from exc
     finally:
         for path, f in created:
             f.close()
@@ -273,7 +247,7 @@ def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
             data = request.get_data()
             body = json.loads(data) if data.strip() else {}
             if not isinstance(body, dict):
-                raise ChunkRefused(400, "bad_json", "The JSON body must be an object.")
+                raise ChunkRefused("bad_json", "The JSON body must be an object.", status=400)
             for key, value in body.items():
                 values.setlist(key, [str(value)])
         else:
@@ -282,12 +256,12 @@ def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
     except RequestEntityTooLarge:
         limits = f"{SMALL_BODY} bytes and {SmallBodyRequest.max_form_parts} form fields"
         raise ChunkRefused(
-            413, "too_large", f"A merge request may hold at most {limits}."
+            "too_large", f"A merge request may hold at most {limits}.", status=413
         ) from None
     except RecursionError:
-        raise ChunkRefused(400, "bad_json", "The JSON body is nested too deeply.") from None
+        raise ChunkRefused("bad_json", "The JSON body is nested too deeply.", status=400) from None
     except ValueError:  # not JSON, or not UTF-8
-        raise ChunkRefused(400, "bad_json", "The request body is not valid JSON.") from None
+        raise ChunkRefused("bad_json", "The request body is not valid JSON.", status=400) from None
     except HTTPException:  # the client went away mid-body
-        raise ChunkRefused(400, "bad_body", "The request body is incomplete.") from None
+        raise ChunkRefused("bad_body", "The request body is incomplete.", status=400) from None
     return values
