@@ -99,12 +99,12 @@ from uploadmeter.resumable._storage import (
 )
 from uploadmeter.resumable.chunked._params import (
     SHA256,
+    ChunkBody,
     ChunkParams,
     disk_full,
     merge_values,
     param,
     parse_params,
-    receive_chunk,
 )
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
@@ -364,11 +364,21 @@ class ChunkUploads(ResumableEndpoint):
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
     ) -> Response:
         session = self._session(environ)  # before reading the body
-        values, received, size = receive_chunk(
-            environ, self.files, file_field=self.file_field, max_chunk_size=self.max_chunk_size
-        )
+        body = ChunkBody(environ, file_field=self.file_field, max_chunk_size=self.max_chunk_size)
+        # Checked before a byte of the chunk is read: a refused, cancelled or complete
+        # upload costs no disk, and the declared size bounds the read.
+        params = self._params(body.parameters(), chunk=True)
+        up = self._upload(session, params.identifier)
+        self._check_cancelled(up, arrived)
+        done = self._done(up, arrived) or self._instant(up, params)
+        if done is not None:  # a late duplicate of a finished upload, or an instant upload
+            return self._answer(up, params, extra, done=done)
+        assert params.chunk_number is not None
+        received, size = body.save(self.files, params.expected_size(params.chunk_number))
         try:
-            params = self._params(values, chunk=True)
+            # Again with the whole body's parameters; a cancel or a merge may have come
+            # while it was read.
+            params = self._params(body.values, chunk=True)
             number = params.chunk_number
             assert number is not None
             if size != params.expected_size(number):
