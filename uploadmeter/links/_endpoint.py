@@ -17,12 +17,10 @@ share page, ``POST`` it with ``code`` to get the file (a redirect to a fresh sig
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.http import http_date, parse_accept_header
@@ -41,6 +39,7 @@ from uploadmeter.links._signing import (
     SecretKey,
 )
 from uploadmeter.stores._base import ProgressStore
+from uploadmeter.ui import template_environment
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
 from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
 
@@ -246,7 +245,7 @@ class DownloadLinks:
         return redirect(url, 303)
 
     def _share_page(self, share: Share, error: ShareError | None) -> Response:
-        page = _templates().get_template("uploadmeter/share.html")
+        page = template_environment().get_template("uploadmeter/share.html")
         html = page.render(
             title=share.filename or self._display_name(share.target) or "Shared file",
             available_until=http_date(share.expires_at),
@@ -273,9 +272,3 @@ def _asks_for_json(request: Request) -> bool:
     accept = parse_accept_header(request.environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
     return accept.best_match(["text/html", "application/json"]) == "application/json"
 
-
-@functools.cache
-def _templates() -> Environment:
-    return Environment(
-        loader=PackageLoader("uploadmeter.ui", "templates"), autoescape=select_autoescape(["html"])
-    )
