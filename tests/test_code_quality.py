@@ -42,6 +42,7 @@ def _occurrences(needle: str, suffix: str) -> list[str]:
     ("needle", "suffix"),
     [
         ("PackageLoader(", ".py"),  # one Jinja environment: uploadmeter.ui.template_environment
+        ("parse_accept_header(", ".py"),  # one Accept negotiation: wsgi._responses.negotiate
     ],
 )
 def test_policy_is_written_once(needle: str, suffix: str) -> None:

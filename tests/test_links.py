@@ -513,3 +513,24 @@ def test_demo_downloads_in_chromium(demo: Any, tmp_path: Path) -> None:
             screenshot(colleague, "downloads-share-page")
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "text/html"),
+        ("*/*", "text/html"),
+        ("application/json", "application/json"),
+        ("text/html", "text/html"),
+        ("text/html;q=0.5, application/json", "application/json"),
+        ("application/*", "application/json"),
+        ("image/png", "text/html"),
+    ],
+)
+def test_share_page_is_html_unless_json_is_preferred(
+    site: Site, accept: str | None, expected: str
+) -> None:
+    share = site.links.share("notes")
+    headers = {} if accept is None else {"Accept": accept}
+    status, got, _ = site.get(site.links.share_url(share.id), **headers)
+    assert status == 200 and got["content-type"].split(";")[0] == expected

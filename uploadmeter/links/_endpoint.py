@@ -21,12 +21,11 @@ import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
-from werkzeug.http import http_date, parse_accept_header
+from werkzeug.http import http_date
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_current_url
 
 from uploadmeter.downloads._api import Downloader
@@ -41,7 +40,14 @@ from uploadmeter.links._signing import (
 from uploadmeter.stores._base import ProgressStore
 from uploadmeter.ui import template_environment
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
-from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
+from uploadmeter.wsgi._responses import (
+    HTML,
+    JSON,
+    NO_STORE,
+    error_response,
+    json_response,
+    negotiate,
+)
 
 if TYPE_CHECKING:
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
@@ -209,7 +215,8 @@ class DownloadLinks:
             return None
 
     def _serve_share(self, request: SmallBodyRequest, share_id: str) -> Response:
-        wants_json = _asks_for_json(request)
+        # Share pages are pages: JSON only when the client prefers it over HTML.
+        wants_json = negotiate(request.environ, (HTML, JSON)) == JSON
         if request.method != "POST":
             counted = request.method == "GET"  # a HEAD is no view
             share = self.shares.viewed(share_id) if counted else self.shares.get(share_id)
@@ -265,10 +272,3 @@ class DownloadLinks:
         if isinstance(source, os.PathLike):
             return os.path.basename(os.fspath(source)) or None
         return None
-
-
-def _asks_for_json(request: Request) -> bool:
-    """Share pages are pages: JSON only when the client prefers it over HTML."""
-    accept = parse_accept_header(request.environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
-    return accept.best_match(["text/html", "application/json"]) == "application/json"
-

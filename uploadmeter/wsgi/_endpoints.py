@@ -14,9 +14,7 @@ import io
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
-from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import NotFound
-from werkzeug.http import parse_accept_header
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
@@ -24,7 +22,7 @@ from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
 from uploadmeter.core._tracker import TOO_LATE_TO_CANCEL, load_record, request_cancel
 from uploadmeter.exceptions import StoreError
-from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
+from uploadmeter.wsgi._responses import JSON, NO_STORE, error_response, json_response, negotiate
 
 if TYPE_CHECKING:
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
@@ -185,9 +183,4 @@ def _wants_xml(request: Request) -> bool:
     fmt = request.args.get("format")
     if fmt:
         return fmt.lower() == "xml"
-    header = request.environ.get("HTTP_ACCEPT", "*/*")
-    if "xml" not in header and "text/" not in header:
-        return False  # fetch's "*/*" and JSON clients: no need to parse (a quarter of a poll)
-    accept = parse_accept_header(header, MIMEAccept)
-    best = accept.best_match(["application/json", "application/xml", "text/xml"])
-    return best in ("application/xml", "text/xml")
+    return negotiate(request.environ, (JSON, "application/xml", "text/xml")) != JSON
