@@ -43,6 +43,7 @@ def _occurrences(needle: str, suffix: str) -> list[str]:
     [
         ("PackageLoader(", ".py"),  # one Jinja environment: uploadmeter.ui.template_environment
         ("parse_accept_header(", ".py"),  # one Accept negotiation: wsgi._responses.negotiate
+        ("function formatBytes(", ".js"),  # one byte formatter: static/uploadmeter-format.js
     ],
 )
 def test_policy_is_written_once(needle: str, suffix: str) -> None:

@@ -42,6 +42,7 @@ def asset_version() -> str:
     digest = hashlib.sha256()
     static = resources.files("uploadmeter.ui").joinpath("static")
     for name in (
+        "uploadmeter-format.js",
         "uploadmeter.js",
         "uploadmeter.css",
         "uploadmeter-chunked.js",
