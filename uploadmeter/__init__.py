@@ -12,7 +12,7 @@ records per-field progress in a store shared by every worker, and answers
 """
 
 from uploadmeter.core._observer import MultipartObserver
-from uploadmeter.core._record import FieldProgress, UploadRecord
+from uploadmeter.core._record import FieldProgress, State, UploadRecord
 from uploadmeter.exceptions import (
     InvalidUploadId,
     StoreError,
@@ -41,6 +41,7 @@ __all__ = [
     "ProgressStore",
     "RedisStore",
     "SQLiteStore",
+    "State",
     "StoreError",
     "TusUploads",
     "UnsafeStorePath",

@@ -21,6 +21,7 @@ from uploadmeter.core._record import (
     UNKNOWN,
     UPLOADING,
     FieldProgress,
+    State,
     UploadRecord,
 )
 from uploadmeter.core._sessions import CookieSettings, SessionCookie
@@ -43,6 +44,7 @@ __all__ = [
     "LockTimeout",
     "MultipartObserver",
     "SessionCookie",
+    "State",
     "StoreLock",
     "TrackerSettings",
     "UploadRecord",
