@@ -48,3 +48,10 @@ def _occurrences(needle: str, suffix: str) -> list[str]:
 )
 def test_policy_is_written_once(needle: str, suffix: str) -> None:
     assert len(_occurrences(needle, suffix)) == 1, _occurrences(needle, suffix)
+
+
+def test_wsgi_types_come_from_typeshed() -> None:
+    """No hand-written WSGI aliases: signatures use ``_typeshed.wsgi``'s types."""
+    assert _occurrences("Callable[[dict[str, Any], Callable", ".py") == []
+    assert _occurrences("start_response: Any", ".py") == []
+    assert _occurrences("start_response: Callable[..., Any]", ".py") == []

@@ -46,6 +46,8 @@ from uploadmeter.exceptions import InvalidUploadId, StoreError, UploadMeterError
 from uploadmeter.stores._base import ProgressStore
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
@@ -362,7 +364,7 @@ def task(
 
 def request_task(
     meter: UploadMeterMiddleware,
-    environ: dict[str, Any],
+    environ: WSGIEnvironment,
     upload_id: str,
     phase: str,
     *,

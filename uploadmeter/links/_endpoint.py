@@ -50,6 +50,8 @@ from uploadmeter.wsgi._responses import (
 )
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 __all__ = ["DownloadLinks"]
@@ -124,7 +126,7 @@ class DownloadLinks:
         expires_in: float = 300,
         single_use: bool = False,
         filename: str | None = None,
-        environ: dict[str, Any] | None = None,
+        environ: WSGIEnvironment | None = None,
         external: bool = False,
     ) -> str:
         """A URL downloading ``target`` without a session (see :meth:`LinkSigner.create`).
@@ -141,11 +143,11 @@ class DownloadLinks:
         return self.shares.create(target, **options)
 
     def share_url(
-        self, share_id: str, *, environ: dict[str, Any] | None = None, external: bool = False
+        self, share_id: str, *, environ: WSGIEnvironment | None = None, external: bool = False
     ) -> str:
         return self._url(f"/s/{share_id}", environ, external)
 
-    def _url(self, path: str, environ: dict[str, Any] | None, external: bool) -> str:
+    def _url(self, path: str, environ: WSGIEnvironment | None, external: bool) -> str:
         if environ is None:
             if external:
                 raise ValueError("external URLs need the request's environ")
@@ -158,10 +160,10 @@ class DownloadLinks:
 
     # -- serving -------------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.respond(environ)(environ, start_response)
 
-    def respond(self, environ: dict[str, Any]) -> Response:
+    def respond(self, environ: WSGIEnvironment) -> Response:
         try:
             endpoint, args = self.url_map.bind_to_environ(environ).match()
         except MethodNotAllowed as exc:
@@ -186,7 +188,7 @@ class DownloadLinks:
         except HTTPException as exc:  # e.g. a body that ended early
             return error_response(environ, exc.code or 400, exc.description or "Bad request.")
 
-    def _serve_link(self, environ: dict[str, Any], token: str) -> Response:
+    def _serve_link(self, environ: WSGIEnvironment, token: str) -> Response:
         link = self.signer.verify(token)
         if link.share is not None:
             self.shares.get(link.share)  # a revoked or expired share takes its links along

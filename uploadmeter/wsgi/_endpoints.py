@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.shared_data import SharedDataMiddleware
@@ -25,9 +25,9 @@ from uploadmeter.exceptions import StoreError
 from uploadmeter.wsgi._responses import JSON, NO_STORE, error_response, json_response, negotiate
 
 if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 # A body of a few parameters (a merge request, a share's code form): a few KB.  Also room
 # for a relativePath of 4096 bytes, percent-encoded.
@@ -72,10 +72,10 @@ class Endpoints:
         self.static = SharedDataMiddleware(
             NotFound(), {"/static": ("uploadmeter.ui", "static")}, cache_timeout=3600
         )
-        self.mounts: dict[str, WSGIApp] = {}
+        self.mounts: dict[str, WSGIApplication] = {}
 
     def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], sub: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, sub: str
     ) -> Iterable[bytes]:
         if sub == "/progress":
             return self.progress(environ)(environ, start_response)
@@ -96,7 +96,7 @@ class Endpoints:
 
     # -- progress and cancel --------------------------------------------------------------
 
-    def progress(self, environ: dict[str, Any]) -> Response:
+    def progress(self, environ: WSGIEnvironment) -> Response:
         found = self._lookup(
             environ,
             ("GET", "HEAD"),
@@ -116,7 +116,7 @@ class Endpoints:
             return response
         return json_response(record.to_json_dict(), 200, extra)
 
-    def cancel(self, environ: dict[str, Any]) -> Response:
+    def cancel(self, environ: WSGIEnvironment) -> Response:
         found = self._lookup(
             environ,
             ("POST",),
@@ -143,7 +143,7 @@ class Endpoints:
 
     def _lookup(
         self,
-        environ: dict[str, Any],
+        environ: WSGIEnvironment,
         methods: tuple[str, ...],
         action: Callable[[str, str], UploadRecord | None],
         unavailable: str,
@@ -167,7 +167,7 @@ class Endpoints:
         except StoreError as exc:
             return error_response(environ, 503, f"{unavailable}: {exc}")
 
-    def _method_not_allowed(self, environ: dict[str, Any], allow: str) -> Response:
+    def _method_not_allowed(self, environ: WSGIEnvironment, allow: str) -> Response:
         return error_response(environ, 405, f"Use {allow}.", [("Allow", allow)])
 
 

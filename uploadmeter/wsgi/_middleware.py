@@ -9,8 +9,8 @@ every worker shares.  The application parses the body exactly as before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from werkzeug.exceptions import HTTPException
@@ -25,9 +25,12 @@ from uploadmeter.core._sessions import CookieSettings, SessionCookie, SessionHoo
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 from uploadmeter.stores import ProgressStore, open_store
-from uploadmeter.wsgi._endpoints import Endpoints, WSGIApp
+from uploadmeter.wsgi._endpoints import Endpoints
 from uploadmeter.wsgi._responses import error_response
 from uploadmeter.wsgi._stream import UNREADABLE, CappedInput, MeteredInput
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("uploadmeter")
 
@@ -80,7 +83,7 @@ class UploadHandle:
             raise UploadCancelled()
 
 
-def current_upload(environ: dict[str, Any]) -> UploadHandle | None:
+def current_upload(environ: WSGIEnvironment) -> UploadHandle | None:
     """The :class:`UploadHandle` of the tracked upload in this request, if any."""
     handle = environ.get(ENVIRON_KEY)
     return handle if isinstance(handle, UploadHandle) else None
@@ -119,7 +122,7 @@ class UploadMeterMiddleware:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         secret_key: str | bytes | list[str] | list[bytes],
         store: str | ProgressStore | None = None,
         *,
@@ -156,15 +159,13 @@ class UploadMeterMiddleware:
         self.endpoints = Endpoints(self)
         self._prefix_slash = self.prefix + "/"
 
-    def mount(self, path: str, app: WSGIApp) -> None:
+    def mount(self, path: str, app: WSGIApplication) -> None:
         """Serve ``app`` under ``{prefix}{path}`` (used by the chunk and tus endpoints)."""
         self.endpoints.mounts["/" + path.strip("/")] = app
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path.startswith(self._prefix_slash):
             return self.endpoints(environ, start_response, path[len(self.prefix) :])
@@ -179,7 +180,7 @@ class UploadMeterMiddleware:
             return self._page_with_cookie(environ, start_response)
         return self.app(environ, start_response)
 
-    def session_for(self, environ: dict[str, Any]) -> tuple[str, str | None]:
+    def session_for(self, environ: WSGIEnvironment) -> tuple[str, str | None]:
         """``(session, Set-Cookie value or None)``; issues a cookie when there is none."""
         session = self.cookie.session_of(environ)
         if session is not None:
@@ -189,7 +190,7 @@ class UploadMeterMiddleware:
     # -- pages ---------------------------------------------------------------------------
 
     def _page_with_cookie(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
+        self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             for name, value in headers:
@@ -202,9 +203,7 @@ class UploadMeterMiddleware:
 
     # -- uploads -------------------------------------------------------------------------
 
-    def _upload(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def _upload(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if "HTTP_TRANSFER_ENCODING" in environ and environ.get("CONTENT_LENGTH"):
             # Two framings (RFC 9112 6.1): the length the limit and the record would trust
             # is not the body the server reads.
@@ -273,7 +272,7 @@ class UploadMeterMiddleware:
         return ClosingIterator(app_iter, lambda: _finish(tracker, stream, handle, None))
 
     def _capped(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], limit: int
+        self, environ: WSGIEnvironment, start_response: StartResponse, limit: int
     ) -> Iterable[bytes]:
         """An untracked body of unknown length: the app reads at most ``limit`` bytes."""
         environ["wsgi.input"] = CappedInput(environ["wsgi.input"], limit)
@@ -283,7 +282,7 @@ class UploadMeterMiddleware:
             return self._too_large(environ)(environ, start_response)
 
     def _too_large(
-        self, environ: dict[str, Any], extra: list[tuple[str, str]] | None = None
+        self, environ: WSGIEnvironment, extra: list[tuple[str, str]] | None = None
     ) -> Response:
         response = error_response(environ, 413, _TOO_LARGE, extra or [])
         # The body is not read; tell the client the connection will not be reused.
@@ -344,7 +343,7 @@ def _finish(
         tracker.finish(ERROR, {"status": status, "message": message})
 
 
-def _content_length(environ: dict[str, Any]) -> int | None:
+def _content_length(environ: WSGIEnvironment) -> int | None:
     value = environ.get("CONTENT_LENGTH")
     if not value:
         return None
@@ -355,7 +354,7 @@ def _content_length(environ: dict[str, Any]) -> int | None:
     return length if length >= 0 else None
 
 
-def requested_upload_id(environ: dict[str, Any]) -> str | None:
+def requested_upload_id(environ: WSGIEnvironment) -> str | None:
     """The tracking id a request carries (query ``uploadmeter_id``, ``X-Upload-ID`` or
     ``X-Progress-ID``), ``""`` when the parameter is present but empty, else ``None``."""
     query: str = environ.get("QUERY_STRING", "")

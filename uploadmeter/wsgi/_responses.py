@@ -10,11 +10,14 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
 from werkzeug.wrappers import Response
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -23,7 +26,7 @@ JSON = "application/json"
 HTML = "text/html"
 
 
-def negotiate(environ: dict[str, Any], offers: Sequence[str]) -> str:
+def negotiate(environ: WSGIEnvironment, offers: Sequence[str]) -> str:
     """The one Accept negotiation: the offer the client prefers, the first offer on a tie
     (``*/*``) or when the client accepts none of them."""
     header = environ.get("HTTP_ACCEPT") or "*/*"
@@ -48,7 +51,7 @@ def json_response(
 
 
 def error_response(
-    environ: dict[str, Any],
+    environ: WSGIEnvironment,
     status: int,
     message: str,
     headers: Iterable[tuple[str, str]] = (),

@@ -85,6 +85,8 @@ from uploadmeter.resumable._storage import (
 from uploadmeter.wsgi._responses import NO_STORE, error_response
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
@@ -199,9 +201,7 @@ class TusUploads(ResumableEndpoint):
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             response = self._dispatch(Request(environ))
         except _Answer as answer:
