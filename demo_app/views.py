@@ -27,6 +27,7 @@ from demo_app.storage import StoredFile, UploadFolder
 from uploadmeter import UploadCancelled
 from uploadmeter.flask import UploadMeter, current_upload
 
+meter = UploadMeter()  # create_app initialises it on the app
 bp = Blueprint("demo", __name__)
 
 
@@ -136,7 +137,6 @@ def compress() -> ResponseReturnValue:
     except UploadCancelled:
         folder().remove(saved.name)  # cancelled as the upload ended: keep nothing
         raise
-    meter: UploadMeter = current_app.extensions["uploadmeter"].meter
     compressor.submit(job, meter.task(handle.id, "compressing", total=saved.size))
     return jsonify(saved=saved.name, compressing=True)
 

@@ -11,7 +11,6 @@ records per-field progress in a store shared by every worker, and answers
 :class:`uploadmeter.flask.UploadMeter` instead.
 """
 
-from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import FieldProgress, State, UploadRecord
 from uploadmeter.exceptions import (
     InvalidUploadId,
@@ -21,6 +20,7 @@ from uploadmeter.exceptions import (
     UploadMeterError,
     UploadTooLarge,
 )
+from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._completion import UploadRejected
 from uploadmeter.resumable._storage import FileInfo
 from uploadmeter.resumable.chunked._app import ChunkUploads
@@ -37,7 +37,7 @@ __all__ = [
     "FileInfo",
     "InvalidUploadId",
     "MemoryStore",
-    "MultipartObserver",
+    "ProcessingTask",
     "ProgressStore",
     "RedisStore",
     "SQLiteStore",

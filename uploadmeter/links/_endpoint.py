@@ -6,8 +6,8 @@ ties signed links (:mod:`uploadmeter.links`) and shares (:mod:`uploadmeter.links
 to a ``resolver(target) -> source`` callback, and serves them as a WSGI app that the
 middleware mounts::
 
-    links = DownloadLinks.attach(middleware, resolver=lambda ref: files_dir / ref,
-                                 secret_key=app.secret_key)
+    links = DownloadLinks(lambda ref: files_dir / ref, app.secret_key, middleware.store)
+    middleware.mount("/d", links)                  # {prefix}/d/l/... and {prefix}/d/s/...
     url = links.signed_url("report.pdf", expires_in=300, environ=request.environ)
     share = links.share("report.pdf", code=True)   # links.share_url(share.id), share.code
 
@@ -52,7 +52,6 @@ from uploadmeter.wsgi._responses import (
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 __all__ = ["DownloadLinks"]
 
@@ -68,7 +67,8 @@ class DownloadLinks:
         ``LookupError`` answers 404.
     :param secret_key: signs links and keys code signatures (a list for rotation).
     :param store: shared by all workers; usually the middleware's.
-    :param base_path: where the app is mounted, from the site root (``{prefix}/d``).
+    :param base_path: where the app is mounted, from the site root (``{prefix}/d``);
+        :meth:`UploadMeterMiddleware.mount` sets it.
     :param downloader: how files are sent (e.g. ``Downloader(root=..., remote=...)``).
     :param share_link_ttl: seconds the link handed out after a share's code is valid;
         single-use when the share has ``max_downloads``.
@@ -101,21 +101,9 @@ class DownloadLinks:
             ]
         )
 
-    @classmethod
-    def attach(
-        cls,
-        meter: UploadMeterMiddleware,
-        resolver: Resolver,
-        secret_key: SecretKey,
-        *,
-        path: str = "/d",
-        **options: Any,
-    ) -> DownloadLinks:
-        """Create the links app on the middleware's store and mount it at ``{prefix}{path}``."""
-        path = "/" + path.strip("/")
-        links = cls(resolver, secret_key, meter.store, base_path=meter.prefix + path, **options)
-        meter.mount(path, links)
-        return links
+    def mounted_at(self, path: str) -> None:
+        """Called by :meth:`UploadMeterMiddleware.mount`: links are built under ``path``."""
+        self.base_path = "/" + path.strip("/")
 
     # -- making links --------------------------------------------------------------------
 

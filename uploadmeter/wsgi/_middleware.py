@@ -84,7 +84,8 @@ class UploadHandle:
 
 
 def current_upload(environ: WSGIEnvironment) -> UploadHandle | None:
-    """The :class:`UploadHandle` of the tracked upload in this request, if any."""
+    """The :class:`UploadHandle` of the tracked upload in the request of this WSGI
+    ``environ``, or ``None`` (Flask views call :func:`uploadmeter.flask.current_upload`)."""
     handle = environ.get(ENVIRON_KEY)
     return handle if isinstance(handle, UploadHandle) else None
 
@@ -160,8 +161,17 @@ class UploadMeterMiddleware:
         self._prefix_slash = self.prefix + "/"
 
     def mount(self, path: str, app: WSGIApplication) -> None:
-        """Serve ``app`` under ``{prefix}{path}`` (used by the chunk and tus endpoints)."""
-        self.endpoints.mounts["/" + path.strip("/")] = app
+        """Serve ``app`` under ``{prefix}{path}``: the one way to add an endpoint
+        (:class:`ChunkUploads`, :class:`TusUploads`, :class:`~uploadmeter.links.DownloadLinks`).
+
+        An app with a ``mounted_at(path)`` method is told its path from the site root
+        (``{prefix}{path}``), to build its own URLs.
+        """
+        path = "/" + path.strip("/")
+        self.endpoints.mounts[path] = app
+        mounted_at = getattr(app, "mounted_at", None)
+        if callable(mounted_at):
+            mounted_at(self.prefix + path)
 
     # -- dispatch ------------------------------------------------------------------------
 
