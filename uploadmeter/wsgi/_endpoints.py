@@ -145,7 +145,7 @@ class Endpoints:
             body["error"] = {"status": 409, "message": TOO_LATE_TO_CANCEL}
         return json_response(body, 409, extra)
 
-    def session(self, environ: dict[str, Any]) -> Response:
+    def session(self, environ: WSGIEnvironment) -> Response:
         """Make sure the client has a session (the progress endpoint issues it the same way)."""
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return self._method_not_allowed(environ, "GET, HEAD")
