@@ -29,7 +29,7 @@ from chunked_support import (
 )
 from servers import RawUpload, multipart_body, run_gunicorn, wait_until
 
-from uploadmeter.core._tracker import record_key
+from uploadmeter.core._records import record_key
 from uploadmeter.processing import task
 from uploadmeter.resumable import FileInfo, UploadRejected
 

@@ -18,7 +18,7 @@ from werkzeug.formparser import parse_form_data
 
 from uploadmeter import InvalidUploadId, MemoryStore, UploadMeterMiddleware, current_upload
 from uploadmeter.core import UPLOADING, TrackerSettings, UploadRecord
-from uploadmeter.core._tracker import load_record, record_key, request_cancel
+from uploadmeter.core._records import record_key
 from uploadmeter.processing import (
     ProcessingCancelled,
     ProcessingFailed,
@@ -371,7 +371,7 @@ def test_percentage_never_goes_backwards() -> None:
     t = task(meter, session, upload_id, "scanning", total=100).start()
 
     def shown() -> Any:
-        record = load_record(store, session, upload_id, 60)
+        record = meter.records.load(session, upload_id)
         assert record is not None
         return record.to_json_dict()["processing"]
 
@@ -406,14 +406,14 @@ def test_the_end_writes_the_numbers_a_throttled_advance_left_unwritten(end: str)
     session, upload_id = "c.session", new_upload_id()
     t = task(meter, session, upload_id, "compressing", total=100).start()
     t.advance(30)  # throttled: not written yet
-    record = load_record(store, session, upload_id, 60)
+    record = meter.records.load(session, upload_id)
     assert record is not None and plain(record.processing) == {
         "phase": "compressing",
         "done": 0,
         "total": 100,
     }
     t.finish() if end == "finish" else t.fail("Broken archive.")
-    record = load_record(store, session, upload_id, 60)
+    record = meter.records.load(session, upload_id)
     assert record is not None and record.state == ("done" if end == "finish" else "error")
     assert plain(record.processing) == {"phase": "compressing", "done": 30, "total": 100}
 
@@ -425,7 +425,7 @@ def test_a_result_set_before_start_is_shown_from_the_first_write() -> None:
     t = task(meter, session, upload_id, "compressing")
     t.set_result(original="report.pdf")
     t.start()
-    record = load_record(store, session, upload_id, 60)
+    record = meter.records.load(session, upload_id)
     assert record is not None and record.result == {"original": "report.pdf"}
 
 
@@ -437,18 +437,18 @@ def test_a_cancel_made_while_the_task_starts_is_not_lost() -> None:
     # The user cancels between the task's read of the record and its first write.
     store.after_get(
         record_key(session, upload_id),
-        lambda: request_cancel(store, session, upload_id, meter.settings),
+        lambda: meter.records.request_cancel(session, upload_id),
     )
     with pytest.raises(ProcessingCancelled):
         task(meter, session, upload_id, "compressing").start()
-    record = load_record(store, session, upload_id, 60)
+    record = meter.records.load(session, upload_id)
     assert record is not None and record.state == "cancelled"
 
 
 def test_processing_records_when_it_began_so_the_upload_time_excludes_it() -> None:
     from uploadmeter import MemoryStore
     from uploadmeter.core import UploadRecord
-    from uploadmeter.core._tracker import record_key
+    from uploadmeter.core._records import record_key
     from uploadmeter.processing import task
 
     store = MemoryStore()

@@ -37,7 +37,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 
 import uploadmeter.core._observer as observer_module
 from uploadmeter.core import DONE, MultipartObserver, TrackerSettings, UploadRecord, UploadTracker
-from uploadmeter.core._tracker import load_record
+from uploadmeter.core._records import Records
 from uploadmeter.stores import MemoryStore
 from uploadmeter.wsgi import MeteredInput
 
@@ -301,7 +301,7 @@ def check_original_bytes_and_exact_fields(
     assert observer.complete
     got = [(f.name, f.filename, f.content_type, f.bytes_received, f.state) for f in observer.fields]
     assert got == want
-    record = load_record(tracker.store, "session", "prop-test-1", stale_after=60)
+    record = Records(tracker.store, tracker.settings).load("session", "prop-test-1")
     assert record is not None
     assert record.state == DONE and record.bytes_received == len(body)
     assert [(f.name, f.bytes_received) for f in record.fields] == [

@@ -35,13 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
-from uploadmeter.core._tracker import (
-    CANCELLED_ERROR,
-    TrackerSettings,
-    cancel_flagged,
-    cancel_key,
-    record_key,
-)
+from uploadmeter.core._records import CANCELLED_ERROR, Records
+from uploadmeter.core._tracker import TrackerSettings
 from uploadmeter.exceptions import (
     InvalidUploadId,
     ProcessingCancelled,
@@ -105,8 +100,7 @@ class ProcessingTask:
         self.started_at = time.time()  # replaced by the record's own when handed over
         self.finished = False
         self._record: UploadRecord | None = None
-        self._key = record_key(session, upload_id)
-        self._cancel_key = cancel_key(session, upload_id)
+        self._records = Records(store, self.settings)
         self._lock = threading.Lock()
         self._last_write = 0.0
 
@@ -122,8 +116,7 @@ class ProcessingTask:
         with self._lock:
             if self.started:
                 return self
-            text = self.store.get(self._key)
-            record = UploadRecord.loads(text) if text is not None else None
+            record = self._records.load(self.session, self.upload_id, stale=False)
             if record is not None and record.state == CANCELLED:
                 raise ProcessingCancelled(f"upload {self.upload_id} was cancelled")
             if record is None or record.state not in IN_FLIGHT:
@@ -131,7 +124,7 @@ class ProcessingTask:
                 # record or a finished one is left from an earlier upload with this id.
                 # (Beside an in-flight record it is a cancel made just now: the write
                 # below sees it.)
-                self.store.delete(self._cancel_key)
+                self._records.clear_cancel(self.session, self.upload_id)
             if record is None:
                 record = UploadRecord(
                     id=self.upload_id, state=PROCESSING, started_at=self.started_at
@@ -213,7 +206,7 @@ class ProcessingTask:
     def cancelled(self) -> bool:
         """Whether the user asked to cancel (one store read)."""
         try:
-            return cancel_flagged(self.store.get(self._cancel_key))
+            return self._records.cancel_requested(self.session, self.upload_id)
         except StoreError:
             return False
 
@@ -282,7 +275,7 @@ class ProcessingTask:
         record.finished_at = time.time()
         if self.result:
             record.result = dict(record.result or {}, **self.result)
-        self._put(record, self.settings.ttl)
+        self._put(record, final=True)
 
     def _write(self, *, force: bool = False) -> None:
         """Write the record if due (lock held); raise :class:`ProcessingCancelled` when
@@ -296,10 +289,10 @@ class ProcessingTask:
             self.finished = True
             self._write_cancelled(record)
             raise ProcessingCancelled(f"upload {self.upload_id} was cancelled")
-        self._put(record, self.settings.stale_after + self.settings.ttl)
+        self._put(record)
         self._last_write = now
 
-    def _put(self, record: UploadRecord, ttl: float) -> None:
+    def _put(self, record: UploadRecord, *, final: bool = False) -> None:
         record.processing = {
             "phase": self.phase,
             "done": self.done,
@@ -308,7 +301,10 @@ class ProcessingTask:
         }
         record.updated_at = time.time()
         try:
-            self.store.set(self._key, record.dumps(), ttl)
+            if final:
+                self._records.finish(self.session, record)
+            else:
+                self._records.save(self.session, record)
         except StoreError as exc:
             # Like uploads: the work goes on without a store, progress resumes later.
             log.warning("uploadmeter: progress store unavailable during processing: %s", exc)
@@ -321,7 +317,7 @@ class ProcessingTask:
         record.error = dict(CANCELLED_ERROR)
         record.updated_at = time.time()
         with contextlib.suppress(StoreError):
-            self.store.set(self._key, record.dumps(), self.settings.ttl)
+            self._records.finish(self.session, record)
 
 
 def task(

@@ -1,9 +1,10 @@
 """The core: what an upload is, independent of any server interface.
 
 The core knows ids, the progress record and its states, the multipart observer that
-learns field boundaries as bytes pass, the tracker that turns bytes into throttled
-record writes, the session cookie and the store-backed locks.  It does no socket I/O and
-imports no server interface (WSGI, ASGI) and no feature package; the WSGI shell
+learns field boundaries as bytes pass, the record writer (keys, lifetimes, cancelling:
+the only code that writes records), the tracker that turns bytes into throttled record
+writes, the session cookie and the store-backed locks.  It does no socket I/O and imports
+no server interface (WSGI, ASGI) and no feature package; the WSGI shell
 (:mod:`uploadmeter.wsgi`) and the feature packages are built on it.
 """
 
@@ -24,6 +25,7 @@ from uploadmeter.core._record import (
     State,
     UploadRecord,
 )
+from uploadmeter.core._records import Records
 from uploadmeter.core._sessions import CookieSettings, SessionCookie
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
 from uploadmeter.exceptions import LockLost, LockTimeout
@@ -44,6 +46,7 @@ __all__ = [
     "LockLost",
     "LockTimeout",
     "MultipartObserver",
+    "Records",
     "SessionCookie",
     "State",
     "StoreLock",

@@ -19,12 +19,12 @@ from uploadmeter.core._record import (
     CANCELLED,
     ERROR,
     FINISHED,
-    IN_FLIGHT,
     PROCESSING,
     STARTING,
     UPLOADING,
     UploadRecord,
 )
+from uploadmeter.core._records import CANCELLED_ERROR, Records
 from uploadmeter.exceptions import StoreError
 from uploadmeter.stores._base import ProgressStore
 
@@ -45,75 +45,6 @@ class TrackerSettings:
     store_retry: float = 1.0  # after a store failure, wait this long before trying again
 
 
-CANCELLED_ERROR = {"status": 499, "message": "The upload was cancelled."}
-TOO_LATE_TO_CANCEL = "Too late to cancel: the server has received the whole upload."
-
-# The cancel key holds either the cancel flag, or -- written by the uploading worker when the
-# application has read the whole body -- a marker saying it is too late to cancel.  Both are
-# written with ``add``, so whichever comes first wins: a cancel never lands on a body the app
-# already has (it would read ``cancelled``, then ``done``).  The marker names the upload's
-# start, so a marker left by an earlier upload with the same id is told apart.
-CANCEL_FLAG = "1"
-_RECEIVED = "received:"
-
-
-def body_received_marker(record: UploadRecord) -> str:
-    return f"{_RECEIVED}{record.started_at!r}"
-
-
-def cancel_flagged(value: str | None) -> bool:
-    """Whether a cancel key's value asks to cancel (not absent, not the received marker)."""
-    return value is not None and not value.startswith(_RECEIVED)
-
-
-def record_key(session: str, upload_id: str) -> str:
-    return f"upload:{session}:{upload_id}"
-
-
-def cancel_key(session: str, upload_id: str) -> str:
-    return f"cancel:{session}:{upload_id}"
-
-
-def load_record(
-    store: ProgressStore, session: str, upload_id: str, stale_after: float
-) -> UploadRecord | None:
-    """The record as a poller should see it, or ``None``."""
-    text = store.get(record_key(session, upload_id))
-    if text is None:
-        return None
-    return UploadRecord.loads(text).with_staleness(stale_after)
-
-
-def request_cancel(
-    store: ProgressStore, session: str, upload_id: str, settings: TrackerSettings
-) -> UploadRecord | None:
-    """Ask the worker receiving an upload to stop it.  ``None`` if there is no such upload.
-
-    The flag is read by the uploading worker at its next write; the record is marked
-    ``cancelled`` at once so polls show it even while the worker waits for bytes.  Once
-    the application has read the whole body it is too late: the record is returned
-    unchanged (still in flight, not ``cancelled``), and the upload ends as the app decides.
-    """
-    record = load_record(store, session, upload_id, settings.stale_after)
-    if record is None or record.state not in IN_FLIGHT:
-        return record
-    # Record and flag live equally long: a flag outliving its record would cancel a later
-    # upload that reuses the id (claim() clears flags only beside an existing record).
-    ttl = settings.stale_after + settings.ttl
-    key = cancel_key(session, upload_id)
-    if not store.add(key, CANCEL_FLAG, ttl):
-        value = store.get(key)
-        if value == body_received_marker(record) and record.state != PROCESSING:
-            return record  # too late; a processing task still honours a cancel
-        if not cancel_flagged(value):
-            store.set(key, CANCEL_FLAG, ttl)  # a processing record, or an earlier upload's marker
-    record.state = CANCELLED
-    record.finished_at = time.time()
-    record.error = dict(CANCELLED_ERROR)
-    store.set(record_key(session, upload_id), record.dumps(), ttl)
-    return record
-
-
 class UploadTracker:
     """Writes one upload's record; used by the middleware and the metered stream."""
 
@@ -130,8 +61,8 @@ class UploadTracker:
         self.settings = settings
         self.observer = observer
         self.writes = 0  # store writes made, for benchmarks and tests
-        self._key = record_key(session, record.id)
-        self._cancel_key = cancel_key(session, record.id)
+        self._session = session
+        self._records = Records(store, settings)
         self._last_bytes = record.bytes_received  # a resumed record counts on from here
         self._last_time = self._started = time.monotonic()
         self._last_write = self._last_look = 0.0
@@ -150,25 +81,15 @@ class UploadTracker:
         """
         record = self.record
         record.updated_at = time.time()
-        ttl = self.settings.stale_after + self.settings.ttl
         try:
-            if self.store.add(self._key, record.dumps(), ttl):
+            if self._records.claim(self._session, record):
                 self.writes += 1
                 # The claim is the first write: the first progress write is due like any
                 # other (1 % more, or the heartbeat), so an upload that ends within one
                 # update interval costs the claim, its last byte and its final state.
                 self._last_write = time.monotonic()
                 return True
-            existing = self.store.get(self._key)
-            if existing is not None:
-                previous = UploadRecord.loads(existing).with_staleness(self.settings.stale_after)
-                if previous.state in IN_FLIGHT:
-                    return False
-            # The id's last upload ended: its cancel flag must not stop this one.
-            self.store.delete(self._cancel_key)
-            self.store.set(self._key, record.dumps(), ttl)
-            self.writes += 1
-            self._last_write = time.monotonic()
+            return False
         except StoreError as exc:
             # No store, no conflict detection: the upload itself must still go through.
             self._store_failed(exc)
@@ -212,9 +133,7 @@ class UploadTracker:
         if now < self._store_down_until:
             return False
         try:
-            if not self.store.add(
-                self._cancel_key, body_received_marker(record), self._in_flight_ttl()
-            ) and cancel_flagged(self.store.get(self._cancel_key)):
+            if self._records.body_received(self._session, record):
                 return True
         except StoreError as exc:
             self._store_failed(exc)
@@ -234,10 +153,6 @@ class UploadTracker:
         self._last_bytes = received
         self._last_time = now
         record.state = UPLOADING
-
-    def _in_flight_ttl(self) -> float:
-        # In flight: readable until it is stale, then for the finished-record ttl.
-        return self.settings.stale_after + self.settings.ttl
 
     def _heartbeat(self, now: float) -> float:
         settings = self.settings
@@ -267,7 +182,7 @@ class UploadTracker:
         except StoreError as exc:
             self._store_failed(exc)
             # The outcome is known and must reach the store: retried in the background.
-            _final_writes.retry(self, time.monotonic() + self._in_flight_ttl())
+            _final_writes.retry(self, time.monotonic() + self._records.in_flight_ttl)
 
     def _write_final(self, *, retried: bool = False) -> None:
         """Write the final record (raises :class:`StoreError`)."""
@@ -288,7 +203,7 @@ class UploadTracker:
                 return
             record.state, record.error = CANCELLED, dict(CANCELLED_ERROR)
         record.updated_at = time.time()
-        self.store.set(self._key, record.dumps(), self.settings.ttl)
+        self._records.finish(self._session, record)
         self.writes += 1
 
     def start_processing(self, phase: str, total: int | None) -> bool:
@@ -306,7 +221,7 @@ class UploadTracker:
 
     def _cancel_requested(self, *, raising: bool = False) -> bool:
         try:
-            return cancel_flagged(self.store.get(self._cancel_key))
+            return self._records.cancel_requested(self._session, self.record.id)
         except StoreError:
             if raising:
                 raise
@@ -318,19 +233,16 @@ class UploadTracker:
 
     # -- store ---------------------------------------------------------------------------
 
-    def _write(self, now: float, *, check_cancel: bool, ttl: float | None = None) -> bool:
+    def _write(self, now: float, *, check_cancel: bool) -> bool:
         record = self.record
         if self.observer is not None:
             record.fields = self.observer.fields
             record.field_count = self.observer.field_count
         record.updated_at = time.time()
-        if ttl is None:
-            ttl = self._in_flight_ttl()
         try:
             # Cancel first: a cancelled record must not be overwritten with "uploading".
-            if check_cancel and cancel_flagged(self.store.get(self._cancel_key)):
+            if self._records.save(self._session, record, check_cancel=check_cancel):
                 return True
-            self.store.set(self._key, record.dumps(), ttl)
             self.writes += 1
             self._last_write = now
         except StoreError as exc:

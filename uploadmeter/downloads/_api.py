@@ -50,7 +50,7 @@ except ImportError as exc:
 
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, UploadRecord
-from uploadmeter.core._tracker import UploadTracker, cancel_key
+from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.downloads._disposition import UniqueNames, content_disposition
 from uploadmeter.downloads._remote import Fetched, RemoteFetcher
 from uploadmeter.downloads._sources import Entry, finalize_name, resolve
@@ -470,8 +470,8 @@ class _Progress:
             meter.store, session, UploadRecord(id=upload_id), meter.settings
         )
         self.claimed = self.tracker.claim()
-        self._store = meter.store
-        self._cancel_key = cancel_key(session, upload_id)
+        self._records = meter.records
+        self._session = session
         self._interval = meter.settings.update_interval
         self._next_report = 0.0
         if self.claimed:
@@ -484,7 +484,7 @@ class _Progress:
 
     def cancelled(self) -> bool:
         try:
-            return self._store.get(self._cancel_key) is not None
+            return self._records.cancel_requested(self._session, self.tracker.record.id)
         except StoreError:
             return False  # no store, no cancel: the download goes on
 

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import shown_text
+from uploadmeter.core._records import Records
 from uploadmeter.exceptions import CompletionFailed, UploadRejected
 from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._storage import Digests, FileInfo, FileStore, copy_and_hash
@@ -101,6 +102,10 @@ class ResumableEndpoint:
     @property
     def store(self) -> ProgressStore:
         return self.meter.store
+
+    @property
+    def records(self) -> Records:
+        return self.meter.records
 
     def start_task(self, session: str, upload_id: str, phase: str, total: int) -> ProcessingTask:
         return ProcessingTask(

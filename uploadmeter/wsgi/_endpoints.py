@@ -22,7 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
-from uploadmeter.core._tracker import TOO_LATE_TO_CANCEL, load_record, request_cancel
+from uploadmeter.core._records import TOO_LATE_TO_CANCEL
 from uploadmeter.exceptions import StoreError
 from uploadmeter.wsgi._responses import JSON, NO_STORE, error_response, json_response, negotiate
 
@@ -104,9 +104,7 @@ class Endpoints:
         found = self._lookup(
             environ,
             ("GET", "HEAD"),
-            lambda session, upload_id: load_record(
-                self.meter.store, session, upload_id, self.meter.settings.stale_after
-            ),
+            self.meter.records.load,
             "Progress is unavailable",
         )
         if isinstance(found, Response):
@@ -124,9 +122,7 @@ class Endpoints:
         found = self._lookup(
             environ,
             ("POST",),
-            lambda session, upload_id: request_cancel(
-                self.meter.store, session, upload_id, self.meter.settings
-            ),
+            self.meter.records.request_cancel,
             "Cannot cancel now",
         )
         if isinstance(found, Response):

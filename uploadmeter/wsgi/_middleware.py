@@ -21,6 +21,7 @@ from werkzeug.wsgi import ClosingIterator
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
+from uploadmeter.core._records import Records
 from uploadmeter.core._sessions import CookieSettings, SessionCookie, SessionHook
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
@@ -152,6 +153,7 @@ class UploadMeterMiddleware:
         self.settings = TrackerSettings(
             ttl=ttl, stale_after=stale_after, update_interval=update_interval
         )
+        self.records = Records(self.store, self.settings)  # the only writer of records
         self.cookie = SessionCookie(
             secret_key,
             CookieSettings(cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure),

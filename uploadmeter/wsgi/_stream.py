@@ -20,7 +20,8 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wsgi import LimitedStream
 
 from uploadmeter.core._record import CANCELLED, ERROR
-from uploadmeter.core._tracker import CANCELLED_ERROR, UploadTracker
+from uploadmeter.core._records import CANCELLED_ERROR
+from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 
 _monotonic = time.monotonic

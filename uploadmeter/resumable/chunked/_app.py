@@ -75,7 +75,6 @@ from uploadmeter.core._record import (
     FieldProgress,
     UploadRecord,
 )
-from uploadmeter.core._tracker import CANCELLED_ERROR, cancel_key, record_key
 from uploadmeter.exceptions import (
     ChunkRefused,
     CompletionFailed,
@@ -173,14 +172,6 @@ class _Upload:
     @property
     def meta_path(self) -> str:
         return os.path.join(self.directory, "meta.json")
-
-    @property
-    def record_key(self) -> str:
-        return record_key(self.session, self.upload_id)
-
-    @property
-    def cancel_key(self) -> str:
-        return cancel_key(self.session, self.upload_id)
 
     @property
     def done_key(self) -> str:
@@ -463,8 +454,7 @@ class ChunkUploads(ResumableEndpoint):
             raise disk_full() from None
 
     def _record(self, up: _Upload) -> UploadRecord | None:
-        text = self.store.get(up.record_key)
-        return None if text is None else UploadRecord.loads(text)
+        return self.records.load(up.session, up.upload_id, stale=False)
 
     def _check_cancelled(self, up: _Upload, arrived: float, *, write: bool = True) -> None:
         """Refuse a request of a cancelled upload; let a later attempt start afresh.
@@ -475,7 +465,7 @@ class ChunkUploads(ResumableEndpoint):
         request refused here.  Requests that arrive later belong to a new attempt.
         ``write=False`` (a test GET): refuse or let pass the same way, writing nothing.
         """
-        flagged = self.store.get(up.cancel_key) is not None
+        flagged = self.records.cancel_requested(up.session, up.upload_id)
         record = self._record(up)
         if not flagged and (record is None or record.state != CANCELLED):
             return
@@ -486,7 +476,8 @@ class ChunkUploads(ResumableEndpoint):
                 self._forget(up)
         elif arrived > float(told):
             if write:
-                for key in (up.cancel_key, up.told_key, up.done_key, up.record_key):
+                self.records.forget(up.session, up.upload_id)
+                for key in (up.told_key, up.done_key):
                     self.store.delete(key)
             return
         raise _cancelled()
@@ -494,16 +485,9 @@ class ChunkUploads(ResumableEndpoint):
     def _tell_cancelled(self, up: _Upload, record: UploadRecord | None) -> None:
         """Mark ``up`` cancelled now: the record, the cancel flag (stops a merge or a
         processing task at its next write) and the moment the client was told."""
-        settings = self.meter.settings
-        flag_ttl = settings.stale_after + settings.ttl
-        self.store.set(up.cancel_key, "1", flag_ttl)
-        self.store.set(up.told_key, repr(time.time()), flag_ttl)
-        record = record or UploadRecord(id=up.upload_id)
-        if record.state != CANCELLED:
-            record.state = CANCELLED
-            record.finished_at = record.updated_at = time.time()
-            record.error = dict(CANCELLED_ERROR)
-        self.store.set(up.record_key, record.dumps(), settings.ttl)
+        # As long as the flag: it tells the requests sent before it from later ones.
+        self.store.set(up.told_key, repr(time.time()), self.records.in_flight_ttl)
+        self.records.cancel(up.session, up.upload_id, record)
 
     def _forget(self, up: _Upload) -> None:
         """Drop the chunks and the completion mark of ``up``."""
@@ -525,7 +509,9 @@ class ChunkUploads(ResumableEndpoint):
         except LockTimeout:
             return
         with lock:
-            if self._done(up, arrived) is not None or self.store.get(up.cancel_key) is not None:
+            if self._done(up, arrived) is not None or self.records.cancel_requested(
+                up.session, up.upload_id
+            ):
                 return
             stored = up.stored(meta.total_chunks)
             record = self._record(up)
@@ -541,8 +527,7 @@ class ChunkUploads(ResumableEndpoint):
             state = DONE if len(stored) == meta.total_chunks else UPLOADING
             record.fields = [FieldProgress("file", meta.filename, None, received, state)]
             record.field_count = 1
-            settings = self.meter.settings
-            self.store.set(up.record_key, record.dumps(), settings.stale_after + settings.ttl)
+            self.records.save(up.session, record)
 
     # -- merge ---------------------------------------------------------------------------
 
@@ -685,8 +670,9 @@ class ChunkUploads(ResumableEndpoint):
 
         def mark_done(result: dict[str, Any] | None) -> None:
             done["result"] = result
+            # As long as the finished record.
             self.store.set(
-                up.done_key, json.dumps(done, ensure_ascii=False), self.meter.settings.ttl
+                up.done_key, json.dumps(done, ensure_ascii=False), self.records.finished_ttl
             )
 
         # Marked before the hook runs: however long it takes (the merge lock may expire),

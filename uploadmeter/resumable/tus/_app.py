@@ -57,12 +57,7 @@ from uploadmeter.core._record import (
     FieldProgress,
     UploadRecord,
 )
-from uploadmeter.core._tracker import (
-    CANCELLED_ERROR,
-    UploadTracker,
-    cancel_key,
-    record_key,
-)
+from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.exceptions import (
     CompletionFailed,
     DiskFull,
@@ -125,6 +120,9 @@ def _disk_full() -> TusError:
     )
 
 
+_TERMINATED = "The upload was terminated."
+
+
 def _as_tus_error(exc: Exception) -> TusError:
     """The tus answer to a request that raised ``exc``: every error response is built from one."""
     if isinstance(exc, TusError):
@@ -153,10 +151,6 @@ class _Upload:
     @property
     def info_path(self) -> str:
         return os.path.join(self.directory, "info.json")
-
-    @property
-    def record_key(self) -> str:
-        return record_key(self.session, self.id)
 
     @property
     def length(self) -> int:
@@ -370,7 +364,7 @@ class TusUploads(ResumableEndpoint):
                 # Without a Location the client cannot resume this upload: drop it now
                 # rather than let it hold the session's quota until it expires.
                 self.files.remove_tree(upload.directory)
-                self.store.delete(upload.record_key)
+                self.records.forget(upload.session, upload.id)
                 raise
         return Response(status=201, headers=headers)
 
@@ -608,8 +602,7 @@ class TusUploads(ResumableEndpoint):
         )
 
     def _load_record(self, upload: _Upload) -> UploadRecord:
-        text = self.store.get(upload.record_key)
-        record = UploadRecord.loads(text) if text is not None else None
+        record = self.records.load(upload.session, upload.id, stale=False)
         if record is not None and record.state == CANCELLED:
             self._terminate(upload)
             raise _gone()
@@ -618,9 +611,8 @@ class TusUploads(ResumableEndpoint):
         return record
 
     def _save_record(self, upload: _Upload, record: UploadRecord) -> None:
-        settings = self.meter.settings
         record.updated_at = time.time()
-        self.store.set(upload.record_key, record.dumps(), settings.stale_after + settings.ttl)
+        self.records.save(upload.session, record)
 
     # -- completion ----------------------------------------------------------------------
 
@@ -662,22 +654,18 @@ class TusUploads(ResumableEndpoint):
 
     def _delete(self, request: Request, upload_id: str) -> Response:
         upload = self._find(upload_id)
-        # Raise the cancel flag first: a PATCH in progress stops at its next write.
-        settings = self.meter.settings
-        self.store.set(
-            cancel_key(upload.session, upload.id), "1", settings.stale_after + settings.ttl
-        )
+        # Cancel first: a PATCH in progress stops at its next write.
+        self._cancel(upload)
         with self._lock(upload):
             self._terminate(upload)
-        text = self.store.get(upload.record_key)
-        if text is not None:
-            record = UploadRecord.loads(text)
-            if record.state not in FINISHED:
-                record.state = CANCELLED
-                record.finished_at = record.updated_at = time.time()
-                record.error = dict(CANCELLED_ERROR, message="The upload was terminated.")
-                self.store.set(upload.record_key, record.dumps(), settings.ttl)
+        # Again if the PATCH's last write came between the cancel and its stop.
+        self._cancel(upload)
         return Response(status=204)
+
+    def _cancel(self, upload: _Upload) -> None:
+        record = self.records.load(upload.session, upload.id, stale=False)
+        if record is None or record.state not in FINISHED:
+            self.records.cancel(upload.session, upload.id, record, message=_TERMINATED)
 
 
 def _write_all(f: IO[bytes], data: bytes) -> None:
