@@ -31,8 +31,9 @@ import logging
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
 from uploadmeter.core._tracker import (
@@ -49,9 +50,7 @@ from uploadmeter.exceptions import (
     StoreError,
 )
 from uploadmeter.stores._base import ProgressStore
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+from uploadmeter.wsgi._requests import session_of
 
 log = logging.getLogger("uploadmeter")
 
@@ -323,7 +322,7 @@ class ProcessingTask:
 
 
 def task(
-    target: UploadMeterMiddleware | ProgressStore,
+    target: MeterContext | HasContext | ProgressStore,
     session: str,
     upload_id: str,
     phase: str,
@@ -333,19 +332,20 @@ def task(
 ) -> ProcessingTask:
     """A :class:`ProcessingTask` for ``upload_id`` of ``session``, not started yet.
 
-    ``target`` is the middleware (its store and settings are used) or a store, e.g. in a
-    worker process: ``task(open_store(url), session, upload_id, "scanning")``.
+    ``target`` is the meter or its context (its store and settings are used) or a store,
+    e.g. in a worker process: ``task(open_store(url), session, upload_id, "scanning")``.
     """
     if isinstance(target, ProgressStore):
         store = target
     else:
-        store = target.store
-        settings = settings or target.settings
+        context = context_of(target)
+        store = context.store
+        settings = settings or context.settings
     return ProcessingTask(store, session, upload_id, phase, total=total, settings=settings)
 
 
 def request_task(
-    meter: UploadMeterMiddleware,
+    meter: MeterContext | HasContext,
     environ: dict[str, Any],
     upload_id: str,
     phase: str,
@@ -357,7 +357,8 @@ def request_task(
     The task carries the session, so it can be handed to a thread or a pool.  Raises
     ``LookupError`` when the request has no uploadmeter session.
     """
-    session = meter.cookie.session_of(environ)
+    context = context_of(meter)
+    session = session_of(context, environ)
     if session is None:
         raise LookupError("This request has no uploadmeter session.")
-    return task(meter, session, upload_id, phase, total=total)
+    return task(context, session, upload_id, phase, total=total)

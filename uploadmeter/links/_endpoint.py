@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from werkzeug.datastructures import MIMEAccept
@@ -31,6 +31,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_current_url
 
+from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.downloads._api import Downloader
 from uploadmeter.downloads._sources import Item
 from uploadmeter.exceptions import LinkError, ShareError, StoreError
@@ -39,9 +40,6 @@ from uploadmeter.links._signing import LinkSigner, SecretKey
 from uploadmeter.stores._base import ProgressStore
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
 from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 __all__ = ["DownloadLinks"]
 
@@ -93,7 +91,7 @@ class DownloadLinks:
     @classmethod
     def attach(
         cls,
-        meter: UploadMeterMiddleware,
+        meter: MeterContext | HasContext,
         resolver: Resolver,
         secret_key: SecretKey,
         *,
@@ -101,9 +99,10 @@ class DownloadLinks:
         **options: Any,
     ) -> DownloadLinks:
         """Create the links app on the middleware's store and mount it at ``{prefix}{path}``."""
+        context = context_of(meter)
         path = "/" + path.strip("/")
-        links = cls(resolver, secret_key, meter.store, base_path=meter.prefix + path, **options)
-        meter.mount(path, links)
+        links = cls(resolver, secret_key, context.store, base_path=context.prefix + path, **options)
+        context.mount(path, links)
         return links
 
     # -- making links --------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import NotFound
@@ -22,14 +22,13 @@ from werkzeug.http import parse_accept_header
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
+from uploadmeter.core._context import MeterContext
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
 from uploadmeter.core._tracker import TOO_LATE_TO_CANCEL, load_record, request_cancel
 from uploadmeter.exceptions import StoreError
+from uploadmeter.wsgi._requests import session_for
 from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -69,10 +68,11 @@ class SmallBodyRequest(Request):
 
 
 class Endpoints:
-    """Dispatches requests under the prefix; owned by :class:`UploadMeterMiddleware`."""
+    """Dispatches requests under the prefix; owned by the middleware, which gives it its
+    :class:`~uploadmeter.core.MeterContext`."""
 
-    def __init__(self, meter: UploadMeterMiddleware) -> None:
-        self.meter = meter
+    def __init__(self, context: MeterContext) -> None:
+        self.context = context
         self.static = SharedDataMiddleware(
             NotFound(), {"/static": ("uploadmeter.ui", "static")}, cache_timeout=3600
         )
@@ -93,7 +93,8 @@ class Endpoints:
         for mount, app in self.mounts.items():
             if sub == mount or sub.startswith(mount + "/"):
                 # Like werkzeug's DispatcherMiddleware: the mount moves to SCRIPT_NAME.
-                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.meter.prefix + mount
+                script_name = environ.get("SCRIPT_NAME", "") + self.context.prefix + mount
+                environ["SCRIPT_NAME"] = script_name
                 environ["PATH_INFO"] = sub[len(mount) :]
                 return app(environ, start_response)
         return error_response(environ, 404, "No such uploadmeter endpoint.")(
@@ -107,7 +108,7 @@ class Endpoints:
             environ,
             ("GET", "HEAD"),
             lambda session, upload_id: load_record(
-                self.meter.store, session, upload_id, self.meter.settings.stale_after
+                self.context.store, session, upload_id, self.context.settings.stale_after
             ),
             "Progress is unavailable",
         )
@@ -127,7 +128,7 @@ class Endpoints:
             environ,
             ("POST",),
             lambda session, upload_id: request_cancel(
-                self.meter.store, session, upload_id, self.meter.settings
+                self.context.store, session, upload_id, self.context.settings
             ),
             "Cannot cancel now",
         )
@@ -151,7 +152,7 @@ class Endpoints:
         """Make sure the client has a session (the progress endpoint issues it the same way)."""
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return self._method_not_allowed(environ, "GET, HEAD")
-        _, cookie = self.meter.session_for(environ)
+        _, cookie = session_for(self.context, environ)
         response = Response(status=204, headers=NO_STORE)
         if cookie is not None:
             response.headers.add("Set-Cookie", cookie)
@@ -174,7 +175,7 @@ class Endpoints:
         upload_id = _requested_id(request)
         if upload_id is None or not valid_upload_id(upload_id):
             return error_response(environ, 400, INVALID_ID_MESSAGE)
-        session, cookie = self.meter.session_for(environ)
+        session, cookie = session_for(self.context, environ)
         if cookie is not None:
             # A session issued just now cannot own an upload: no store round trip.
             return request, upload_id, None, [("Set-Cookie", cookie)]

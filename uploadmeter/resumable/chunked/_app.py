@@ -59,11 +59,12 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
+from uploadmeter.core._context import HasContext, MeterContext
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
@@ -106,10 +107,8 @@ from uploadmeter.resumable.chunked._params import (
     param,
     parse_params,
 )
+from uploadmeter.wsgi._requests import session_of
 from uploadmeter.wsgi._responses import NO_STORE, json_response
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
@@ -206,7 +205,8 @@ class _Upload:
 class ChunkUploads(ResumableEndpoint):
     """The chunk endpoint (WSGI app); mount it with ``meter.mount("/chunks", chunks)``.
 
-    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
+    :param meter: the meter (the middleware, the Flask extension) or its
+        :class:`~uploadmeter.core.MeterContext`: store, settings, sessions.
     :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory; share one
         with :class:`~uploadmeter.resumable.TusUploads` to share quota and finished files.
     :param on_complete: ``on_complete(FileInfo)`` once a file is merged and verified (or
@@ -231,7 +231,7 @@ class ChunkUploads(ResumableEndpoint):
 
     def __init__(
         self,
-        meter: UploadMeterMiddleware,
+        meter: MeterContext | HasContext,
         files: FileStore | str | os.PathLike[str],
         *,
         on_complete: OnComplete | None = None,
@@ -303,12 +303,12 @@ class ChunkUploads(ResumableEndpoint):
     def _session(self, environ: dict[str, Any]) -> str:
         """The request's session; never a new one (parallel first chunks would each get
         their own, and no request would see the whole file)."""
-        session = self.meter.cookie.session_of(environ)
+        session = session_of(self.context, environ)
         if session is None:
             raise ChunkRefused(
                 "no_session",
                 "No upload session: load a page of this site first, or "
-                f"GET {self.meter.prefix}/session (its cookie keys the upload).",
+                f"GET {self.context.prefix}/session (its cookie keys the upload).",
             )
         return session
 
@@ -494,7 +494,7 @@ class ChunkUploads(ResumableEndpoint):
     def _tell_cancelled(self, up: _Upload, record: UploadRecord | None) -> None:
         """Mark ``up`` cancelled now: the record, the cancel flag (stops a merge or a
         processing task at its next write) and the moment the client was told."""
-        settings = self.meter.settings
+        settings = self.context.settings
         flag_ttl = settings.stale_after + settings.ttl
         self.store.set(up.cancel_key, "1", flag_ttl)
         self.store.set(up.told_key, repr(time.time()), flag_ttl)
@@ -541,7 +541,7 @@ class ChunkUploads(ResumableEndpoint):
             state = DONE if len(stored) == meta.total_chunks else UPLOADING
             record.fields = [FieldProgress("file", meta.filename, None, received, state)]
             record.field_count = 1
-            settings = self.meter.settings
+            settings = self.context.settings
             self.store.set(up.record_key, record.dumps(), settings.stale_after + settings.ttl)
 
     # -- merge ---------------------------------------------------------------------------
@@ -686,7 +686,7 @@ class ChunkUploads(ResumableEndpoint):
         def mark_done(result: dict[str, Any] | None) -> None:
             done["result"] = result
             self.store.set(
-                up.done_key, json.dumps(done, ensure_ascii=False), self.meter.settings.ttl
+                up.done_key, json.dumps(done, ensure_ascii=False), self.context.settings.ttl
             )
 
         # Marked before the hook runs: however long it takes (the merge lock may expire),

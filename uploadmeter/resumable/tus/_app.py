@@ -41,13 +41,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import http_date
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
+from uploadmeter.core._context import HasContext, MeterContext
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
     CANCELLED,
@@ -84,10 +85,8 @@ from uploadmeter.resumable._storage import (
     clean_filename,
     is_disk_full,
 )
+from uploadmeter.wsgi._requests import session_for
 from uploadmeter.wsgi._responses import NO_STORE, error_response
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
@@ -176,7 +175,8 @@ class _Upload:
 class TusUploads(ResumableEndpoint):
     """The tus endpoint (WSGI app); mount it with ``meter.mount("/tus", tus)``.
 
-    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
+    :param meter: the meter (the middleware, the Flask extension) or its
+        :class:`~uploadmeter.core.MeterContext`: store, settings, sessions.
     :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory (its
         ``expire_after`` is the uploads' expiration).
     :param on_complete: ``on_complete(FileInfo)``, as for
@@ -192,7 +192,7 @@ class TusUploads(ResumableEndpoint):
 
     def __init__(
         self,
-        meter: UploadMeterMiddleware,
+        meter: MeterContext | HasContext,
         files: FileStore | str | os.PathLike[str],
         *,
         on_complete: OnComplete | None = None,
@@ -322,7 +322,7 @@ class TusUploads(ResumableEndpoint):
 
         # Without a session (a first visit, a client that keeps no cookies) the upload
         # starts one: the cookie lets a browser poll its progress; the URL needs none.
-        session, cookie = self.meter.session_for(request.environ)
+        session, cookie = session_for(self.context, request.environ)
         upload_id = self.files.session_key(session) + secrets.token_urlsafe(18)
         now = time.time()
         upload = _Upload(
@@ -478,7 +478,7 @@ class TusUploads(ResumableEndpoint):
         hasher = _ALGORITHMS[checksum[0]]() if checksum else None
         record = self._load_record(upload)
         record.bytes_received = start
-        tracker = UploadTracker(self.store, upload.session, record, self.meter.settings)
+        tracker = UploadTracker(self.store, upload.session, record, self.context.settings)
         # Unbuffered: every byte counted as written is in the file, and a HEAD meanwhile
         # sees the offset grow.
         with open(upload.data_path, "r+b", buffering=0) as f:
@@ -618,7 +618,7 @@ class TusUploads(ResumableEndpoint):
         return record
 
     def _save_record(self, upload: _Upload, record: UploadRecord) -> None:
-        settings = self.meter.settings
+        settings = self.context.settings
         record.updated_at = time.time()
         self.store.set(upload.record_key, record.dumps(), settings.stale_after + settings.ttl)
 
@@ -663,7 +663,7 @@ class TusUploads(ResumableEndpoint):
     def _delete(self, request: Request, upload_id: str) -> Response:
         upload = self._find(upload_id)
         # Raise the cancel flag first: a PATCH in progress stops at its next write.
-        settings = self.meter.settings
+        settings = self.context.settings
         self.store.set(
             cancel_key(upload.session, upload.id), "1", settings.stale_after + settings.ttl
         )
