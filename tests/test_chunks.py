@@ -759,7 +759,7 @@ def test_a_progress_write_cannot_overwrite_the_merges_final_record(tmp_path: Any
     with served(str(tmp_path), store=store) as s:
         c = s.client()
         f = ChunkedFile.random(6 * KB, 2 * KB)
-        session = s.meter.cookie.session_of({"HTTP_COOKIE": c.cookie_header()})
+        session = s.meter.sessions.find(c.cookie_header())
         assert session is not None
         c.post_chunk(f, 1)  # the record says "uploading"
         # Chunk 2's progress write stalls between reading the record and writing it ...

@@ -14,6 +14,7 @@ import pytest
 
 flask = pytest.importorskip("flask")
 
+from chunked_support import ChunkClient, ChunkedFile  # noqa: E402
 from flask import Flask, render_template_string, request  # noqa: E402
 from servers import (  # noqa: E402
     ROOT,
@@ -27,7 +28,9 @@ from servers import (  # noqa: E402
 
 from uploadmeter import MemoryStore, SQLiteStore, UploadMeterMiddleware  # noqa: E402
 from uploadmeter.flask import ConfigurationError, UploadMeter, current_upload  # noqa: E402
+from uploadmeter.resumable import ChunkUploads, FileInfo, FileStore, TusUploads  # noqa: E402
 from uploadmeter.ui import render_file_upload  # noqa: E402
+from uploadmeter.wsgi._requests import session_for, session_of  # noqa: E402
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -107,7 +110,7 @@ def test_config_reaches_the_middleware(tmp_path: Any) -> None:
     assert middleware.settings.update_interval == 0.5
     assert middleware.settings.stale_after == 30
     assert middleware.max_tracked_fields == 8
-    cookie = middleware.cookie.settings
+    cookie = middleware.sessions.settings
     assert (cookie.name, cookie.path, cookie.samesite, cookie.secure) == (
         "um",
         "/app",
@@ -115,7 +118,7 @@ def test_config_reaches_the_middleware(tmp_path: Any) -> None:
         True,
     )
     assert middleware.set_cookie_on_pages is False
-    assert middleware.cookie.session_of({}) == "app.user-1"
+    assert session_of(middleware.context, {}) == "app.user-1"
     assert calls
 
 
@@ -139,13 +142,43 @@ def test_secret_key_falls_back_to_the_apps_and_must_exist() -> None:
 
 def test_cookies_signed_with_a_fallback_key_stay_valid() -> None:
     old = UploadMeter(make_app(SECRET_KEY="old key")).middleware
-    _, set_cookie = old.session_for({})
+    _, set_cookie = session_for(old.context, {})
     assert set_cookie is not None
     cookie = set_cookie.split(";", 1)[0]
     rotated = UploadMeter(make_app(SECRET_KEY="new key", SECRET_KEY_FALLBACKS=["old key"]))
-    assert rotated.middleware.cookie.session_of({"HTTP_COOKIE": cookie}) is not None
+    assert rotated.middleware.sessions.find(cookie) is not None
     fresh = UploadMeter(make_app(SECRET_KEY="new key")).middleware
-    assert fresh.cookie.session_of({"HTTP_COOKIE": cookie}) is None
+    assert fresh.sessions.find(cookie) is None
+
+
+def test_resumable_endpoints_take_the_extension_as_their_meter(tmp_path: Any) -> None:
+    """``ChunkUploads(meter, files)`` works with the Flask extension as with the middleware
+    (both hand over their MeterContext); anything else is refused up front."""
+    app = make_app()
+    meter = UploadMeter(app)
+    completed: list[tuple[str, str]] = []
+
+    def on_complete(info: FileInfo) -> dict[str, str]:
+        completed.append((info.filename, info.sha256))
+        return {"saved": info.filename}
+
+    files = FileStore(str(tmp_path / "files"))
+    meter.middleware.mount("/chunks", ChunkUploads(meter, files, on_complete=on_complete))
+    meter.middleware.mount("/tus", TusUploads(meter, files))
+    f = ChunkedFile.random(5000, 2048)
+    with serve_in_thread(app) as url:
+        client = ChunkClient(url)
+        client.start()
+        client.upload(f)
+        record = client.progress(f.identifier)
+        status, headers, _ = client.request(
+            "POST", "/uploadmeter/tus/", b"", {"Tus-Resumable": "1.0.0", "Upload-Length": "3"}
+        )
+    assert completed == [("data.bin", f.sha256)]
+    assert record["state"] == "done" and record["result"]["saved"] == "data.bin"
+    assert status == 201 and headers["location"]
+    with pytest.raises(TypeError, match="MeterContext"):
+        ChunkUploads(app, files)  # type: ignore[arg-type]
 
 
 def test_second_init_is_refused() -> None:

@@ -43,7 +43,7 @@ def make_meter(store: Any = None, inner: Any = page, **kw: Any) -> UploadMeterMi
 
 
 def session_of(meter: UploadMeterMiddleware, client: Client) -> str:
-    session = meter.cookie.session_of({"HTTP_COOKIE": client.cookie_header()})
+    session = meter.sessions.find(client.cookie_header())
     assert session is not None
     return session
 
@@ -343,7 +343,7 @@ def test_request_task_needs_a_session_and_ids_are_checked() -> None:
         request_task(meter, {}, new_upload_id(), "x")
     with pytest.raises(InvalidUploadId):
         task(meter, "c.s", "../bad", "x")
-    cookie = meter.cookie.issue({})[1].split(";")[0]
+    cookie = meter.sessions.issue(https=False)[1].split(";")[0]
     t = request_task(meter, {"HTTP_COOKIE": cookie}, "abcdefgh", "x")
     assert isinstance(t, ProcessingTask)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from uploadmeter.core._context import MeterContext
 from uploadmeter.exceptions import ConfigurationError, MissingDependency
 
 try:
@@ -192,6 +193,12 @@ class UploadMeter:
     def middleware(self) -> UploadMeterMiddleware:
         """The app's :class:`~uploadmeter.UploadMeterMiddleware`."""
         return self.state().middleware
+
+    @property
+    def context(self) -> MeterContext:
+        """The app's :class:`~uploadmeter.core.MeterContext`: what features are given, so
+        ``ChunkUploads(meter, files)`` takes this extension as it takes the middleware."""
+        return self.middleware.context
 
     @property
     def store(self) -> ProgressStore:

@@ -33,6 +33,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
 from uploadmeter.core._records import CANCELLED_ERROR, Records
@@ -44,11 +45,10 @@ from uploadmeter.exceptions import (
     StoreError,
 )
 from uploadmeter.stores._base import ProgressStore
+from uploadmeter.wsgi._requests import session_of
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
-
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
@@ -321,7 +321,7 @@ class ProcessingTask:
 
 
 def task(
-    target: UploadMeterMiddleware | ProgressStore,
+    target: MeterContext | HasContext | ProgressStore,
     session: str,
     upload_id: str,
     phase: str,
@@ -331,19 +331,20 @@ def task(
 ) -> ProcessingTask:
     """A :class:`ProcessingTask` for ``upload_id`` of ``session``, not started yet.
 
-    ``target`` is the middleware (its store and settings are used) or a store, e.g. in a
-    worker process: ``task(open_store(url), session, upload_id, "scanning")``.
+    ``target`` is the meter or its context (its store and settings are used) or a store,
+    e.g. in a worker process: ``task(open_store(url), session, upload_id, "scanning")``.
     """
     if isinstance(target, ProgressStore):
         store = target
     else:
-        store = target.store
-        settings = settings or target.settings
+        context = context_of(target)
+        store = context.store
+        settings = settings or context.settings
     return ProcessingTask(store, session, upload_id, phase, total=total, settings=settings)
 
 
 def request_task(
-    meter: UploadMeterMiddleware,
+    meter: MeterContext | HasContext,
     environ: WSGIEnvironment,
     upload_id: str,
     phase: str,
@@ -355,7 +356,8 @@ def request_task(
     The task carries the session, so it can be handed to a thread or a pool.  Raises
     ``LookupError`` when the request has no uploadmeter session.
     """
-    session = meter.cookie.session_of(environ)
+    context = context_of(meter)
+    session = session_of(context, environ)
     if session is None:
         raise LookupError("This request has no uploadmeter session.")
-    return task(meter, session, upload_id, phase, total=total)
+    return task(context, session, upload_id, phase, total=total)

@@ -3,11 +3,13 @@
 The core knows ids, the progress record and its states, the multipart observer that
 learns field boundaries as bytes pass, the record writer (keys, lifetimes, cancelling:
 the only code that writes records), the tracker that turns bytes into throttled record
-writes, the session cookie and the store-backed locks.  It does no socket I/O and imports
-no server interface (WSGI, ASGI) and no feature package; the WSGI shell
+writes, the session policy, the context features are given (:class:`MeterContext`) and
+the store-backed locks.  It does no socket I/O and imports no server interface (WSGI,
+ASGI) and no feature package; the WSGI shell
 (:mod:`uploadmeter.wsgi`) and the feature packages are built on it.
 """
 
+from uploadmeter.core._context import MeterContext, context_of
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._observer import MultipartObserver
@@ -26,7 +28,7 @@ from uploadmeter.core._record import (
     UploadRecord,
 )
 from uploadmeter.core._records import Records
-from uploadmeter.core._sessions import CookieSettings, SessionCookie
+from uploadmeter.core._sessions import CookieSettings, Sessions
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
 from uploadmeter.exceptions import LockLost, LockTimeout
 
@@ -45,13 +47,15 @@ __all__ = [
     "FieldProgress",
     "LockLost",
     "LockTimeout",
+    "MeterContext",
     "MultipartObserver",
     "Records",
-    "SessionCookie",
+    "Sessions",
     "State",
     "StoreLock",
     "TrackerSettings",
     "UploadRecord",
     "UploadTracker",
+    "context_of",
     "valid_upload_id",
 ]

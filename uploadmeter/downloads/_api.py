@@ -34,7 +34,7 @@ import mimetypes
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any, Literal, cast
+from typing import IO, Any, Literal, cast
 
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import HTTP_STATUS_CODES, generate_etag
@@ -48,17 +48,15 @@ try:
 except ImportError as exc:
     raise MissingDependency("uploadmeter's downloads", "zipstream-ng", "downloads") from exc
 
+from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, UploadRecord
 from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.downloads._disposition import UniqueNames, content_disposition
 from uploadmeter.downloads._remote import Fetched, RemoteFetcher
 from uploadmeter.downloads._sources import Entry, finalize_name, resolve
-from uploadmeter.wsgi._middleware import requested_upload_id
+from uploadmeter.wsgi._requests import requested_upload_id, session_for
 from uploadmeter.wsgi._responses import error_response
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 __all__ = ["Downloader", "OnError", "download"]
 
@@ -76,7 +74,7 @@ def download(
     filename: str | None = None,
     *,
     environ: Any = None,
-    meter: UploadMeterMiddleware | None = None,
+    meter: MeterContext | HasContext | None = None,
     tracking_id: str | None = None,
     remote: RemoteFetcher | None = None,
     on_error: OnError = "fail",
@@ -100,8 +98,9 @@ def download(
     :param environ: the request's WSGI environ (or a request object with ``.environ``).
         Needed for ``Range``/conditional requests and progress; without it the file is
         sent whole.
-    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` whose store and session
-        receive the progress record.
+    :param meter: the meter (the middleware, the Flask extension) or its
+        :class:`~uploadmeter.core.MeterContext`, whose store and session receive the
+        progress record.
     :param tracking_id: the progress id; default: ``uploadmeter_id`` from the query string
         (or an ``X-Upload-ID`` header), when ``meter`` is given.
     :param remote: the fetcher for :class:`~uploadmeter.downloads.Url` sources; without one
@@ -190,7 +189,9 @@ def _environ_of(environ: Any) -> dict[str, Any] | None:
 
 
 def _start_progress(
-    meter: UploadMeterMiddleware | None, env: dict[str, Any] | None, tracking_id: str | None
+    meter: MeterContext | HasContext | None,
+    env: dict[str, Any] | None,
+    tracking_id: str | None,
 ) -> _Progress | Response | None:
     """The download's progress record, none (untracked), or the answer to a bad id."""
     if meter is None or env is None or env.get("REQUEST_METHOD") == "HEAD":
@@ -200,7 +201,7 @@ def _start_progress(
         return None
     if not valid_upload_id(wanted):
         return error_response(env, 400, INVALID_ID_MESSAGE)
-    progress = _Progress(meter, env, wanted)
+    progress = _Progress(context_of(meter), env, wanted)
     if not progress.claimed:
         message = "A download with this id is already in progress."
         return progress.respond(error_response(env, 409, message))
@@ -464,15 +465,15 @@ class _Progress:
     next write; ruling that out too needs a compare-and-set the stores do not offer.)
     """
 
-    def __init__(self, meter: UploadMeterMiddleware, env: dict[str, Any], upload_id: str) -> None:
-        session, self.cookie = meter.session_for(env)
+    def __init__(self, context: MeterContext, env: dict[str, Any], upload_id: str) -> None:
+        session, self.cookie = session_for(context, env)
         self.tracker = UploadTracker(
-            meter.store, session, UploadRecord(id=upload_id), meter.settings
+            context.store, session, UploadRecord(id=upload_id), context.settings
         )
         self.claimed = self.tracker.claim()
-        self._records = meter.records
+        self._records = context.records
         self._session = session
-        self._interval = meter.settings.update_interval
+        self._interval = context.settings.update_interval
         self._next_report = 0.0
         if self.claimed:
             self.tracker.write_now()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import shown_text
 from uploadmeter.core._records import Records
@@ -22,9 +23,6 @@ from uploadmeter.exceptions import CompletionFailed, UploadRejected
 from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._storage import Digests, FileInfo, FileStore, copy_and_hash
 from uploadmeter.stores._base import ProgressStore
-
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
@@ -87,13 +85,13 @@ class ResumableEndpoint:
 
     def __init__(
         self,
-        meter: UploadMeterMiddleware,
+        meter: MeterContext | HasContext,
         files: FileStore | str | os.PathLike[str],
         on_complete: OnComplete | None,
         session_quota: int,
         lock_ttl: float,
     ) -> None:
-        self.meter = meter
+        self.context = context_of(meter)
         self.files = files if isinstance(files, FileStore) else FileStore(files)
         self.on_complete = on_complete
         self.session_quota = session_quota
@@ -101,15 +99,15 @@ class ResumableEndpoint:
 
     @property
     def store(self) -> ProgressStore:
-        return self.meter.store
+        return self.context.store
 
     @property
     def records(self) -> Records:
-        return self.meter.records
+        return self.context.records
 
     def start_task(self, session: str, upload_id: str, phase: str, total: int) -> ProcessingTask:
         return ProcessingTask(
-            self.store, session, upload_id, phase, total=total, settings=self.meter.settings
+            self.store, session, upload_id, phase, total=total, settings=self.context.settings
         ).start()
 
     @staticmethod

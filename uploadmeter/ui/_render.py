@@ -20,13 +20,12 @@ import functools
 import hashlib
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+from uploadmeter.core._context import HasContext, MeterContext, context_of
 
 __all__ = ["component_settings", "render_assets", "render_file_upload", "template_environment"]
 
@@ -98,7 +97,7 @@ def _module(settings: dict[str, Any]) -> Any:
 
 
 def _settings_for(
-    middleware: UploadMeterMiddleware | None,
+    middleware: MeterContext | HasContext | None,
     prefix: str | None,
     script_name: str,
     poll_interval: float,
@@ -106,9 +105,10 @@ def _settings_for(
     max_content_length: int | None,
 ) -> dict[str, Any]:
     if middleware is not None:
-        prefix = middleware.prefix if prefix is None else prefix
+        context = context_of(middleware)
+        prefix = context.prefix if prefix is None else prefix
         if max_content_length is None:
-            max_content_length = middleware.max_content_length
+            max_content_length = context.max_content_length
     return component_settings(
         prefix=DEFAULT_PREFIX if prefix is None else prefix,
         script_name=script_name,
@@ -122,7 +122,7 @@ def render_file_upload(
     id: str,
     content_html: str = "",
     *,
-    middleware: UploadMeterMiddleware | None = None,
+    middleware: MeterContext | HasContext | None = None,
     prefix: str | None = None,
     script_name: str = "",
     poll_interval: float = DEFAULT_POLL_INTERVAL,
@@ -158,7 +158,7 @@ def render_file_upload(
 
 def render_assets(
     *,
-    middleware: UploadMeterMiddleware | None = None,
+    middleware: MeterContext | HasContext | None = None,
     prefix: str | None = None,
     script_name: str = "",
 ) -> Markup:

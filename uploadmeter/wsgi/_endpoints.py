@@ -20,16 +20,16 @@ from werkzeug.exceptions import NotFound
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
+from uploadmeter.core._context import MeterContext
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
 from uploadmeter.core._records import TOO_LATE_TO_CANCEL
 from uploadmeter.exceptions import StoreError
+from uploadmeter.wsgi._requests import session_for
 from uploadmeter.wsgi._responses import JSON, NO_STORE, error_response, json_response, negotiate
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 # A body of a few parameters (a merge request, a share's code form): a few KB.  Also room
 # for a relativePath of 4096 bytes, percent-encoded.
@@ -67,10 +67,11 @@ class SmallBodyRequest(Request):
 
 
 class Endpoints:
-    """Dispatches requests under the prefix; owned by :class:`UploadMeterMiddleware`."""
+    """Dispatches requests under the prefix; owned by the middleware, which gives it its
+    :class:`~uploadmeter.core.MeterContext`."""
 
-    def __init__(self, meter: UploadMeterMiddleware) -> None:
-        self.meter = meter
+    def __init__(self, context: MeterContext) -> None:
+        self.context = context
         self.static = SharedDataMiddleware(
             NotFound(), {"/static": ("uploadmeter.ui", "static")}, cache_timeout=3600
         )
@@ -91,7 +92,8 @@ class Endpoints:
         for mount, app in self.mounts.items():
             if sub == mount or sub.startswith(mount + "/"):
                 # Like werkzeug's DispatcherMiddleware: the mount moves to SCRIPT_NAME.
-                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self.meter.prefix + mount
+                script_name = environ.get("SCRIPT_NAME", "") + self.context.prefix + mount
+                environ["SCRIPT_NAME"] = script_name
                 environ["PATH_INFO"] = sub[len(mount) :]
                 return app(environ, start_response)
         return error_response(environ, 404, "No such uploadmeter endpoint.")(
@@ -104,7 +106,7 @@ class Endpoints:
         found = self._lookup(
             environ,
             ("GET", "HEAD"),
-            self.meter.records.load,
+            self.context.records.load,
             "Progress is unavailable",
         )
         if isinstance(found, Response):
@@ -122,7 +124,7 @@ class Endpoints:
         found = self._lookup(
             environ,
             ("POST",),
-            self.meter.records.request_cancel,
+            self.context.records.request_cancel,
             "Cannot cancel now",
         )
         if isinstance(found, Response):
@@ -145,7 +147,7 @@ class Endpoints:
         """Make sure the client has a session (the progress endpoint issues it the same way)."""
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return self._method_not_allowed(environ, "GET, HEAD")
-        _, cookie = self.meter.session_for(environ)
+        _, cookie = session_for(self.context, environ)
         response = Response(status=204, headers=NO_STORE)
         if cookie is not None:
             response.headers.add("Set-Cookie", cookie)
@@ -168,7 +170,7 @@ class Endpoints:
         upload_id = _requested_id(request)
         if upload_id is None or not valid_upload_id(upload_id):
             return error_response(environ, 400, INVALID_ID_MESSAGE)
-        session, cookie = self.meter.session_for(environ)
+        session, cookie = session_for(self.context, environ)
         if cookie is not None:
             # A session issued just now cannot own an upload: no store round trip.
             return request, upload_id, None, [("Set-Cookie", cookie)]

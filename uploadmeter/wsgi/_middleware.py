@@ -8,25 +8,32 @@ every worker shares.  The application parses the body exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import ClosingIterator
 
+from uploadmeter.core._context import MeterContext
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
 from uploadmeter.core._records import Records
-from uploadmeter.core._sessions import CookieSettings, SessionCookie, SessionHook
+from uploadmeter.core._sessions import CookieSettings, SessionHook, Sessions
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 from uploadmeter.stores import ProgressStore, open_store
 from uploadmeter.wsgi._endpoints import Endpoints
+from uploadmeter.wsgi._requests import (
+    new_session_cookie,
+    page_needs_cookie,
+    requested_upload_id,
+    session_for,
+)
 from uploadmeter.wsgi._responses import error_response
 from uploadmeter.wsgi._stream import UNREADABLE, CappedInput, MeteredInput
 
@@ -146,22 +153,65 @@ class UploadMeterMiddleware:
         if not secret_key:
             raise ValueError("UploadMeterMiddleware needs a secret_key to sign its cookie")
         self.app = app
-        self.store = open_store(store)
-        self.prefix = "/" + prefix.strip("/")
-        self.max_content_length = max_content_length
         self.max_tracked_fields = max_tracked_fields
-        self.settings = TrackerSettings(
-            ttl=ttl, stale_after=stale_after, update_interval=update_interval
-        )
-        self.records = Records(self.store, self.settings)  # the only writer of records
-        self.cookie = SessionCookie(
-            secret_key,
-            CookieSettings(cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure),
-            hook=session_id,
-        )
         self.set_cookie_on_pages = set_cookie_on_pages
-        self.endpoints = Endpoints(self)
+        context = MeterContext(
+            store=open_store(store),
+            settings=TrackerSettings(
+                ttl=ttl, stale_after=stale_after, update_interval=update_interval
+            ),
+            sessions=Sessions(
+                secret_key,
+                CookieSettings(
+                    cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure
+                ),
+                hook=session_id,
+            ),
+            prefix="/" + prefix.strip("/"),
+            mount=self.mount,
+            max_content_length=max_content_length,
+        )
+        self._context = context
+        self.endpoints = Endpoints(context)
         self._prefix_slash = self.prefix + "/"
+
+    @property
+    def context(self) -> MeterContext:
+        """What features (chunked, tus, downloads, ...) are given of this middleware."""
+        return self._context
+
+    # The context's parts, as attributes of the middleware.
+
+    @property
+    def store(self) -> ProgressStore:
+        return self.context.store
+
+    @property
+    def settings(self) -> TrackerSettings:
+        return self.context.settings
+
+    @settings.setter
+    def settings(self, settings: TrackerSettings) -> None:
+        """New timing for this middleware and its endpoints (features keep theirs)."""
+        self._context = dataclasses.replace(self._context, settings=settings)
+        self.endpoints.context = self._context
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.context.sessions
+
+    @property
+    def prefix(self) -> str:
+        return self.context.prefix
+
+    @property
+    def max_content_length(self) -> int | None:
+        return self.context.max_content_length
+
+    @property
+    def records(self) -> Records:
+        """The only writer of this middleware's records."""
+        return self.context.records
 
     def mount(self, path: str, app: WSGIApplication) -> None:
         """Serve ``app`` under ``{prefix}{path}``: the one way to add an endpoint
@@ -188,17 +238,10 @@ class UploadMeterMiddleware:
         if (
             self.set_cookie_on_pages
             and environ.get("REQUEST_METHOD") == "GET"
-            and not self.cookie.has_valid_cookie(environ)
+            and page_needs_cookie(self.context, environ)
         ):
             return self._page_with_cookie(environ, start_response)
         return self.app(environ, start_response)
-
-    def session_for(self, environ: WSGIEnvironment) -> tuple[str, str | None]:
-        """``(session, Set-Cookie value or None)``; issues a cookie when there is none."""
-        session = self.cookie.session_of(environ)
-        if session is not None:
-            return session, None
-        return self.cookie.issue(environ)
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -208,7 +251,7 @@ class UploadMeterMiddleware:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             for name, value in headers:
                 if name.lower() == "content-type" and value.startswith("text/html"):
-                    headers = [*headers, ("Set-Cookie", self.cookie.issue(environ)[1])]
+                    headers = [*headers, ("Set-Cookie", new_session_cookie(self.context, environ))]
                     break
             return start_response(status, headers, exc_info)
 
@@ -239,7 +282,7 @@ class UploadMeterMiddleware:
         if not valid_upload_id(upload_id):
             return error_response(environ, 400, INVALID_ID_MESSAGE)(environ, start_response)
 
-        session, cookie = self.session_for(environ)
+        session, cookie = session_for(self.context, environ)
         extra = [("Set-Cookie", cookie)] if cookie else []
         tracker = UploadTracker(
             self.store,
@@ -365,20 +408,6 @@ def _content_length(environ: WSGIEnvironment) -> int | None:
     except ValueError:
         return None
     return length if length >= 0 else None
-
-
-def requested_upload_id(environ: WSGIEnvironment) -> str | None:
-    """The tracking id a request carries (query ``uploadmeter_id``, ``X-Upload-ID`` or
-    ``X-Progress-ID``), ``""`` when the parameter is present but empty, else ``None``."""
-    query: str = environ.get("QUERY_STRING", "")
-    if "uploadmeter_id=" in query:  # cheap pre-check; the parse decides
-        values = parse_qs(query, keep_blank_values=True).get("uploadmeter_id")
-        if values is not None:
-            return values[0]  # "" when present but empty: invalid, not untracked
-    for header in ("HTTP_X_UPLOAD_ID", "HTTP_X_PROGRESS_ID"):
-        if header in environ:
-            return str(environ[header])
-    return None
 
 
 def _observer_for(content_type: str, max_fields: int) -> MultipartObserver | None:

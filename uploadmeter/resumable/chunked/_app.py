@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
+from uploadmeter.core._context import HasContext, MeterContext
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
@@ -105,12 +106,11 @@ from uploadmeter.resumable.chunked._params import (
     param,
     parse_params,
 )
+from uploadmeter.wsgi._requests import session_of
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
@@ -199,7 +199,8 @@ class _Upload:
 class ChunkUploads(ResumableEndpoint):
     """The chunk endpoint (WSGI app); mount it with ``meter.mount("/chunks", chunks)``.
 
-    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
+    :param meter: the meter (the middleware, the Flask extension) or its
+        :class:`~uploadmeter.core.MeterContext`: store, settings, sessions.
     :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory; share one
         with :class:`~uploadmeter.resumable.TusUploads` to share quota and finished files.
     :param on_complete: ``on_complete(FileInfo)`` once a file is merged and verified (or
@@ -224,7 +225,7 @@ class ChunkUploads(ResumableEndpoint):
 
     def __init__(
         self,
-        meter: UploadMeterMiddleware,
+        meter: MeterContext | HasContext,
         files: FileStore | str | os.PathLike[str],
         *,
         on_complete: OnComplete | None = None,
@@ -294,12 +295,12 @@ class ChunkUploads(ResumableEndpoint):
     def _session(self, environ: dict[str, Any]) -> str:
         """The request's session; never a new one (parallel first chunks would each get
         their own, and no request would see the whole file)."""
-        session = self.meter.cookie.session_of(environ)
+        session = session_of(self.context, environ)
         if session is None:
             raise ChunkRefused(
                 "no_session",
                 "No upload session: load a page of this site first, or "
-                f"GET {self.meter.prefix}/session (its cookie keys the upload).",
+                f"GET {self.context.prefix}/session (its cookie keys the upload).",
             )
         return session
 

@@ -48,6 +48,7 @@ from werkzeug.http import http_date
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
+from uploadmeter.core._context import HasContext, MeterContext
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
     CANCELLED,
@@ -79,12 +80,11 @@ from uploadmeter.resumable._storage import (
     clean_filename,
     is_disk_full,
 )
+from uploadmeter.wsgi._requests import session_for
 from uploadmeter.wsgi._responses import NO_STORE, error_response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
 
@@ -172,7 +172,8 @@ class _Upload:
 class TusUploads(ResumableEndpoint):
     """The tus endpoint (WSGI app); mount it with ``meter.mount("/tus", tus)``.
 
-    :param meter: the :class:`~uploadmeter.UploadMeterMiddleware` (store, sessions).
+    :param meter: the meter (the middleware, the Flask extension) or its
+        :class:`~uploadmeter.core.MeterContext`: store, settings, sessions.
     :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory (its
         ``expire_after`` is the uploads' expiration).
     :param on_complete: ``on_complete(FileInfo)``, as for
@@ -188,7 +189,7 @@ class TusUploads(ResumableEndpoint):
 
     def __init__(
         self,
-        meter: UploadMeterMiddleware,
+        meter: MeterContext | HasContext,
         files: FileStore | str | os.PathLike[str],
         *,
         on_complete: OnComplete | None = None,
@@ -316,7 +317,7 @@ class TusUploads(ResumableEndpoint):
 
         # Without a session (a first visit, a client that keeps no cookies) the upload
         # starts one: the cookie lets a browser poll its progress; the URL needs none.
-        session, cookie = self.meter.session_for(request.environ)
+        session, cookie = session_for(self.context, request.environ)
         upload_id = self.files.session_key(session) + secrets.token_urlsafe(18)
         now = time.time()
         upload = _Upload(
@@ -472,7 +473,7 @@ class TusUploads(ResumableEndpoint):
         hasher = _ALGORITHMS[checksum[0]]() if checksum else None
         record = self._load_record(upload)
         record.bytes_received = start
-        tracker = UploadTracker(self.store, upload.session, record, self.meter.settings)
+        tracker = UploadTracker(self.store, upload.session, record, self.context.settings)
         # Unbuffered: every byte counted as written is in the file, and a HEAD meanwhile
         # sees the offset grow.
         with open(upload.data_path, "r+b", buffering=0) as f:
