@@ -1,0 +1,308 @@
+"""uploadmeter's own endpoints against hostile input, through HTTP on a real server.
+
+* Names XML cannot carry (U+FFFE, U+FFFF) in chunk and tus uploads: the polls stay valid.
+* Every endpoint bounds what it reads: a merge request or a share's code form is a few KB;
+  a bigger one is answered 413 before its body is read, whatever its framing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import select
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+
+from tests.support import download_apps
+from tests.support.chunked_app import read_completions
+from tests.support.chunked_support import ChunkClient, ChunkedFile, served
+from tests.support.servers import Client, multipart_body, run_gunicorn, serve_in_thread
+
+TUS = "/uploadmeter/tus/"
+V = {"Tus-Resumable": "1.0.0"}
+# Legal in a file name and in JSON, not in XML 1.0.
+NOT_XML_NAME = "report\ufffe v2\uffff.pdf"
+SHOWN = "report\ufffd v2\ufffd.pdf"
+
+
+@pytest.fixture
+def server(tmp_path: Any) -> Any:
+    with served(str(tmp_path)) as s:
+        yield s
+
+
+def polls(c: ChunkClient, upload_id: str) -> tuple[dict[str, Any], ET.Element]:
+    """The JSON and the XML poll of ``upload_id``, both parsed (strict UTF-8)."""
+    status, _, body = c.request("GET", f"/uploadmeter/progress?id={upload_id}")
+    assert status == 200
+    record = json.loads(body.decode("utf-8"))
+    status, headers, body = c.request("GET", f"/uploadmeter/progress?id={upload_id}&format=xml")
+    assert status == 200 and headers["content-type"].startswith("text/xml")
+    return record, ET.fromstring(body)  # raises on a malformed document
+
+
+def field_names(xml: ET.Element) -> list[str | None]:
+    fields = xml.find("fields")
+    assert fields is not None
+    return [f.get("filename") for f in fields]
+
+
+# -- names XML cannot carry (issue 10, item 12) ---------------------------------------------
+
+
+def test_chunk_names_xml_cannot_carry_keep_both_polls_valid(server: Any) -> None:
+    c = server.client()
+    f = ChunkedFile.random(3 * 1024, 1024, filename=NOT_XML_NAME)
+    status, body = c.post_chunk(f, 1)
+    assert status == 200, body
+    record, xml = polls(c, f.identifier)
+    assert record["state"] == "uploading"
+    assert [x["filename"] for x in record["fields"]] == [SHOWN]
+    assert field_names(xml) == [SHOWN]
+
+    c.post_chunk(f, 2)
+    status, body = c.post_chunk(f, 3)
+    assert status == 200, body
+    record, xml = polls(c, f.identifier)
+    assert record["state"] == "done" and xml.findtext("state") == "done"
+    assert record["result"]["filename"] == SHOWN
+    assert field_names(xml) == [SHOWN]
+    (done,) = read_completions(server.directory)
+    assert done["filename"] == NOT_XML_NAME  # the application gets the name as sent
+    assert done["sha256"] == f.sha256
+
+
+def test_tus_names_xml_cannot_carry_keep_both_polls_valid(server: Any) -> None:
+    c = server.client()
+    data = os.urandom(4096)
+    meta = "filename " + base64.b64encode(NOT_XML_NAME.encode()).decode()
+    status, headers, body = c.request(
+        "POST", TUS, b"", {**V, "Upload-Length": str(len(data)), "Upload-Metadata": meta}
+    )
+    assert status == 201, body
+    url = headers["location"]
+    upload_id = url.rsplit("/", 1)[1]
+    patch = {**V, "Content-Type": "application/offset+octet-stream"}
+    assert c.request("PATCH", url, data[:1000], {**patch, "Upload-Offset": "0"})[0] == 204
+    record, xml = polls(c, upload_id)
+    assert record["state"] == "uploading"
+    assert [x["filename"] for x in record["fields"]] == [SHOWN]
+    assert field_names(xml) == [SHOWN]
+
+    assert c.request("PATCH", url, data[1000:], {**patch, "Upload-Offset": "1000"})[0] == 204
+    record, xml = polls(c, upload_id)
+    assert record["state"] == "done" and xml.findtext("state") == "done"
+    assert record["result"]["filename"] == SHOWN
+    assert field_names(xml) == [SHOWN]
+    (done,) = read_completions(server.directory)
+    assert done["filename"] == NOT_XML_NAME
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+# -- bounded bodies (issue 10, item 8) ------------------------------------------------------
+
+MERGE = "/uploadmeter/chunks/merge"
+HUGE = 200 * 1024 * 1024  # what the request says it sends: never read
+ANSWER_WITHIN = 10.0  # seconds; a server still reading the body never answers
+
+
+def answer_to(
+    base: str, head: bytes, pieces: Iterable[bytes]
+) -> tuple[int, dict[str, str], bytes, int]:
+    """Send ``head``, then ``pieces`` until the server answers or stops reading.
+
+    Returns ``(status, headers, body, body bytes sent)``.  Raises ``TimeoutError`` when
+    no answer comes within ANSWER_WITHIN seconds of the last piece.
+    """
+    port = urlsplit(base).port
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN) as sock:
+        sock.sendall(head)
+        sent = 0
+        for piece in pieces:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer is there
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break  # the server closed the connection: it reads no more
+            sent += len(piece)
+        data = b""
+        with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+            while True:
+                chunk = sock.recv(65536)
+                data += chunk
+                head_bytes, sep, body = data.partition(b"\r\n\r\n")
+                if not chunk or (sep and len(body) >= _length(head_bytes)):
+                    break
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split(" ", 2)[1]), headers, body, sent
+
+
+def _length(head: bytes) -> int:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return int(value)
+    return 1 << 62  # none: read to the end
+
+
+def request_head(path: str, cookie: str, content_type: str, length: int | None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}"]
+    lines.append(
+        f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    )
+    if cookie:
+        lines.append(f"Cookie: {cookie}")
+    lines.append("Accept: application/json")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def body_pieces(chunked: bool, *, total: int = 64 * 1024 * 1024) -> Iterator[bytes]:
+    """``total`` bytes of a body in 16 KiB pieces; chunked frames never terminated."""
+    block = b"[" * 16 * 1024
+    for _ in range(total // len(block)):
+        yield b"%x\r\n%s\r\n" % (len(block), block) if chunked else block
+
+
+def content_length_body() -> Iterator[bytes]:
+    """What a client of a 200 MB request sends before it waits for the answer: 64 KiB."""
+    return body_pieces(False, total=64 * 1024)
+
+
+@pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
+def chunk_server(request: Any, tmp_path_factory: Any) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("chunks")
+    if request.param == "werkzeug":
+        with served(str(directory)) as s:
+            yield s.url
+        return
+    env = {
+        "UPLOADMETER_TEST_STORE": f"sqlite://{directory}/store.sqlite3",
+        "UPLOADMETER_TEST_FILES": str(directory / "files"),
+    }
+    with run_gunicorn("tests.support.chunked_app:make_app()", workers=2, env=env) as url:
+        yield url
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "multipart/form-data; boundary=x", "text/plain"]
+)
+def test_a_big_merge_request_is_refused_before_its_body_is_read(
+    chunk_server: str, content_type: str, chunked: bool
+) -> None:
+    """200 MB to {prefix}/chunks/merge: 413 while the client has sent a small part."""
+    c = ChunkClient(chunk_server)
+    c.start()
+    head = request_head(MERGE, c.cookie_header(), content_type, None if chunked else HUGE)
+    pieces = body_pieces(True) if chunked else content_length_body()
+    status, headers, body, sent = answer_to(chunk_server, head, pieces)
+    assert status == 413, body
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["reason"] == "too_large" and "32768 bytes" in error["message"]
+    assert sent < 64 * 1024 * 1024  # answered long before the (endless) body ended
+    # And without a session, nothing is read either.
+    head = request_head(MERGE, "", content_type, HUGE)
+    status, _, body, _ = answer_to(chunk_server, head, content_length_body())
+    assert status == 415 and json.loads(body)["error"]["reason"] == "no_session"
+
+
+def test_merge_bodies_that_are_not_parameters_get_a_clear_400(server: Any) -> None:
+    c = server.client()
+    json_type = {"Content-Type": "application/json"}
+    for data, message in (
+        (b"[" * 20_000, "The JSON body is nested too deeply."),  # within the size cap
+        (b'{"identifier": ', "The request body is not valid JSON."),
+        (b"\xff\xfe{}", "The request body is not valid JSON."),
+        (b"[1, 2]", "The JSON body must be an object."),
+    ):
+        status, headers, body = c.request("POST", MERGE, data, json_type)
+        assert status == 400, (data[:20], body)
+        assert headers["content-type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert (error["reason"], error["message"]) == ("bad_json", message)
+        assert b"Traceback" not in body
+    status, _, body = c.request("POST", MERGE, b"[" * 100_000, json_type)
+    assert status == 413 and json.loads(body)["error"]["reason"] == "too_large"
+
+
+def test_a_small_merge_request_still_merges(tmp_path: Any) -> None:
+    """Query, form and JSON parameters all still work under the cap."""
+    with served(str(tmp_path), chunk_options={"auto_merge": False}) as s:
+        for how in ("query", "form", "json"):
+            c = s.client()
+            f = ChunkedFile.random(4096, 1024)
+            c.upload(f)
+            params = f.params(relativePath="deep/" * 800 + f.filename)  # 4 KB, allowed
+            if how == "query":
+                status, _, data = c.request("POST", MERGE + "?" + urlencode(params))
+            elif how == "form":
+                form, ctype = multipart_body(
+                    [(k, None, str(v).encode()) for k, v in params.items()]
+                )
+                status, _, data = c.request("POST", MERGE, form, {"Content-Type": ctype})
+            else:
+                body = json.dumps(params).encode()
+                status, _, data = c.request(
+                    "POST", MERGE, body, {"Content-Type": "application/json"}
+                )
+            assert status == 200, data
+            assert json.loads(data)["complete"] is True
+        assert len(read_completions(s.directory)) == 3
+
+
+@pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
+def links_server(request: Any, tmp_path_factory: Any) -> Iterator[str]:
+    """``download_apps`` (links at {prefix}/d, ``POST /make/share``) on a real server."""
+    directory = tmp_path_factory.mktemp("links")
+    if request.param == "werkzeug":
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("UM_STORE", "memory://")
+            app = download_apps.make_app()
+        with serve_in_thread(app) as base:
+            yield base
+        return
+    env = {"UM_STORE": f"sqlite://{directory}/store.sqlite3", "UM_FILES": str(directory)}
+    with run_gunicorn("tests.support.download_apps:make_app()", workers=2, env=env) as base:
+        yield base
+
+
+@pytest.fixture
+def share_site(links_server: str) -> tuple[str, str]:
+    """A new share of "notes" behind the code ABCD: ``(base URL, share path)``."""
+    status, _, body = Client(links_server).request("POST", "/make/share?target=notes&code=ABCD")
+    assert status == 200, body
+    return links_server, json.loads(body)["url"]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data; boundary=x", "application/x-www-form-urlencoded"]
+)
+def test_a_big_share_code_form_is_refused_before_its_body_is_read(
+    share_site: tuple[str, str], content_type: str, chunked: bool
+) -> None:
+    base, share = share_site
+    head = request_head(share, "", content_type, None if chunked else HUGE)
+    pieces = body_pieces(True) if chunked else content_length_body()
+    status, headers, body, sent = answer_to(base, head, pieces)
+    assert status == 413, body
+    assert headers["content-type"] == "application/json"
+    assert "at most 32768 bytes" in json.loads(body)["error"]["message"]
+    assert sent < 64 * 1024 * 1024
+    # The code form itself still works, as a form or as a header.
+    status, headers, _ = Client(base).request(
+        "POST", share, b"code=abcd", {"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 303 and "/l/" in headers["location"]
