@@ -65,7 +65,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "UPLOADMETER_COOKIE_DOMAIN": None,
     "UPLOADMETER_COOKIE_SAMESITE": "Lax",
     "UPLOADMETER_COOKIE_SECURE": None,  # None: Secure when the request came over https
-    "UPLOADMETER_SET_COOKIE_ON_PAGES": False,
+    "UPLOADMETER_SET_COOKIE_ON_PAGES": True,
     # resolver(target) -> what to download, for signed links (uploadmeter.links); None: off
     "UPLOADMETER_DOWNLOAD_RESOLVER": None,
 }

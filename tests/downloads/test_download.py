@@ -303,7 +303,7 @@ def test_name_helpers() -> None:
     assert content_disposition("../../etc/passwd") == 'attachment; filename="passwd"'
     assert safe_arcname("../../a.txt") == "a.txt"
     assert safe_arcname("/abs/b.txt") == "abs/b.txt"
-    assert safe_arcname("C:\\win\\x?.txt") == "C_/win/x_.txt"
+    assert safe_arcname("C:\\win\\x?.txt") == "C__win_x_.txt"  # "\\" is a character on Linux
     assert safe_arcname("a\x00b.txt") == "ab.txt"
     assert safe_arcname("..") == ""
     assert safe_arcname("a. ./b ./") == "a/b/"  # Windows drops trailing dots and spaces
@@ -327,7 +327,7 @@ def test_zip_extracts_everywhere(h: Harness, tmp_path: Path) -> None:
     sources = {"a": b"file a", "a/b.txt": b"inside a", "../../evil.txt": b"x", "C:\\x.txt": b"c"}
     h.route("/clash", lambda env: download(sources, environ=env))
     archive = open_zip(get(h, "/clash")[2])
-    assert archive.namelist() == ["a", "a (1)/b.txt", "evil.txt", "C_/x.txt"]
+    assert archive.namelist() == ["a", "a (1)/b.txt", "evil.txt", "C__x.txt"]
     archive.extractall(tmp_path / "out")  # a file and a folder "a" could not both exist
     assert (tmp_path / "out" / "a (1)" / "b.txt").read_bytes() == b"inside a"
 
@@ -344,8 +344,6 @@ def test_names_of_only_dots_and_spaces_extract_with_zipfile_and_unzip(
     h: Harness, tmp_path: Path
 ) -> None:
     """Files named "...", " .. ", ". ." (legal on Linux) keep their own member names."""
-    unzip = shutil.which("unzip")
-    assert unzip is not None, "Info-ZIP unzip is not installed (.ci/run installs it)"
     folder = tmp_path / "folder"
     (folder / "....").mkdir(parents=True)
     files = {"...": b"three", " .. ": b"spaced", ". .": b"dot space dot", "   ": b"spaces"}
@@ -361,6 +359,16 @@ def test_names_of_only_dots_and_spaces_extract_with_zipfile_and_unzip(
     assert sorted(open_zip(body).namelist()) == sorted(
         ["_", "__", "_ _", "___", "___ (1)", "x.txt", "____/inner.txt"]
     )
+    _extracts_every_file_the_same_everywhere(h, tmp_path, files)
+
+
+def _extracts_every_file_the_same_everywhere(
+    h: Harness, tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    """``/dir`` and ``/mixed`` (routed by the caller) extract to the same tree with
+    Python's zipfile and Info-ZIP unzip, with every one of ``files`` in it, once."""
+    unzip = shutil.which("unzip")
+    assert unzip is not None, "Info-ZIP unzip is not installed (.ci/run installs it)"
     for url, prefix in (("/dir", ""), ("/mixed", "folder/")):
         body = get(h, url)[2]
         (tmp_path / "got.zip").write_bytes(body)
@@ -377,6 +385,38 @@ def test_names_of_only_dots_and_spaces_extract_with_zipfile_and_unzip(
         assert tree == _tree_of(by_unzip)
         got = sorted(v for k, v in tree.items() if v is not None and k.startswith(prefix))
         assert got == sorted(files.values())  # every file, each once
+
+
+def test_names_cleaning_empties_or_lengthens_extract_with_zipfile_and_unzip(
+    h: Harness, tmp_path: Path
+) -> None:
+    """A name of control characters is a name, not path syntax; ``\\`` is a character, not
+    a folder; a numbered duplicate of a 255-byte name still fits in 255 bytes."""
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a").mkdir()
+    long_ascii, long_utf8 = "x" * 254, "é" * 127  # 254 bytes each, + "." = 255
+    files = {
+        "sub/\x01": b"control",
+        "sub/.\x01": b"dot control",
+        "sub/x.txt": b"x in sub",
+        "a\\b.txt": b"backslash",
+        "a/b.txt": b"b in a",
+        long_ascii + ".": b"ascii dot",
+        long_ascii: b"ascii",
+        f"sub/{long_utf8}.": b"utf8 dot",
+        f"sub/{long_utf8}": b"utf8",
+        f"sub/{'é' * 124}.tar.gz": b"utf8 tar",  # 255 bytes
+        f"sub/{'é' * 124}.TAR.GZ": b"utf8 TAR",  # the same name on Windows and macOS
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    h.route("/dir", lambda env: download(folder, environ=env))
+    h.route("/mixed", lambda env: download([folder, b"top"], environ=env))
+    names = open_zip(get(h, "/dir")[2]).namelist()
+    assert {"sub/_", "sub/_ (1)", "sub/x.txt", "a_b.txt", "a/b.txt"} <= set(names), names
+    assert max(len(part.encode()) for n in names for part in n.split("/")) <= 255
+    _extracts_every_file_the_same_everywhere(h, tmp_path, files)
 
 
 def test_symlink_swapped_after_the_response_is_built(tmp_path: Path) -> None:

@@ -286,7 +286,7 @@ def test_gunicorn_workers_share_progress_on_the_default_store(
 ) -> None:
     # No UM_STORE: the embedded default, an SQLite file in the user's private directory.
     env = {"UM_UPLOAD_DIR": upload_dir, "TMPDIR": str(tmp_path), "UM_UPDATE_INTERVAL": "0"}
-    gunicorn_upload({**env, "XDG_RUNTIME_DIR": ""})
+    gunicorn_upload(env)
     directory = tmp_path / f"uploadmeter-{os.geteuid()}"
     assert os.stat(directory).st_mode & 0o777 == 0o700
     assert os.stat(directory / "uploadmeter.sqlite3").st_mode & 0o777 == 0o600

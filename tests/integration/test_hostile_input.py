@@ -136,7 +136,9 @@ def test_a_huge_query_string_is_handled() -> None:
 def tampered(cookie: str) -> list[str]:
     name, _, value = cookie.partition("=")
     token, _, signature = value.rpartition(".")
-    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    # The first character: all six of its bits are signature (the last one's low bits are
+    # base64 padding, so changing it can leave the signature valid).
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     altered = token[:-1] + ("x" if token[-1] != "x" else "y")
     return [
         f"{name}={token}.{flipped}",  # signature altered

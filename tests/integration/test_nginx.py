@@ -7,6 +7,8 @@ nginx spooling them.  Negative controls prove each part of the block matters: wi
 ``proxy_request_buffering off`` lines the form upload shows no progress until its last
 byte, and without the two ``/uploadmeter/`` locations (only ``location = /upload``
 streaming, as before issue 10) a tus resume restarts from byte 0 and chunks are spooled.
+A tracked download read slowly never reads ``done`` ahead of the client (the app's
+``X-Accel-Buffering: no``); with nginx ignoring that header it reads ``done`` at once.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from tests.support.chunked_app import read_completions
 from tests.support.chunked_support import ChunkClient, ChunkedFile
 from tests.support.servers import (
     ROOT,
+    Client,
     RawUpload,
     free_port,
     new_upload_id,
     run_gunicorn,
+    tcp_buffer_max,
     wait_for_port,
     wait_until,
 )
@@ -282,6 +286,28 @@ def test_negative_control_a_buffering_nginx_shows_no_form_progress(
 
 
 @pytest.mark.parametrize(("variant", "streams"), CONFIGS)
+def test_a_tus_creation_post_with_data_is_streamed(
+    app: tuple[str, str, str], tmp_path: Any, variant: Any, streams: bool
+) -> None:
+    # tus-js-client and Uppy POST the first bytes to {prefix}/tus, without a trailing slash.
+    data = os.urandom(256 * KB)
+    with run_nginx(variant(), app[0], tmp_path / "nginx") as nginx:
+        c = ChunkClient(nginx.url)
+        status, headers, _ = c.request(
+            "POST",
+            TUS.rstrip("/"),
+            data,
+            {
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(len(data)),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert status == 201 and headers["upload-offset"] == str(len(data)), (status, headers)
+        assert (BUFFERED in nginx.log()) is not streams
+
+
+@pytest.mark.parametrize(("variant", "streams"), CONFIGS)
 def test_a_tus_upload_cut_midway_resumes_from_the_stored_offset(
     app: tuple[str, str, str], tmp_path: Any, variant: Any, streams: bool
 ) -> None:
@@ -360,3 +386,100 @@ def test_chunk_posts_reach_the_app_as_they_arrive(
     assert (BUFFERED in log) is not streams
     done = wait_until(lambda: [d for d in read_completions(app[2]) if d["upload_id"] == upload_id])
     assert [d["sha256"] for d in done] == [f.sha256]
+
+
+DOWNLOAD = 48 * 1024 * KB
+# What may lie between the app and a client that stopped reading when nginx streams the
+# response: the app's send and nginx's receive buffer (auto-tuned up to these maxima),
+# nginx's send buffer, and nginx's proxy_buffer_size.  About 14 MiB on Linux's defaults,
+# far below DOWNLOAD: a buffering nginx takes all of it.
+IN_FLIGHT = 2 * tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem") + 64 * KB
+
+
+def buffering_downloads(config: str) -> str:
+    """The app's ``X-Accel-Buffering: no`` ignored: nginx's default ``proxy_buffering on``
+    for the tracked download too."""
+    assert "proxy_buffering" not in config and config.count("location / {") == 1, config
+    return config.replace(
+        "location / {", "location / {\n        proxy_ignore_headers X-Accel-Buffering;"
+    )
+
+
+@pytest.fixture(scope="module")
+def download_app(tmp_path_factory: Any) -> Iterator[str]:
+    """``gunicorn -w 2`` serving ``/zip?uploadmeter_id=...``: a tracked zip of one 48 MiB
+    file (stored, so it has a Content-Length)."""
+    base = tmp_path_factory.mktemp("nginx-downloads")
+    files = base / "files"
+    files.mkdir()
+    (files / "big.bin").write_bytes(os.urandom(DOWNLOAD))
+    env = {"UM_STORE": f"sqlite://{base}/um.sqlite3", "UM_FILES": str(files)}
+    with run_gunicorn("tests.support.download_apps:make_app()", workers=2, env=env) as url:
+        yield url
+
+
+def _stalled(client: Client, upload_id: str) -> dict[str, Any]:
+    """The record once the app has stopped sending (the client reads nothing), or once it
+    reads ``done``."""
+    last: list[int] = []
+
+    def settled() -> dict[str, Any] | None:
+        record = client.progress(upload_id)
+        if record["state"] == "done":
+            return record
+        last.append(record["bytes_received"])
+        # Unchanged over 0.5 s of polls: the app is blocked on a full socket.
+        return record if len(last) > 25 and last[-1] == last[-26] > 0 else None
+
+    return wait_until(settled, timeout=30, interval=0.02)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("variant", "streams"),
+    [
+        pytest.param(readme_config, True, id="readme-config"),
+        pytest.param(
+            lambda: buffering_downloads(readme_config()), False, id="negative-control-buffering"
+        ),
+    ],
+)
+def test_a_download_through_the_readme_nginx_is_done_only_when_the_client_has_it(
+    download_app: str, tmp_path: Any, variant: Any, streams: bool
+) -> None:
+    with run_nginx(variant(), download_app, tmp_path / "nginx") as nginx:
+        client = Client(nginx.url)
+        upload_id = new_upload_id()
+        assert client.progress(upload_id)["state"] == "unknown"  # and the session cookie
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KB)  # a slow reader
+        sock.connect(("127.0.0.1", int(nginx.url.rsplit(":", 1)[1])))
+        with sock:
+            sock.sendall(
+                f"GET /zip?uploadmeter_id={upload_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Cookie: {client.cookie_header()}\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4 * KB)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            got = len(body)
+            record = _stalled(client, upload_id)
+            if not streams:  # nginx took it all: the record is done, the client has 4 KiB
+                assert record["state"] == "done" and got < 64 * KB, (record, got)
+                return
+            total = record["content_length"]
+            assert total > DOWNLOAD and record["state"] == "uploading", record
+            assert record["bytes_received"] <= got + IN_FLIGHT, (record, got)
+            # Read the rest, looking at the record after every MiB (a slow client).
+            checked = 0
+            while got < total:
+                piece = sock.recv(64 * KB)
+                assert piece, (got, total)
+                got += len(piece)
+                if got - checked >= 1024 * KB:
+                    checked = got
+                    record = client.progress(upload_id)
+                    assert record["bytes_received"] <= got + IN_FLIGHT, (record, got)
+                    assert record["state"] == "uploading" or got >= total - IN_FLIGHT, record
+        assert wait_until(lambda: client.progress(upload_id)["state"] == "done")

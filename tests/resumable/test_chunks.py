@@ -256,6 +256,78 @@ def test_post_without_a_session_is_refused(server: Any) -> None:
     assert leftovers(server.directory) == {"tmp": [], "partial": []}
 
 
+def test_no_chunk_request_issues_a_session(server: Any) -> None:
+    """Parallel first requests without a cookie would each get their own session and
+    spread one file over several: every chunk request is refused (415, which every
+    stock client treats as permanent) and says how to get a session."""
+    f = ChunkedFile.random(4 * KB, 2 * KB)
+    anonymous = ChunkClient(server.url)
+    requests = [
+        ("GET", CHUNKS + "?" + urlencode(f.params(1)), None, {}),
+        ("POST", CHUNKS + "/merge?" + urlencode(f.params()), None, {}),
+        ("DELETE", CHUNKS + "?identifier=" + f.identifier, None, {}),
+        ("POST", CHUNKS + "?" + urlencode(f.params(1)), f.piece(1), {"Content-Type": "x/y"}),
+    ]
+    for method, path, body, headers in requests:
+        status, got, data = anonymous.request(method, path, body, headers)
+        assert status == 415 and "set-cookie" not in got, (method, path)
+        error = json.loads(data)["error"]
+        assert error["reason"] == "no_session"
+        assert "GET /uploadmeter/session" in error["message"]
+    assert anonymous.cookies == {}
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}
+    # The documented way for clients without a page of the site.
+    status, got, _ = anonymous.request("GET", "/uploadmeter/session")
+    assert status == 204 and "uploadmeter_session" in anonymous.cookies
+    assert anonymous.upload(f)["complete"]
+
+
+def test_an_edited_file_with_the_same_name_and_size_is_stored_again(server: Any) -> None:
+    """The npm clients' default identifier is ``<size>-<name>``: not a hash, so a finished
+    upload under it says nothing about the next file that has it."""
+    c = server.client()
+    first = ChunkedFile.random(6 * KB, 2 * KB, identifier="6144-report.pdf")
+    edited = ChunkedFile.random(6 * KB, 2 * KB, identifier="6144-report.pdf")
+    assert c.upload(first)["complete"]
+    for number in (1, 2, 3):  # as the clients do: test, then send what is missing
+        assert c.test(edited.params(number)) == (204, None)
+        status, body = c.post_chunk(edited, number)
+        assert status == 200 and body["complete"] == (number == 3), body
+    assert body["result"]["sha256"] == edited.sha256
+    assert [d["sha256"] for d in read_completions(server.directory)] == [
+        first.sha256,
+        edited.sha256,
+    ]
+    with open(read_completions(server.directory)[1]["path"], "rb") as stored:
+        assert stored.read() == edited.data
+    record = c.progress(body["upload_id"])
+    assert record["state"] == "done" and record["result"]["sha256"] == edited.sha256
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}
+
+
+def test_a_get_never_completes_or_changes_an_upload(server: Any) -> None:
+    """A test GET (also reachable by a cross-site navigation, SameSite=Lax) whose
+    identifier is the SHA-256 of a file the session uploaded before, under any name."""
+    c = server.client()
+    data = os.urandom(6 * KB)
+    f = ChunkedFile(data, 2 * KB, identifier=hashlib.sha256(data).hexdigest())
+    c.upload(f)
+    c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)
+    before = read_completions(server.directory)
+    assert len(before) == 1
+    record = c.progress(f.identifier)
+    other_name = ChunkedFile(data, 2 * KB, identifier=f.identifier, filename="evil.exe")
+    for number in (None, 1, 2, 3):
+        status, body = c.test(other_name.params(number))
+        if number is None:
+            assert status == 200 and body is not None and not body["complete"]
+        else:
+            assert (status, body) == (204, None)
+    assert read_completions(server.directory) == before  # no on_complete
+    assert c.progress(f.identifier) == record  # no record written
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}
+
+
 def test_changed_sizes_under_one_identifier_conflict(server: Any) -> None:
     c = server.client()
     f = ChunkedFile.random(6 * KB, 2 * KB, identifier="same-identifier")
@@ -351,16 +423,22 @@ def test_explicit_merge_when_auto_merge_is_off(tmp_path: Any) -> None:
         assert len(read_completions(s.directory)) == 1
 
 
-def test_test_request_merges_an_upload_whose_merge_never_ran(tmp_path: Any) -> None:
+def test_an_upload_whose_merge_never_ran_merges_on_the_resent_last_chunk(tmp_path: Any) -> None:
     with served(str(tmp_path), chunk_options={"auto_merge": False}) as s:
         c = s.client()
-        f = ChunkedFile.random(4 * KB, 2 * KB)
+        f = ChunkedFile.random(6 * KB, 2 * KB)
         c.upload(f)
     with served(str(tmp_path), store=s.meter.store) as s2:
         c2 = ChunkClient(s2.url)
         c2.cookies = c.cookies
-        status, body = c2.test(f.params(1))
-        assert status == 200 and body is not None and body["complete"]
+        # The tests merge nothing, and do not let the client call the file complete:
+        # the last chunk reads as missing, so the client sends it again.
+        answers = [c2.test(f.params(n)) for n in (1, 2, 3)]
+        assert [status for status, _ in answers] == [200, 200, 204]
+        assert answers[0][1] is not None and answers[0][1]["uploaded"] == [1, 2]
+        assert read_completions(s2.directory) == []
+        status, body = c2.post_chunk(f, 3)
+        assert status == 200 and body["complete"]
         assert len(read_completions(s2.directory)) == 1
 
 
@@ -438,18 +516,37 @@ def test_instant_upload_within_a_session(server: Any) -> None:
     status, body = c.test(f.params(1))
     assert status == 200 and body is not None and body["skipUpload"] and body["complete"]
     assert body["url"] == "/files/" + f.sha256
-    # Forget the upload itself; the stored file still makes the next one instant.
+    # Forget the upload itself; the stored file still makes the next one instant -- but
+    # only a POST completes it: the tests report the chunks missing and complete nothing.
     c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        answers = list(pool.map(lambda n: c.test(f.params(n)), [1, 2, 3]))
-    assert all(status == 200 and body and body["skipUpload"] for status, body in answers)
+        assert list(pool.map(lambda n: c.test(f.params(n)), [1, 2, 3])) == [(204, None)] * 3
+        # The clients then send the first chunks at once: one completes the upload.
+        answers = list(pool.map(lambda n: c.post_chunk(f, n), [1, 2, 3]))
+    assert all(status == 200 and body["skipUpload"] for status, body in answers), answers
     completions = read_completions(server.directory)
     assert [d["instant"] for d in completions] == [False, True]
     assert completions[1]["path"] == completions[0]["path"]
     assert c.progress(f.identifier)["result"]["instant"] is True
+    assert leftovers(server.directory) == {"tmp": [], "partial": []}  # no chunk stored
     # Another session does not learn that this file exists.
     other = server.client()
     assert other.test(f.params(1)) == (204, None)
+
+
+def test_merge_request_completes_an_instant_upload_without_a_chunk(server: Any) -> None:
+    """What the chunked component asks before it sends a file by its SHA-256."""
+    c = server.client()
+    f = ChunkedFile.random(6 * KB, 2 * KB)
+    f.identifier = f.sha256
+    status, _, data = c.request("POST", CHUNKS + "/merge?" + urlencode(f.params()))
+    assert status == 404 and json.loads(data)["error"]["reason"] == "not_found"
+    c.upload(f)
+    c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)
+    status, _, data = c.request("POST", CHUNKS + "/merge?" + urlencode(f.params()))
+    body = json.loads(data)
+    assert status == 200 and body["complete"] and body["skipUpload"]
+    assert [d["instant"] for d in read_completions(server.directory)] == [False, True]
 
 
 def test_global_instant_upload_trusts_only_sha256(tmp_path: Any) -> None:
@@ -458,11 +555,14 @@ def test_global_instant_upload_trusts_only_sha256(tmp_path: Any) -> None:
         by_sha = ChunkedFile(data, 2 * KB, identifier=hashlib.sha256(data).hexdigest())
         s.client().upload(by_sha)
         other = s.client()
-        status, body = other.test(by_sha.params(1))
-        assert status == 200 and body is not None and body["skipUpload"]
+        assert other.test(by_sha.params(1)) == (204, None)  # a GET completes nothing
+        status, body = other.post_chunk(by_sha, 1)
+        assert status == 200 and body["skipUpload"] and body["complete"]
         assert read_completions(s.directory)[-1]["instant"] is True
         by_md5 = ChunkedFile(data, 2 * KB, identifier=hashlib.md5(data).hexdigest())
-        assert s.client().test(by_md5.params(1)) == (204, None)
+        status, body = s.client().post_chunk(by_md5, 1)
+        assert status == 200 and not body["complete"] and body["uploaded"] == [1]
+        assert len(read_completions(s.directory)) == 2
 
 
 # -- completion hooks ------------------------------------------------------------------------
@@ -613,16 +713,23 @@ def test_chunks_in_flight_at_a_cancel_are_all_refused(server: Any) -> None:
 
 def test_instant_upload_after_a_cancelled_attempt(server: Any) -> None:
     c = server.client()
-    f = ChunkedFile.random(6 * KB, 2 * KB)
-    c.upload(f)
-    c.request("DELETE", CHUNKS + "?identifier=" + f.identifier)  # forget the upload
-    c.post_chunk(f, 1)  # sent again ...
-    c.request("POST", f"/uploadmeter/cancel?id={f.identifier}")  # ... and cancelled
-    status, body = c.test(f.params(1))
-    assert status == 415 and body is not None and body["error"]["reason"] == "cancelled"
-    status, body = c.test(f.params(1))  # chosen again: the server has the file
-    assert status == 200 and body is not None and body["skipUpload"] and body["complete"]
+    data = os.urandom(6 * KB)
+    f = ChunkedFile(data, 2 * KB, identifier=hashlib.md5(data).hexdigest())
+    c.post_chunk(f, 1)  # an attempt ...
+    c.request("POST", f"/uploadmeter/cancel?id={f.identifier}")  # ... cancelled
+    c.upload(ChunkedFile(data, 2 * KB, identifier=hashlib.sha256(data).hexdigest()))
+    # Chosen again: the tests, however many, are refused and change nothing ...
+    for _ in range(2):
+        status, body = c.test(f.params(1))
+        assert status == 415 and body is not None and body["error"]["reason"] == "cancelled"
+    # ... the chunk the client had in flight is refused and tells it of the cancel ...
+    status, body = c.post_chunk(f, 2)
+    assert status == 415 and body["error"]["reason"] == "cancelled"
+    # ... and the next attempt completes at once: the server has the file.
+    status, body = c.post_chunk(f, 1)
+    assert status == 200 and body["skipUpload"] and body["complete"]
     assert c.progress(f.identifier)["result"]["instant"] is True
+    assert [d["instant"] for d in read_completions(server.directory)] == [False, True]
 
 
 def test_a_test_request_with_other_sizes_conflicts(server: Any) -> None:

@@ -252,7 +252,6 @@ def _modes(directory: Any) -> dict[str, int]:
 def test_the_default_store_is_private_and_shared_by_the_users_processes(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     planted = tmp_path / "uploadmeter.sqlite3"  # where the old default was: ignored now
@@ -287,19 +286,83 @@ def test_the_default_store_is_private_and_shared_by_the_users_processes(
     store.close()
 
 
-def test_the_default_store_prefers_a_private_runtime_dir(
+def test_the_default_store_is_the_same_file_with_and_without_a_runtime_dir(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    # A login shell has $XDG_RUNTIME_DIR, a service or cron job does not, and pam_systemd
+    # removes it at the last logout: the default must not depend on it.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
+    code = "from uploadmeter import open_store; print(open_store(None).path)"
+    paths = set()
+    for xdg in (str(runtime), None):
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+        if xdg is not None:
+            env["XDG_RUNTIME_DIR"] = xdg
+        child = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
+        )
+        paths.add(child.stdout.strip())
+    expected = str(tmp_path / "tmp" / f"uploadmeter-{os.geteuid()}" / "uploadmeter.sqlite3")
+    assert paths == {expected}
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    assert default_sqlite_path() == str(runtime / "uploadmeter" / "uploadmeter.sqlite3")
-    os.chmod(runtime, 0o755)  # not private: not used
-    fallback = str(tmp_path / "tmp" / f"uploadmeter-{os.geteuid()}" / "uploadmeter.sqlite3")
-    assert default_sqlite_path() == fallback
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "absent"))
-    assert default_sqlite_path() == fallback
+    assert default_sqlite_path() == expected
+    assert list(runtime.iterdir()) == []
+
+
+@as_root
+def test_the_default_store_refuses_a_directory_symlinked_by_another_account(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another account makes $TMPDIR/uploadmeter-<uid> a link to a directory of the app's
+    # own (it passes every owner and mode check), to repoint it later at its own.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    link = tmp_path / f"uploadmeter-{os.geteuid()}"
+    link.symlink_to(ours)
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(UnsafeStorePath, match=f"{link}.*symbolic link"):
+        UploadMeterMiddleware(lambda environ, start_response: [], secret_key="k")
+    assert list(ours.iterdir()) == []
+
+
+def test_every_connection_opens_the_file_that_was_checked(tmp_path: Any) -> None:
+    # The path is resolved and checked once; a connection opened later (a new thread, a
+    # forked worker) goes to that file, whatever a name on the way points at by then.
+    ours = tmp_path / "ours"
+    evil = tmp_path / "evil"
+    evil.mkdir(mode=0o777)
+    os.chmod(evil, 0o777)
+    via = tmp_path / "via"
+    via.symlink_to(tmp_path, target_is_directory=True)
+    ours.mkdir(mode=0o700)
+    store = SQLiteStore(str(via / "ours" / "um.sqlite3"))
+    store.set("mine", "1", ttl=60)
+    db = sqlite3.connect(evil / "um.sqlite3")
+    db.execute(
+        "CREATE TABLE uploadmeter_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+        "expires_at REAL NOT NULL) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO uploadmeter_kv VALUES ('planted', 'x', 9e12)")
+    db.commit()
+    db.close()
+    (evil / "ours").symlink_to(evil)  # the swap: via/ours now leads to the planted file
+    via.unlink()
+    via.symlink_to(evil, target_is_directory=True)
+    seen: dict[str, Any] = {}
+
+    def read() -> None:
+        seen.update(mine=store.get("mine"), planted=store.get("planted"))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert seen == {"mine": "1", "planted": None}
+    store.close()
 
 
 @as_root
@@ -307,7 +370,6 @@ def test_the_middleware_refuses_a_default_dir_planted_by_another_account(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The attack of issue 10: another account creates the predictable path first.
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     planted = tmp_path / f"uploadmeter-{os.geteuid()}"
     _plant(planted, 0o777, NOBODY, directory=True)

@@ -34,10 +34,17 @@ def launch_chromium(playwright: Any) -> Any:
 
 
 @contextlib.contextmanager
-def running_chromium() -> Iterator[Any]:
-    """Debian's chromium through Playwright, for a module-scoped ``browser`` fixture."""
+def running_chromium(scripts: Iterable[str] = ()) -> Iterator[Any]:
+    """Debian's chromium through Playwright, for a module-scoped ``browser`` fixture.
+
+    ``scripts``: npm files the pages serve (paths in tests/js/node_modules), checked first.
+    """
+    import pytest
     from playwright.sync_api import sync_playwright
 
+    for script in scripts:
+        if not os.path.exists(script):
+            pytest.fail(f"{script} is missing: run `npm ci --prefix tests/js`")
     with sync_playwright() as p:
         chromium = launch_chromium(p)
         yield chromium

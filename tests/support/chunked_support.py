@@ -77,9 +77,9 @@ class ChunkClient(Client):
     """A cookie-keeping client with the chunk protocol's three requests."""
 
     def start(self) -> None:
-        # As the uploader's script does: the progress endpoint issues the session cookie.
-        status, _, _ = self.request("GET", "/uploadmeter/progress?id=session-check")
-        assert status == 200 and self.cookies
+        # As the uploader's script does (chunk requests never issue a session).
+        status, _, _ = self.request("GET", "/uploadmeter/session")
+        assert status == 204 and self.cookies
 
     def test(self, params: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
         status, _, body = self.request("GET", CHUNKS + "?" + urlencode(params))

@@ -296,11 +296,9 @@ class LogRecords(logging.Handler):
 @contextlib.contextmanager
 def run_download_app(tmp: Path, files: Path, error_log: Path) -> Iterator[str]:
     """``tests.support.download_apps:make_app()`` under gunicorn, 3 sync workers, on the default
-    store (an SQLite file under ``tmp``, not under ``$XDG_RUNTIME_DIR``); gunicorn's own log goes
-    to ``error_log``."""
+    store (an SQLite file under ``tmp``); gunicorn's own log goes to ``error_log``."""
     env = {
         "TMPDIR": str(tmp),
-        "XDG_RUNTIME_DIR": "",
         "UM_FILES": str(files),
         "UM_UPDATE_INTERVAL": "0.02",
     }

@@ -270,6 +270,13 @@ class RawUpload:
         self.conn.close()
 
 
+def tcp_buffer_max(name: str) -> int:
+    """The most Linux's TCP auto-tuning gives one socket's buffer: ``name`` is
+    ``tcp_wmem`` (send) or ``tcp_rmem`` (receive)."""
+    with open(f"/proc/sys/net/ipv4/{name}") as f:
+        return int(f.read().split()[2])
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns a truthy value; fail the test on timeout."""
     deadline = time.monotonic() + timeout

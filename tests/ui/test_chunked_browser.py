@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import pytest
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from tests.support.browser_support import launch_chromium, make_file, screenshot, sha256_of
+from tests.support.browser_support import make_file, running_chromium, screenshot, sha256_of
 from tests.support.chunked_app import make_app, read_completions
 from tests.support.chunked_support import serve_fast
 from tests.support.servers import ROOT, wait_until
@@ -74,7 +74,10 @@ class ChunkGate:
         self.release = threading.Event()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if environ["PATH_INFO"] == "/uploadmeter/chunks":
+        if environ["PATH_INFO"] == "/uploadmeter/chunks/merge":
+            with self.lock:
+                self.requests.append((self.phase, "MERGE", 0))
+        elif environ["PATH_INFO"] == "/uploadmeter/chunks":
             method = environ["REQUEST_METHOD"]
             query = parse_qs(environ.get("QUERY_STRING", ""))
             number = int((query.get("chunkNumber") or query.get("flowChunkNumber") or ["0"])[0])
@@ -115,6 +118,10 @@ class ChunkGate:
         with self.lock:
             return [n for p, m, n in self.requests if p == phase and m == "GET"]
 
+    def merges(self, phase: int) -> int:
+        with self.lock:
+            return sum(1 for p, m, _ in self.requests if p == phase and m == "MERGE")
+
 
 def page_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     path = environ["PATH_INFO"]
@@ -144,13 +151,8 @@ def page_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    for script in SCRIPTS.values():
-        if not os.path.exists(script):
-            pytest.fail(f"{script} is missing: run `npm ci --prefix tests/js`")
-    with playwright_api.sync_playwright() as p:
-        chromium = launch_chromium(p)
+    with running_chromium(SCRIPTS.values()) as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -161,9 +163,6 @@ def site(tmp_path: Any) -> Iterator[tuple[str, ChunkGate, str]]:
         directory,
         inner=page_app,
         chunk_options={"instant_upload": "global"},
-        # The page also drives the raw npm clients, which know nothing of our session
-        # fetch: this page hands out the cookie itself.
-        meter_options={"set_cookie_on_pages": True},
     )
     gate = ChunkGate(meter)
     with serve_fast(gate) as url:
@@ -237,6 +236,7 @@ def test_reload_resumes_with_only_missing_chunks_then_instant_upload(
     assert sorted(sent) == sorted(set(range(1, total + 1)) - stored_before)
     assert len(sent) == len(set(sent)) == total - 20
     assert len(gate.tests(2)) == 1
+    assert gate.merges(2) == 1  # the instant-upload question, answered 409 (incomplete)
     assert page.inner_text(".uploadmeter-chunked-file .uploadmeter-label") == "100%"
     assert page.locator(".uploadmeter-chunked-file .uploadmeter-cell.active").count() == 100
     completions = read_completions(directory)
@@ -250,13 +250,14 @@ def test_reload_resumes_with_only_missing_chunks_then_instant_upload(
     context.close()
 
     # Phase 3: another browser session uploads the same file: the server has it already.
+    # A test GET changes nothing, so the script asks with a POST to /merge, no chunk sent.
     with gate.lock:
         gate.phase = 3
     context, page, errors = new_page(browser, url)
     page.set_input_files("#videos", path)
     wait_state(page, "done")
-    assert gate.posts(3) == []
-    assert len(gate.tests(3)) == 1
+    assert gate.posts(3) == [] and gate.tests(3) == []
+    assert gate.merges(3) == 1
     assert "already on the server" in page.inner_text(
         ".uploadmeter-chunked-file .uploadmeter-status"
     )

@@ -46,6 +46,19 @@ def test_constructor_wraps_wsgi_app() -> None:
     assert isinstance(meter.store, MemoryStore)
 
 
+def test_pages_give_a_first_visit_its_session_by_default() -> None:
+    """So a page's first upload requests, sent in parallel, share one session."""
+    app = make_app()
+    UploadMeter(app)
+    app.add_url_rule("/", "page", lambda: "<!doctype html><p>page")
+    app.add_url_rule("/api", "api", lambda: {"ok": True})
+    client = app.test_client()
+    assert client.get("/api").headers.get("Set-Cookie") is None  # JSON: not a page
+    cookie = client.get("/").headers["Set-Cookie"]
+    assert cookie.startswith("uploadmeter_session=") and "HttpOnly" in cookie
+    assert client.get("/").headers.get("Set-Cookie") is None  # it has one now
+
+
 def test_init_app_factory_pattern_serves_several_apps() -> None:
     meter = UploadMeter()
     first, second = make_app(UPLOADMETER_PREFIX="/one"), make_app(UPLOADMETER_PREFIX="/two")

@@ -24,7 +24,13 @@ import pytest
 from tests.support import download_apps
 from tests.support.chunked_app import read_completions
 from tests.support.chunked_support import ChunkClient, ChunkedFile, served
-from tests.support.servers import Client, multipart_body, run_gunicorn, serve_in_thread
+from tests.support.servers import (
+    Client,
+    multipart_body,
+    run_gunicorn,
+    serve_in_thread,
+    tcp_buffer_max,
+)
 
 TUS = "/uploadmeter/tus/"
 V = {"Tus-Resumable": "1.0.0"}
@@ -175,8 +181,15 @@ def body_pieces(chunked: bool, *, total: int = 64 * 1024 * 1024) -> Iterator[byt
 
 
 def content_length_body() -> Iterator[bytes]:
-    """What a client of a 200 MB request sends before it waits for the answer: 64 KiB."""
-    return body_pieces(False, total=64 * 1024)
+    """A 200 MB body, sent on and on until the server answers or stops reading."""
+    return body_pieces(False)
+
+
+# A server that answers at the 32 KiB mark stops the client within what the loopback socket
+# buffers take before its answer is seen (2.8 MB measured; the auto-tuning maxima bound it,
+# 10 MiB on Linux's defaults); one that read the body first would take all 64 MiB (and then
+# never answer, the body being 200 MB).
+SENT_BEFORE_THE_ANSWER = tcp_buffer_max("tcp_wmem") + tcp_buffer_max("tcp_rmem")
 
 
 @pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
@@ -211,11 +224,70 @@ def test_a_big_merge_request_is_refused_before_its_body_is_read(
     assert headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
     assert error["reason"] == "too_large" and "32768 bytes" in error["message"]
-    assert sent < 64 * 1024 * 1024  # answered long before the (endless) body ended
+    assert sent <= SENT_BEFORE_THE_ANSWER, sent  # answered at the 32 KiB mark
     # And without a session, nothing is read either.
     head = request_head(MERGE, "", content_type, HUGE)
     status, _, body, _ = answer_to(chunk_server, head, content_length_body())
     assert status == 415 and json.loads(body)["error"]["reason"] == "no_session"
+
+
+# A gunicorn config whose workers log every file they open under $TMPDIR (Python's audit
+# hook sees tempfile.TemporaryFile's nameless O_TMPFILE open too, as an open of the dir).
+_OPEN_LOGGER = """
+import os, sys
+
+def post_fork(server, worker):
+    temp, log = os.environ["TMPDIR"], os.environ["UM_TEST_OPEN_LOG"]
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes)):
+            path = os.fsdecode(args[0])
+            if path == temp or path.startswith(temp + "/"):
+                with open(log, "a") as f:  # outside TMPDIR: not logged itself
+                    f.write(path + "\\n")
+
+    sys.addaudithook(hook)
+"""
+
+
+@pytest.fixture(scope="module")
+def spool_watch(tmp_path_factory: Any) -> Iterator[tuple[str, Any]]:
+    """``gunicorn -w 2`` with a temp dir of its own whose workers log each file they open
+    in it: ``(url, the log)``."""
+    directory = tmp_path_factory.mktemp("spool")
+    temp = directory / "tmp"
+    temp.mkdir()
+    log = directory / "opened-in-tmp.log"
+    log.write_text("")
+    (directory / "gunicorn_conf.py").write_text(_OPEN_LOGGER)
+    env = {
+        "TMPDIR": str(temp),
+        "UM_TEST_OPEN_LOG": str(log),
+        "UPLOADMETER_TEST_STORE": f"sqlite://{directory}/store.sqlite3",
+        "UPLOADMETER_TEST_FILES": str(directory / "files"),
+    }
+    args = ("-c", str(directory / "gunicorn_conf.py"))
+    with run_gunicorn("tests.support.chunked_app:make_app()", workers=2, env=env, args=args) as url:
+        yield url, log
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_multipart_merge_near_the_cap_spools_nothing(
+    spool_watch: tuple[str, Any], chunked: bool
+) -> None:
+    """A 31 KiB file part in a merge form is parsed in memory: the worker opens no file in
+    its temp dir."""
+    url, log = spool_watch
+    c = ChunkClient(url)
+    c.start()
+    body, ctype = multipart_body([("identifier", None, b"abc"), ("f", "f.bin", b"x" * 31 * 1024)])
+    head = request_head(MERGE, c.cookie_header(), ctype, None if chunked else len(body))
+    framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body
+    before = log.read_text()
+    status, headers, answer, _ = answer_to(url, head, [framed])
+    assert 400 <= status < 500 and headers["content-type"] == "application/json", answer
+    assert b"too_large" not in answer  # near the cap, not over it: the body was parsed
+    assert log.read_text() == before  # nothing spooled
 
 
 def test_merge_bodies_that_are_not_parameters_get_a_clear_400(server: Any) -> None:
@@ -300,7 +372,7 @@ def test_a_big_share_code_form_is_refused_before_its_body_is_read(
     assert status == 413, body
     assert headers["content-type"] == "application/json"
     assert "at most 32768 bytes" in json.loads(body)["error"]["message"]
-    assert sent < 64 * 1024 * 1024
+    assert sent <= SENT_BEFORE_THE_ANSWER, sent
     # The code form itself still works, as a form or as a header.
     status, headers, _ = Client(base).request(
         "POST", share, b"code=abcd", {"Content-Type": "application/x-www-form-urlencoded"}

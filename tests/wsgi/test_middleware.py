@@ -210,18 +210,43 @@ def test_untracked_multipart_passes_through_unwrapped() -> None:
 
 def test_html_pages_get_the_session_cookie_once() -> None:
     def page(environ: Environ, start_response: Any) -> Iterable[bytes]:
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        kind = "text/html" if environ["PATH_INFO"] == "/" else "application/json"
+        start_response("200 OK", [("Content-Type", kind + "; charset=utf-8")])
         return [b"<form></form>"]
 
-    assert "Set-Cookie" not in Client(meter(page)).get("/").headers  # off by default
-    client = Client(meter(page, set_cookie_on_pages=True))
+    client = Client(meter(page))  # on by default: a first visit gets its session
     first = client.get("/")
     cookie = first.headers["Set-Cookie"]
     assert cookie.startswith("uploadmeter_session=")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
     assert "Set-Cookie" not in client.get("/").headers
-    https = Client(meter(page, set_cookie_on_pages=True)).get("/", base_url="https://localhost")
+    assert "Set-Cookie" not in Client(meter(page)).get("/api").headers  # not HTML
+    assert "Set-Cookie" not in Client(meter(page)).post("/").headers  # not a GET
+    https = Client(meter(page)).get("/", base_url="https://localhost")
     assert "Secure" in https.headers["Set-Cookie"]
+    # A cookie with a bad signature (an old secret, a forgery) is replaced.
+    forged = Client(meter(page))
+    forged.set_cookie("uploadmeter_session", "c.forged.signature")
+    assert forged.get("/").headers["Set-Cookie"].startswith("uploadmeter_session=")
+    assert "Set-Cookie" not in Client(meter(page, set_cookie_on_pages=False)).get("/").headers
+
+
+def test_session_endpoint_sets_the_cookie_when_absent() -> None:
+    calls: list[str] = []
+
+    def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app"]
+
+    client = Client(meter(app, set_cookie_on_pages=False))
+    first = client.get("/uploadmeter/session")
+    assert first.status_code == 204 and first.headers["Cache-Control"] == "no-store"
+    assert first.headers["Set-Cookie"].startswith("uploadmeter_session=")
+    again = client.get("/uploadmeter/session")
+    assert again.status_code == 204 and "Set-Cookie" not in again.headers
+    assert client.post("/uploadmeter/session").status_code == 405
+    assert calls == []  # never reaches the app
 
 
 @pytest.mark.parametrize(

@@ -44,10 +44,23 @@ class SessionCookie:
         self.hook = hook
         # A browser polls with the same cookie every 200 ms: check its signature once.
         self._verified = functools.lru_cache(maxsize=4096)(self._unsign)
+        self._name_eq = self.settings.name + "="
 
-    def has_cookie(self, environ: dict[str, Any]) -> bool:
-        """Cheap check for the hot path: is our cookie in the request at all?"""
-        return self.settings.name + "=" in environ.get("HTTP_COOKIE", "")
+    def has_valid_cookie(self, environ: dict[str, Any]) -> bool:
+        """Does the request carry a cookie of ours with a good signature?  About 1 us when
+        it does (the signature check is cached); the hook is not asked."""
+        header: str = environ.get("HTTP_COOKIE", "")
+        start = header.find(self._name_eq)
+        if start < 0:
+            return False
+        # The value as dump_cookie wrote it (nothing to unquote), found without parsing
+        # the whole header (parse_cookie costs ~9 us); anything odd is parsed in full.
+        if start == 0 or header[start - 1] in "; ":
+            start += len(self._name_eq)
+            end = header.find(";", start)
+            if self._verified(header[start : end if end >= 0 else len(header)].strip()):
+                return True
+        return self._cookie_session(environ) is not None
 
     def session_of(self, environ: dict[str, Any]) -> str | None:
         """The session token of this request, or ``None`` when it has none (or a bad one)."""
@@ -55,6 +68,9 @@ class SessionCookie:
             app_session = self.hook(environ)
             if app_session:
                 return "app." + app_session
+        return self._cookie_session(environ)
+
+    def _cookie_session(self, environ: dict[str, Any]) -> str | None:
         try:
             value = parse_cookie(environ).get(self.settings.name)
         except UnicodeDecodeError:  # a Cookie header that is not UTF-8: no session of ours

@@ -536,6 +536,10 @@ class _Progress:
         body.progress = self
         response.response = body
         response.direct_passthrough = True
+        # The record counts bytes handed to the server; a proxy that buffers the response
+        # (nginx's default) would take them all at once and the record read done while the
+        # client has read a few KiB.  nginx honours this header without any config.
+        response.headers["X-Accel-Buffering"] = "no"
         return self.respond(response)
 
     def sent(self, sent: int, entries_done: int | None) -> bool:

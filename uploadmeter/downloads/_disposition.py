@@ -52,18 +52,21 @@ def safe_filename(name: str, default: str = "download") -> str:
 def safe_arcname(name: str) -> str:
     """A relative zip member name: no absolute path, no ``..``, portable characters.
 
-    Returns ``""`` when nothing usable is left.  A trailing ``/`` (a directory) is kept.
+    Only ``/`` separates folders (``\\`` is a character on Linux: it becomes ``_``, like the
+    other characters Windows refuses).  Returns ``""`` when nothing but path syntax is
+    there.  A trailing ``/`` (a directory) is kept.
     """
     parts = []
-    for part in _CONTROL.sub("", unicodedata.normalize("NFC", name)).replace("\\", "/").split("/"):
-        part = _NON_PORTABLE.sub("_", _SPACES.sub(" ", part))
-        if part in ("", ".", ".."):
+    for raw in unicodedata.normalize("NFC", name).split("/"):
+        if raw in ("", ".", ".."):
             continue  # path syntax, not a name: "." and ".." would escape the extraction folder
+        part = _NON_PORTABLE.sub("_", _SPACES.sub(" ", _CONTROL.sub("", raw)))
         # Windows drops trailing dots and spaces.  A name of nothing else ("...", " .. ",
         # ". .", legal on Linux) would vanish and its file take the folder's name; Python's
-        # zipfile and Info-ZIP unzip both keep it with its dots as underscores ("___").
+        # zipfile and Info-ZIP unzip both keep it with its dots as underscores ("___").  A
+        # name cleaning empties ("\x01") is still a name: "_".
         parts.append(part.strip().rstrip(". ") or part.strip().replace(".", "_") or "_")
-    is_dir = name.endswith(("/", "\\"))
+    is_dir = name.endswith("/")
     return "/".join(parts) + ("/" if is_dir and parts else "")
 
 
@@ -173,9 +176,22 @@ class UniqueNames:
         candidate, n = name, 0
         while taken(self._join(parent, candidate).casefold()):
             n += 1
-            candidate = f"{stem} ({n}){ext}"
+            candidate = _numbered(stem, ext, n)
         return candidate
 
     @staticmethod
     def _join(parent: str, name: str) -> str:
         return f"{parent}/{name}" if parent else name
+
+
+_NAME_MAX = 255  # bytes of one path component on Linux and macOS (UTF-8)
+
+
+def _numbered(stem: str, ext: str, n: int) -> str:
+    """``stem (n)ext``, the stem shortened so that it fits in :data:`_NAME_MAX` bytes."""
+    suffix = f" ({n}){ext}"
+    room = _NAME_MAX - len(suffix.encode())
+    if room < 1:  # an extension of nearly 255 bytes: number the whole name instead
+        stem, suffix = stem + ext, f" ({n})"
+        room = _NAME_MAX - len(suffix.encode())
+    return stem.encode()[:room].decode("utf-8", "ignore") + suffix

@@ -19,7 +19,6 @@ or by URL through :func:`open_store`: ``memory://``, ``sqlite:///path``, ``redis
 from __future__ import annotations
 
 import os
-import stat
 import sys
 import tempfile
 
@@ -41,26 +40,16 @@ __all__ = [
 def default_sqlite_path() -> str:
     """The embedded default: one SQLite file per user, in a directory only that user can use.
 
-    ``$XDG_RUNTIME_DIR/uploadmeter/`` when that directory exists and is the user's own and
-    private (systemd's ``/run/user/<uid>``), else ``<temp dir>/uploadmeter-<uid>/``.  Every
-    process of one user computes the same path, so gunicorn's workers share the file;
+    ``<temp dir>/uploadmeter-<uid>/uploadmeter.sqlite3``.  Every process of one user computes
+    the same path, so gunicorn's workers, a cron job and a shell share the file;
     :class:`SQLiteStore` creates the directory 0700 and the file 0600 and refuses them if
-    another account owns them or could write them.
+    another account owns them or could write them, or if the directory is a symbolic link.
     """
-    # Not platformdirs: its runtime dir is $XDG_RUNTIME_DIR or a guessed /run/user/<uid>
-    # (absent for service accounts), and it checks neither owner nor mode; this is the check.
+    # Not $XDG_RUNTIME_DIR: services and cron jobs lack it and pam_systemd removes it at
+    # the last logout, so two processes of one account would open different files.
     if sys.platform == "win32":  # no uids; the temp dir is the user's own there
         return os.path.join(tempfile.gettempdir(), "uploadmeter", "uploadmeter.sqlite3")
     uid = os.geteuid()
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if os.path.isabs(runtime):
-        try:
-            info = os.stat(runtime)
-        except OSError:
-            pass
-        else:
-            if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
-                return os.path.join(runtime, "uploadmeter", "uploadmeter.sqlite3")
     return os.path.join(tempfile.gettempdir(), f"uploadmeter-{uid}", "uploadmeter.sqlite3")
 
 

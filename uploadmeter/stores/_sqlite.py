@@ -47,15 +47,17 @@ class SQLiteStore(ProgressStore):
     The file holds session-bound secrets (file names, share ids, link marks): it is created
     0600 (its directory, when missing, 0700), and :class:`UnsafeStorePath` is raised at
     once when the file, its ``-wal``/``-shm`` files or its directory belong to another
-    account or are writable by group or others.
+    account or are writable by group or others, when the directory is a symbolic link, or
+    when a directory above it could be renamed by another account.  ``path`` is resolved
+    once (:attr:`path` is the real path) and every connection opens that file, so a name
+    repointed later cannot lead a new connection elsewhere.
     """
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
-        self.path = path
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._next_purge = 0.0
-        _make_private(path)
+        self.path = _make_private(path)
         self._run(lambda db: db.execute(_SCHEMA))
 
     # -- connection handling -------------------------------------------------------------
@@ -193,20 +195,38 @@ class SQLiteStore(ProgressStore):
             log.warning("uploadmeter: could not purge expired records: %s", exc)
 
 
-def _make_private(path: str) -> None:
+def _make_private(path: str) -> str:
     """Create the database file 0600 (in a 0700 directory when that is missing) or check
     that the existing ones are this account's alone; refuse anything another account
-    could have written.
+    could have written or could swap.  Return the resolved path, to connect through.
 
     SQLite creates ``-wal`` and ``-shm`` with the database file's own mode, whatever the
     umask, so a private database keeps them private.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    given = os.path.dirname(os.path.abspath(path))
+    os.makedirs(given, mode=0o700, exist_ok=True)
     if sys.platform == "win32":  # no POSIX owners or modes to check
-        return
+        return os.path.abspath(path)
+    if os.path.islink(given):
+        # Whoever owns the link can repoint it; a link planted in a shared /tmp passes
+        # every check on its target and is swapped afterwards.
+        raise UnsafeStorePath(
+            f"SQLite store {path}: refusing directory {given}: it is a symbolic link "
+            f"(to {os.readlink(given)}). Name the real directory, or remove the link."
+        )
+    directory = os.path.realpath(given)
+    path = os.path.join(directory, os.path.basename(path))
     # Root may own the directory (/srv/app made by an installer); nobody else.
-    _refuse_shared(path, directory, "directory", os.stat(directory), {os.geteuid(), 0})
+    ours = {os.geteuid(), 0}
+    _refuse_shared(path, directory, "directory", os.lstat(directory), ours)
+    # Nobody else may rename a directory above it and put another in its place: each is
+    # ours or root's, and writable by others only when sticky (/tmp).
+    parent = os.path.dirname(directory)
+    while True:
+        _refuse_swappable(path, parent, os.lstat(parent), ours)
+        if parent == os.path.dirname(parent):
+            break
+        parent = os.path.dirname(parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -216,15 +236,37 @@ def _make_private(path: str) -> None:
         os.close(fd)
     for name in (path, path + "-wal", path + "-shm"):
         try:
-            info = os.stat(name)
+            info = os.lstat(name)
         except FileNotFoundError:
             continue
         _refuse_shared(path, name, "file", info, {os.geteuid()})
         if info.st_mode & 0o077:  # ours, but others may read it (an older version's file)
-            os.chmod(name, 0o600)
+            os.chmod(name, 0o600, follow_symlinks=False)
+    return path
+
+
+def _refuse_swappable(path: str, name: str, info: os.stat_result, owners: set[int]) -> None:
+    if stat.S_ISLNK(info.st_mode):  # changed since realpath(): refuse rather than guess
+        raise UnsafeStorePath(f"SQLite store {path}: {name} became a symbolic link; retry.")
+    if info.st_uid not in owners:
+        raise UnsafeStorePath(
+            f"SQLite store {path}: refusing directory {name} above it: owned by uid "
+            f"{info.st_uid}, who could rename the store's directory and put another in its "
+            "place. Choose a path under directories of this account or root."
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise UnsafeStorePath(
+            f"SQLite store {path}: refusing directory {name} above it: writable by group or "
+            f"others without the sticky bit (mode {stat.S_IMODE(info.st_mode):o}), so they "
+            "could rename the store's directory. Choose another path."
+        )
 
 
 def _refuse_shared(path: str, name: str, kind: str, info: os.stat_result, owners: set[int]) -> None:
+    if kind == "file" and not stat.S_ISREG(info.st_mode):
+        raise UnsafeStorePath(f"SQLite store {path}: refusing {name}: not a regular file.")
+    if kind == "directory" and not stat.S_ISDIR(info.st_mode):
+        raise UnsafeStorePath(f"SQLite store {path}: refusing {name}: not a directory.")
     if info.st_uid not in owners:
         raise UnsafeStorePath(
             f"SQLite store {path}: refusing {kind} {name}: owned by uid {info.st_uid}, "

@@ -2,6 +2,8 @@
 
 * ``GET  {prefix}/progress?id=ID[&format=xml]`` -- the upload's record, JSON or XML
 * ``POST {prefix}/cancel?id=ID`` -- stop an upload of this session
+* ``GET  {prefix}/session`` -- ``204``, with the session cookie when the request has none
+  (for clients whose page does not come from this app: scripts, other servers' pages)
 * ``GET  {prefix}/static/...`` -- the component's script and stylesheet
 
 Polls never reach the application (the JSF design's ``PagePhaseListener``), so they stay
@@ -83,6 +85,8 @@ class Endpoints:
             return self.progress(environ)(environ, start_response)
         if sub == "/cancel":
             return self.cancel(environ)(environ, start_response)
+        if sub == "/session":
+            return self.session(environ)(environ, start_response)
         if sub.startswith("/static/"):
             environ = dict(environ, PATH_INFO=sub)
             return self.static(environ, start_response)
@@ -142,6 +146,16 @@ class Endpoints:
             # The app has the whole body: it decides the outcome, the cancel changes nothing.
             body["error"] = {"status": 409, "message": TOO_LATE_TO_CANCEL}
         return json_response(body, 409, extra)
+
+    def session(self, environ: dict[str, Any]) -> Response:
+        """Make sure the client has a session (the progress endpoint issues it the same way)."""
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return self._method_not_allowed(environ, "GET, HEAD")
+        _, cookie = self.meter.session_for(environ)
+        response = Response(status=204, headers=NO_STORE)
+        if cookie is not None:
+            response.headers.add("Set-Cookie", cookie)
+        return response
 
     def _lookup(
         self,

@@ -112,9 +112,10 @@ class UploadMeterMiddleware:
         when it returns a value the cookie is not used.
     :param cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure:
         the session cookie (``cookie_secure=None``: Secure when the request is https).
-    :param set_cookie_on_pages: also set the cookie on HTML pages served by the app that
-        lack it.  Off by default: the component's script fetches it from the progress
-        endpoint before its first upload, and a page view then costs nothing extra.
+    :param set_cookie_on_pages: set the cookie on the app's HTML pages (``GET``,
+        ``text/html``) when the request has no valid one, so a browser has its session
+        before its first upload request (chunk requests never issue one: parallel first
+        chunks would each get their own).  A page view with the cookie costs about 1 us.
     """
 
     def __init__(
@@ -135,7 +136,7 @@ class UploadMeterMiddleware:
         cookie_domain: str | None = None,
         cookie_samesite: str = "Lax",
         cookie_secure: bool | None = None,
-        set_cookie_on_pages: bool = False,
+        set_cookie_on_pages: bool = True,
     ) -> None:
         if not secret_key:
             raise ValueError("UploadMeterMiddleware needs a secret_key to sign its cookie")
@@ -174,7 +175,7 @@ class UploadMeterMiddleware:
         if (
             self.set_cookie_on_pages
             and environ.get("REQUEST_METHOD") == "GET"
-            and not self.cookie.has_cookie(environ)
+            and not self.cookie.has_valid_cookie(environ)
         ):
             return self._page_with_cookie(environ, start_response)
         return self.app(environ, start_response)

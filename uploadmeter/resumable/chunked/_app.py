@@ -9,13 +9,16 @@ A WSGI app the middleware mounts under its prefix::
 The unmodified npm clients work against it with only ``target`` set:
 
 * ``GET`` (test) -- ``200`` + JSON when the tested chunk is stored, ``204`` when it is not
-  (the clients then send it; a 404 would abort them).  When the whole file is already
-  there (instant upload) every test answers ``200`` with ``{"skipUpload": true, ...}``.
-  Answers carry ``uploaded`` (chunk numbers stored), for ``checkChunkUploadedByResponse``.
+  (the clients then send it; a 404 would abort them).  When the upload is complete every
+  test answers ``200`` with ``{"skipUpload": true, ...}``.  Answers carry ``uploaded``
+  (chunk numbers stored), for ``checkChunkUploadedByResponse``.  A test never changes
+  anything: it neither merges nor completes an upload (a cross-site navigation is a GET).
 * ``POST`` (chunk, multipart field ``file`` or ``method: "octet"``) -- stored under a
   temp name, size-checked against the declared sizes, renamed into place; ``200`` + JSON.
-  When every chunk is there the file is merged at once.
-* ``POST /merge`` -- explicit merge for clients that ask for one.
+  When every chunk is there the file is merged at once.  The first chunk of a file the
+  server already has (instant upload) completes it without storing the chunk.
+* ``POST /merge`` -- explicit merge for clients that ask for one; also completes an
+  instant upload with no chunk sent (the chunked component asks it first).
 * ``DELETE`` -- cancel: the chunks are deleted.
 
 Permanent errors use statuses both clients give up on (``permanentErrors`` of
@@ -31,6 +34,15 @@ declared ``sha256`` parameter, deletes the chunk folder and hands the file to
 in every answer as ``upload_id``), so ``GET {prefix}/progress?id=`` works as for forms.
 One store lock per upload orders its merge and its progress writes, so a chunk stored on
 one worker cannot overwrite the final record a merge on another worker wrote.
+
+Every request needs the session cookie (a page of the app or ``GET {prefix}/session``
+sets it); without it the answer is ``415`` ``no_session``.  Chunk requests never issue a
+session: the first requests of a file arrive in parallel, and each would get its own.
+
+Only an identifier that is a verified hash (MD5 or SHA-256, ``hash_identifiers``) is
+the same file whenever it comes back.  Any other identifier (the clients' default
+``<size>-<name>``) names one upload: a request that arrives after that upload completed
+starts a new one, so an edited file of the same name and size is stored again.
 
 A cancel (``DELETE``, or ``POST {prefix}/cancel``) refuses the requests the client had
 sent before it learnt of the cancel -- chunks in flight are not stored -- and a later
@@ -128,6 +140,7 @@ class _Upload:
     """Where one upload of one session lives: its folder and its keys in the store."""
 
     session: str
+    identifier: str
     upload_id: str
     directory: str
     key: str
@@ -275,23 +288,16 @@ class ChunkUploads(ResumableEndpoint):
 
     # -- sessions and names --------------------------------------------------------------
 
-    def _session(
-        self, environ: dict[str, Any], extra: list[tuple[str, str]], *, issue: bool
-    ) -> str:
-        session: str | None
-        if issue:
-            session, cookie = self.meter.session_for(environ)
-            if cookie:
-                extra.append(("Set-Cookie", cookie))
-        else:
-            session = self.meter.cookie.session_of(environ)
+    def _session(self, environ: dict[str, Any]) -> str:
+        """The request's session; never a new one (parallel first chunks would each get
+        their own, and no request would see the whole file)."""
+        session = self.meter.cookie.session_of(environ)
         if session is None:
-            # Parallel first chunks without a cookie would each start a new session.
             raise ChunkRefused(
                 415,
                 "no_session",
-                "No upload session: load the page from this server first (its cookie "
-                "keys the upload).",
+                "No upload session: load a page of this site first, or "
+                f"GET {self.meter.prefix}/session (its cookie keys the upload).",
             )
         return session
 
@@ -299,6 +305,7 @@ class ChunkUploads(ResumableEndpoint):
         key = digest_name("chunks", session, identifier)
         return _Upload(
             session=session,
+            identifier=identifier,
             upload_id=identifier if valid_upload_id(identifier) else "chunks-" + key[:32],
             directory=self.files.upload_dir("partial", session, key),
             key=key,
@@ -318,22 +325,24 @@ class ChunkUploads(ResumableEndpoint):
     def _test(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
     ) -> Response:
+        """Report what is stored; change nothing (only POST and DELETE do)."""
         params = self._params(Request(environ).args, chunk=False)
-        session = self._session(environ, extra, issue=True)
-        up = self._upload(session, params.identifier)
-        self._check_cancelled(up, arrived)
-        done = self._done(up) or self._instant(up, params)
-        if done is not None:
-            return self._answer(up, params, extra, done=done)
-        meta = self._read_meta(up)
+        up = self._upload(self._session(environ), params.identifier)
+        self._check_cancelled(up, arrived, write=False)
+        mark = self._done_mark(up)
+        if mark is not None and self._covers(up, mark, arrived):
+            return self._answer(up, params, extra, done=mark)
+        # The chunks of a finished upload whose folder is not removed yet are not this one's.
+        meta = self._read_meta(up, newer_than=None if mark is None else mark.get("at", 0.0))
         stored: list[int] = []
         if meta is not None:
             _check_same_split(meta, params)
             stored = up.stored(meta.total_chunks)
             if len(stored) == meta.total_chunks and self.auto_merge:
-                # All there but never merged (the merging worker died): merge now, or the
-                # client would call the file complete on the strength of these tests.
-                return self._merge(up, meta, extra)
+                # All there but not merged (the merging worker died, or it merges now):
+                # the last chunk reads as missing, so the client sends it again and that
+                # POST merges -- else it would call the file complete on these tests.
+                stored = stored[:-1]
         if params.chunk_number is not None and params.chunk_number not in stored:
             return Response(status=204, headers=[*NO_STORE.items(), *extra])
         return self._answer(up, params, extra, stored)
@@ -343,7 +352,7 @@ class ChunkUploads(ResumableEndpoint):
     def _post_chunk(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
     ) -> Response:
-        session = self._session(environ, extra, issue=False)  # before reading the body
+        session = self._session(environ)  # before reading the body
         values, received, size = receive_chunk(
             environ, self.files, file_field=self.file_field, max_chunk_size=self.max_chunk_size
         )
@@ -360,18 +369,22 @@ class ChunkUploads(ResumableEndpoint):
                 )
             up = self._upload(session, params.identifier)
             self._check_cancelled(up, arrived)
-            done = self._done(up)
+            mark = self._done_mark(up)
+            done = mark if mark is not None and self._covers(up, mark, arrived) else None
+            done = done or self._instant(up, params)
+            if done is None and mark is not None:
+                self._wait_for_previous(up)
             meta = None if done is not None else self._store_chunk(up, params, received, arrived)
         finally:
             self.files.discard(received)  # a no-op once the chunk was renamed into place
-        if meta is None:  # a late duplicate of a finished upload
-            return self._answer(up, params, extra, done=done or self._done(up) or {})
+        if meta is None:  # a late duplicate of a finished upload, or an instant upload
+            return self._answer(up, params, extra, done=done or self._done(up, arrived) or {})
         self._write_progress(up, meta, arrived)
         # Listed after the progress write let go of the lock: if the last chunk's merge
         # found it taken by this write, this request sees every chunk and merges.
         stored = up.stored(meta.total_chunks)
         if len(stored) == meta.total_chunks and self.auto_merge:
-            return self._merge(up, meta, extra)
+            return self._merge(up, meta, extra, arrived)
         return self._answer(up, params, extra, stored)
 
     def _store_chunk(
@@ -391,17 +404,20 @@ class ChunkUploads(ResumableEndpoint):
             except FileNotFoundError:
                 # The folder went away meanwhile: merged (the done mark is written before
                 # the folder is removed), cancelled or expired.
-                if self._done(up) is not None:
+                if self._done(up, arrived) is not None:
                     return None
                 self._check_cancelled(up, arrived)
         raise ChunkRefused(503, "busy", "The upload changed meanwhile; try again.")
 
     # -- per-upload state ----------------------------------------------------------------
 
-    def _read_meta(self, up: _Upload) -> ChunkParams | None:
-        """The upload's declared file (``meta.json``), or ``None`` before its first chunk."""
+    def _read_meta(self, up: _Upload, newer_than: float | None = None) -> ChunkParams | None:
+        """The upload's declared file (``meta.json``), or ``None`` before its first chunk
+        (or when it was created before ``newer_than``)."""
         data = self.files.read_json(up.meta_path)
         if data is None:
+            return None
+        if newer_than is not None and float(data.get("created", 0.0)) <= newer_than:
             return None
         fields: dict[str, Any] = {name: data.get(name) for name in _META_FIELDS}
         return ChunkParams(**fields, chunk_number=None, current_chunk_size=None)
@@ -413,7 +429,7 @@ class ChunkUploads(ResumableEndpoint):
                 meta = self._read_meta(up)
                 if meta is not None:
                     return meta  # a parallel first chunk was quicker
-                if self._done(up) is not None:
+                if self._done(up, arrived) is not None:
                     return None  # merged since we looked: a late duplicate
                 self._check_cancelled(up, arrived)  # DELETE takes this lock too
                 self.files.check_room(up.session, params.total_size, self.session_quota)
@@ -430,13 +446,14 @@ class ChunkUploads(ResumableEndpoint):
         text = self.store.get(up.record_key)
         return None if text is None else UploadRecord.loads(text)
 
-    def _check_cancelled(self, up: _Upload, arrived: float) -> None:
+    def _check_cancelled(self, up: _Upload, arrived: float, *, write: bool = True) -> None:
         """Refuse a request of a cancelled upload; let a later attempt start afresh.
 
         A request the client sent before it learnt of the cancel (it *arrived* before
         that moment) is refused, so chunks in flight do not bring the upload back.  The
         client learns at ``DELETE``; after ``{prefix}/cancel`` it learns from the first
         request refused here.  Requests that arrive later belong to a new attempt.
+        ``write=False`` (a test GET): refuse or let pass the same way, writing nothing.
         """
         flagged = self.store.get(up.cancel_key) is not None
         record = self._record(up)
@@ -444,11 +461,13 @@ class ChunkUploads(ResumableEndpoint):
             return
         told = self.store.get(up.told_key)
         if told is None:
-            self._tell_cancelled(up, record)
-            self._forget(up)
+            if write:
+                self._tell_cancelled(up, record)
+                self._forget(up)
         elif arrived > float(told):
-            for key in (up.cancel_key, up.told_key, up.done_key, up.record_key):
-                self.store.delete(key)
+            if write:
+                for key in (up.cancel_key, up.told_key, up.done_key, up.record_key):
+                    self.store.delete(key)
             return
         raise _cancelled()
 
@@ -486,7 +505,7 @@ class ChunkUploads(ResumableEndpoint):
         except LockTimeout:
             return
         with lock:
-            if self._done(up) is not None or self.store.get(up.cancel_key) is not None:
+            if self._done(up, arrived) is not None or self.store.get(up.cancel_key) is not None:
                 return
             stored = up.stored(meta.total_chunks)
             record = self._record(up)
@@ -507,18 +526,52 @@ class ChunkUploads(ResumableEndpoint):
 
     # -- merge ---------------------------------------------------------------------------
 
-    def _done(self, up: _Upload) -> dict[str, Any] | None:
+    def _done_mark(self, up: _Upload) -> dict[str, Any] | None:
+        """The completion mark of ``up``: ``{"upload_id", "result", "at"}``."""
         text = self.store.get(up.done_key)
         return None if text is None else dict(json.loads(text))
+
+    def _covers(self, up: _Upload, mark: dict[str, Any], arrived: float | None) -> bool:
+        """Whether a request that ``arrived`` then belongs to the completed upload.
+
+        A verified hash is that file whenever it comes back.  Another identifier names one
+        upload: a request that arrived after it completed is a new upload (an edited file
+        of the same name and size), one that arrived before is a late duplicate.
+        """
+        if arrived is None or self._hash_kind(up.identifier) is not None:
+            return True
+        return arrived <= float(mark.get("at", 0.0))
+
+    def _done(self, up: _Upload, arrived: float | None = None) -> dict[str, Any] | None:
+        """The completion mark, if the request that ``arrived`` then belongs to it."""
+        mark = self._done_mark(up)
+        return mark if mark is not None and self._covers(up, mark, arrived) else None
+
+    def _wait_for_previous(self, up: _Upload) -> None:
+        """Before a new upload reuses the identifier of a completed one (not a verified
+        hash), let the completing request finish: it removes the old chunks under the
+        upload's lock (LockTimeout: 503, the client retries)."""
+        with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT):
+            pass
+
+    def _hash_kind(self, identifier: str) -> Literal["md5", "sha256"] | None:
+        """``"md5"``/``"sha256"`` when the merge verifies ``identifier`` as that hash."""
+        if not self.hash_identifiers:
+            return None
+        if _MD5.fullmatch(identifier):
+            return "md5"
+        if SHA256.fullmatch(identifier):
+            return "sha256"
+        return None
 
     def _merge_request(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
     ) -> Response:
-        session = self._session(environ, extra, issue=False)  # before a byte of the body
+        session = self._session(environ)  # before a byte of the body
         params = self._params(merge_values(environ), chunk=False)
         up = self._upload(session, params.identifier)
         self._check_cancelled(up, arrived)
-        done = self._done(up)
+        done = self._done(up, arrived) or self._instant(up, params)
         if done is not None:
             return self._answer(up, params, extra, done=done)
         meta = self._read_meta(up)
@@ -529,9 +582,11 @@ class ChunkUploads(ResumableEndpoint):
             raise ChunkRefused(
                 409, "incomplete", "Some chunks are missing.", missing=missing[:1000]
             )
-        return self._merge(up, meta, extra)
+        return self._merge(up, meta, extra, arrived)
 
-    def _merge(self, up: _Upload, meta: ChunkParams, extra: list[tuple[str, str]]) -> Response:
+    def _merge(
+        self, up: _Upload, meta: ChunkParams, extra: list[tuple[str, str]], arrived: float
+    ) -> Response:
         lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=0)
         if not lock.try_acquire():
             # Another request is merging it (its answer or the progress record tells), or
@@ -540,7 +595,7 @@ class ChunkUploads(ResumableEndpoint):
             body["merging"] = True
             return json_response(body, 200, extra)
         with lock:
-            done = self._done(up)
+            done = self._done(up, arrived)
             if done is not None:
                 return self._answer(up, meta, extra, done=done)
             stored = up.stored(meta.total_chunks)
@@ -605,7 +660,8 @@ class ChunkUploads(ResumableEndpoint):
         self, up: _Upload, info: FileInfo, task: ProcessingTask, *, new_file: bool
     ) -> dict[str, Any]:
         """Hand the file to the app, remember it, and end (or hand over) the record."""
-        done: dict[str, Any] = {"upload_id": up.upload_id, "result": None}
+        # "at": requests that arrive later may be a new upload (see _covers).
+        done: dict[str, Any] = {"upload_id": up.upload_id, "result": None, "at": time.time()}
 
         def mark_done(result: dict[str, Any] | None) -> None:
             done["result"] = result
@@ -644,19 +700,16 @@ class ChunkUploads(ResumableEndpoint):
             self.store.set(self._have_key("global", "sha256", info.sha256), value, ttl)
 
     def _instant(self, up: _Upload, params: ChunkParams) -> dict[str, Any] | None:
-        """Complete an upload without its bytes when the file is already stored."""
-        if self.instant_upload is None or not self.hash_identifiers:
+        """Complete an upload without its bytes when the file is already stored (POST only:
+        the first chunk, or ``/merge`` before any chunk)."""
+        kind = self._hash_kind(params.identifier)
+        if self.instant_upload is None or kind is None:
             return None
         ident = params.identifier.lower()
         scope = self.files.session_key(up.session)
-        if _MD5.fullmatch(ident):
-            keys = [self._have_key(scope, "md5", ident)]
-        elif SHA256.fullmatch(ident):
-            keys = [self._have_key(scope, "sha256", ident)]
-            if self.instant_upload == "global":
-                keys.append(self._have_key("global", "sha256", ident))
-        else:
-            return None
+        keys = [self._have_key(scope, kind, ident)]
+        if kind == "sha256" and self.instant_upload == "global":
+            keys.append(self._have_key("global", "sha256", ident))
         texts = (self.store.get(key) for key in keys)
         found = next((json.loads(text) for text in texts if text is not None), None)
         if found is None or found["size"] != params.total_size:
@@ -666,7 +719,7 @@ class ChunkUploads(ResumableEndpoint):
         path = self.files.existing(found["sha256"], found["size"])
         if path is None:
             return None
-        # Tests of several chunks arrive at once: one of them completes the upload.
+        # The first chunks arrive at once: one of them completes the upload.
         with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=5):
             done = self._done(up)
             if done is not None:
@@ -684,7 +737,9 @@ class ChunkUploads(ResumableEndpoint):
                 relative_path=params.relative_path,
                 instant=True,
             )
-            return self._complete(up, info, task, new_file=False)
+            done = self._complete(up, info, task, new_file=False)
+            self.files.remove_tree(up.directory)  # chunks an earlier attempt left
+            return done
 
     # -- DELETE: cancel ------------------------------------------------------------------
 
@@ -692,7 +747,7 @@ class ChunkUploads(ResumableEndpoint):
         identifier = param(Request(environ).args, "identifier")
         if not identifier or len(identifier) > 255:
             raise ChunkRefused(415, "bad_identifier", "Missing or invalid identifier.")
-        up = self._upload(self._session(environ, extra, issue=False), identifier)
+        up = self._upload(self._session(environ), identifier)
         # Under the session's lock: a chunk cannot start the upload again meanwhile.
         with self.files.session_lock(self.store, up.session):
             existed = os.path.isdir(up.directory)

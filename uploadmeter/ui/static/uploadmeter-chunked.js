@@ -7,7 +7,9 @@
  * widget's data-hash-limit) or "file-<size>-<lastModified>-<name>".  Choosing the same file
  * again after a reload gives the same identifier, so the server's answer to the first
  * test request lists the chunks it already has and only the others are sent
- * (checkChunkUploadedByResponse); a file the server already has is not sent at all.
+ * (checkChunkUploadedByResponse).  A file identified by its SHA-256 is first offered to
+ * {target}/merge (a POST, no chunk): a file the server already has completes there and is
+ * not sent at all; otherwise (404) the uploader sends it.
  *
  * Chunks are sent as raw bodies (simple-uploader's method "octet", parameters in the
  * query string).  The bars show what the server has stored, then its processing (merge),
@@ -314,16 +316,38 @@
   }
 
   // Chunks are keyed to uploadmeter's session cookie: one cheap request makes sure this
-  // browser has it before the first chunk (pages need not set it; they may be cached).
+  // browser has it before the first chunk (the page may come from a cache).
   Widget.prototype.session = function () {
     if (!this.sessionReady) {
-      this.sessionReady = fetch(this.endpoint + "/progress?id=session-check", {
+      this.sessionReady = fetch(this.endpoint + "/session", {
         credentials: "same-origin",
         cache: "no-store",
         headers: { Accept: "application/json" },
       }).catch(function () { /* the first chunk reports lasting trouble */ });
     }
     return this.sessionReady;
+  };
+
+  // Instant upload: ask the server to complete a file it already has (known by its
+  // SHA-256) without sending a chunk.  Resolves true when it did.
+  Widget.prototype.instant = function (file, identifier) {
+    if (!/^[0-9a-f]{64}$/.test(identifier)) return Promise.resolve(false);
+    var chunkSize = this.uploader.opts.chunkSize;
+    var params = new URLSearchParams({
+      identifier: identifier,
+      filename: file.name,
+      relativePath: file.webkitRelativePath || file.name,
+      totalSize: String(file.size),
+      chunkSize: String(chunkSize),
+      totalChunks: String(Math.max(Math.floor(file.size / chunkSize), 1))
+    });
+    return fetch(this.target + "/merge?" + params.toString(), {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { Accept: "application/json" }
+    }).then(function (r) {
+      return r.ok ? r.json().then(function (data) { return !!data.complete; }) : false;
+    }).catch(function () { return false; });
   };
 
   Widget.prototype.add = function (file) {
@@ -341,17 +365,29 @@
         if (existing) existing.remove();
         item.identifier = identifier;
         self.items[identifier] = item;
-        self.pending.set(file, identifier);
-        self.uploader.addFile(file);
-        item.upload = self.uploader.getFromUniqueIdentifier(identifier) || null;
-        if (!item.upload) {
-          item.fail("The file could not be added.");
-          return;
-        }
-        item.start();
+        return self.instant(file, identifier).then(function (done) {
+          if (done) {
+            item.setState("uploading", "Uploading\u2026");
+            item.schedule(0); // the record says done (result.instant)
+          } else {
+            self.send(item, file);
+          }
+        });
       },
       function () { item.fail("The file could not be read."); }
     );
+  };
+
+  Widget.prototype.send = function (item, file) {
+    var identifier = item.identifier;
+    this.pending.set(file, identifier);
+    this.uploader.addFile(file);
+    item.upload = this.uploader.getFromUniqueIdentifier(identifier) || null;
+    if (!item.upload) {
+      item.fail("The file could not be added.");
+      return;
+    }
+    item.start();
   };
 
   function init(scope) {
