@@ -19,9 +19,9 @@ from uploadmeter.exceptions import (
     UnsafeStorePath,
     UploadCancelled,
     UploadMeterError,
+    UploadRejected,
     UploadTooLarge,
 )
-from uploadmeter.resumable._completion import UploadRejected
 from uploadmeter.resumable._storage import FileInfo
 from uploadmeter.resumable.chunked._app import ChunkUploads
 from uploadmeter.resumable.tus._app import TusUploads

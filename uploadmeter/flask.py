@@ -27,9 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, current_app, has_app_context, has_request_context, request
+from uploadmeter.exceptions import ConfigurationError, MissingDependency
 
-from uploadmeter.exceptions import UploadMeterError
+try:
+    from flask import (
+        Blueprint,
+        Flask,
+        current_app,
+        has_app_context,
+        has_request_context,
+        request,
+    )
+except ImportError as exc:
+    raise MissingDependency("uploadmeter.flask", "Flask", "flask") from exc
+
 from uploadmeter.stores._base import ProgressStore
 from uploadmeter.ui._render import DEFAULT_FIRST_POLL, DEFAULT_POLL_INTERVAL, component_settings
 from uploadmeter.wsgi._middleware import UploadHandle, UploadMeterMiddleware
@@ -69,10 +80,6 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     # resolver(target) -> what to download, for signed links (uploadmeter.links); None: off
     "UPLOADMETER_DOWNLOAD_RESOLVER": None,
 }
-
-
-class ConfigurationError(UploadMeterError, RuntimeError):
-    """The app's configuration does not let uploadmeter start."""
 
 
 @dataclass

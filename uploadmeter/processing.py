@@ -42,7 +42,12 @@ from uploadmeter.core._tracker import (
     cancel_key,
     record_key,
 )
-from uploadmeter.exceptions import InvalidUploadId, StoreError, UploadMeterError
+from uploadmeter.exceptions import (
+    InvalidUploadId,
+    ProcessingCancelled,
+    ProcessingFailed,
+    StoreError,
+)
 from uploadmeter.stores._base import ProgressStore
 
 if TYPE_CHECKING:
@@ -57,27 +62,6 @@ __all__ = [
     "request_task",
     "task",
 ]
-
-
-class ProcessingCancelled(UploadMeterError):
-    """The user cancelled the upload while it was being processed.
-
-    Raised by :meth:`ProcessingTask.advance` (and :meth:`~ProcessingTask.start`); the
-    record already says ``cancelled``.  Let it end the work.
-    """
-
-
-class ProcessingFailed(UploadMeterError):
-    """Raise inside a task to end it in ``error`` with this message shown to the user.
-
-    Other exceptions end it in ``error`` too, with a generic message (their text may hold
-    paths or secrets, so it only goes to the log).
-    """
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class ProcessingTask:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.support import download_apps
 from tests.support.chunked_app import read_completions
-from tests.support.chunked_support import ChunkClient, ChunkedFile, served
+from tests.support.chunked_support import CHUNKS, ChunkClient, ChunkedFile, served
 from tests.support.servers import (
     Client,
     multipart_body,
@@ -231,19 +231,21 @@ def test_a_big_merge_request_is_refused_before_its_body_is_read(
     assert status == 415 and json.loads(body)["error"]["reason"] == "no_session"
 
 
-# A gunicorn config whose workers log every file they open under $TMPDIR (Python's audit
-# hook sees tempfile.TemporaryFile's nameless O_TMPFILE open too, as an open of the dir).
+# A gunicorn config whose workers log every file they open under $TMPDIR and the chunk
+# store's tmp/ (Python's audit hook sees tempfile.TemporaryFile's nameless O_TMPFILE open
+# too, as an open of the dir).
 _OPEN_LOGGER = """
 import os, sys
 
 def post_fork(server, worker):
-    temp, log = os.environ["TMPDIR"], os.environ["UM_TEST_OPEN_LOG"]
+    watched = os.environ["UM_TEST_WATCH"].split(os.pathsep)
+    log = os.environ["UM_TEST_OPEN_LOG"]
 
     def hook(event, args):
         if event == "open" and isinstance(args[0], (str, bytes)):
             path = os.fsdecode(args[0])
-            if path == temp or path.startswith(temp + "/"):
-                with open(log, "a") as f:  # outside TMPDIR: not logged itself
+            if any(path == d or path.startswith(d + "/") for d in watched):
+                with open(log, "a") as f:  # not in a watched dir: not logged itself
                     f.write(path + "\\n")
 
     sys.addaudithook(hook)
@@ -253,7 +255,7 @@ def post_fork(server, worker):
 @pytest.fixture(scope="module")
 def spool_watch(tmp_path_factory: Any) -> Iterator[tuple[str, Any]]:
     """``gunicorn -w 2`` with a temp dir of its own whose workers log each file they open
-    in it: ``(url, the log)``."""
+    in it or in the chunk store's tmp/: ``(url, the log)``."""
     directory = tmp_path_factory.mktemp("spool")
     temp = directory / "tmp"
     temp.mkdir()
@@ -263,6 +265,7 @@ def spool_watch(tmp_path_factory: Any) -> Iterator[tuple[str, Any]]:
     env = {
         "TMPDIR": str(temp),
         "UM_TEST_OPEN_LOG": str(log),
+        "UM_TEST_WATCH": os.pathsep.join([str(temp), str(directory / "files" / "tmp")]),
         "UPLOADMETER_TEST_STORE": f"sqlite://{directory}/store.sqlite3",
         "UPLOADMETER_TEST_FILES": str(directory / "files"),
     }
@@ -288,6 +291,137 @@ def test_a_multipart_merge_near_the_cap_spools_nothing(
     assert 400 <= status < 500 and headers["content-type"] == "application/json", answer
     assert b"too_large" not in answer  # near the cap, not over it: the body was parsed
     assert log.read_text() == before  # nothing spooled
+
+
+# -- a chunk's body is bounded by its declared size (issue 10, item 8) ---------------------
+
+CHUNK_FRAMINGS = ["octet", "multipart+query", "multipart"]
+CLAIMED = 100 * 1024 * 1024  # the Content-Length of a chunk declared as 1 KiB
+
+
+def chunk_request(
+    c: ChunkClient, f: ChunkedFile, number: int, how: str, *, chunked: bool, length: int
+) -> tuple[bytes, bytes]:
+    """``(head, what precedes the chunk's bytes)`` of a chunk POST framed ``how``:
+    ``octet`` (parameters in the query, as the clients send with ``method: "octet"``),
+    ``multipart+query`` (in the query and the form, as resumable.js does) or ``multipart``
+    (in the form only, as simple-uploader.js and flow.js do).  ``length`` is the chunk's
+    byte count the head announces (with the multipart framing around it)."""
+    params = f.params(number)
+    path = CHUNKS if how == "multipart" else CHUNKS + "?" + urlencode(params)
+    if how == "octet":
+        prefix, tail, ctype = b"", b"", "application/octet-stream"
+    else:
+        fields = [(k, None, str(v).encode()) for k, v in params.items()]
+        form, ctype = multipart_body([*fields, ("file", "blob", b"")])
+        tail = b"\r\n--uMbOuNdArY7x2--\r\n"
+        prefix = form[: -len(tail)]
+    head = request_head(
+        path, c.cookie_header(), ctype, None if chunked else len(prefix) + length + len(tail)
+    )
+    return head, prefix
+
+
+def framed(pieces: Iterable[bytes], chunked: bool, *, end: bool) -> Iterator[bytes]:
+    for piece in pieces:
+        yield b"%x\r\n%s\r\n" % (len(piece), piece) if chunked and piece else piece
+    if chunked and end:
+        yield b"0\r\n\r\n"
+
+
+@pytest.fixture(scope="module", params=["werkzeug", "gunicorn"])
+def chunk_site(request: Any, tmp_path_factory: Any) -> Iterator[tuple[str, Any]]:
+    """The chunk endpoint on werkzeug's server, and on ``gunicorn -w 2`` whose workers log
+    every file they open in $TMPDIR and the chunk store's tmp/: ``(url, the log or None)``."""
+    if request.param == "gunicorn":
+        yield request.getfixturevalue("spool_watch")
+        return
+    with served(str(tmp_path_factory.mktemp("chunk-site"))) as s:
+        yield s.url, None
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("how", CHUNK_FRAMINGS)
+def test_a_chunk_bigger_than_declared_is_refused_before_its_body_is_read(
+    chunk_site: tuple[str, Any], how: str, chunked: bool
+) -> None:
+    """100 MiB against a chunk declared as 1 KiB: 413 while the client has sent a few MiB,
+    and no file is opened for it (with Content-Length: before a byte of the chunk is read;
+    chunked: at the 1 KiB mark)."""
+    url, log = chunk_site
+    c = ChunkClient(url)
+    c.start()
+    f = ChunkedFile.random(3 * 1024, 1024)
+    head, prefix = chunk_request(c, f, 1, how, chunked=chunked, length=CLAIMED)
+    data = (b"x" * 16 * 1024 for _ in range(CLAIMED // (16 * 1024)))
+    before = log.read_text() if log else ""
+    status, headers, body, sent = answer_to(url, head, framed([prefix, *data], chunked, end=False))
+    assert (status, sent <= SENT_BEFORE_THE_ANSWER) == (413, True), (status, sent, body)
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["reason"] == "too_large"
+    if log:
+        opened = log.read_text()[len(before) :].split()
+        if chunked:  # read up to the limit into a temp file, which is gone
+            assert len(opened) <= 1 and not any(map(os.path.exists, opened)), opened
+        else:
+            assert opened == []  # no temp file was opened for it
+    # The same chunk, whole and as declared, is stored.
+    head, prefix = chunk_request(c, f, 1, how, chunked=chunked, length=1024)
+    tail = b"" if how == "octet" else b"\r\n--uMbOuNdArY7x2--\r\n"
+    status, _, body, _ = answer_to(url, head, framed([prefix, f.piece(1), tail], chunked, end=True))
+    assert status == 200 and json.loads(body)["uploaded"] == [1], body
+    if log:
+        assert "/files/tmp/" in log.read_text()[len(before) :]  # the log sees a chunk's file
+
+
+@pytest.mark.parametrize("how", CHUNK_FRAMINGS)
+def test_a_chunk_of_a_finished_or_cancelled_upload_is_answered_before_its_body(
+    chunk_server: str, how: str
+) -> None:
+    """A 1 MiB chunk POST is answered when the client has sent its head and fields and
+    64 KiB of the chunk (the multipart parser reads 64 KiB blocks); the rest never comes."""
+    c = ChunkClient(chunk_server)
+    c.start()
+    mib = 1024 * 1024
+    f = ChunkedFile.random(3 * mib, mib)
+    assert c.upload(f)["complete"]
+    head, prefix = chunk_request(c, f, 2, how, chunked=False, length=mib)
+    status, _, body, _ = answer_to(chunk_server, head, [prefix, f.piece(2)[: 64 * 1024]])
+    assert status == 200, body
+    assert json.loads(body)["complete"] is True  # a late duplicate: told it is complete
+
+    g = ChunkedFile.random(3 * mib, mib)
+    assert c.post_chunk(g, 1)[0] == 200
+    status, _, data = c.request("POST", f"/uploadmeter/cancel?id={g.identifier}")
+    assert status == 200, data
+    head, prefix = chunk_request(c, g, 2, how, chunked=False, length=mib)
+    status, _, body, _ = answer_to(chunk_server, head, [prefix, g.piece(2)[: 64 * 1024]])
+    assert status == 415 and json.loads(body)["error"]["reason"] == "cancelled", body
+
+    anonymous = ChunkClient(chunk_server)
+    head, prefix = chunk_request(anonymous, g, 2, how, chunked=False, length=CLAIMED)
+    status, _, body, _ = answer_to(chunk_server, head, [prefix])
+    assert status == 415 and json.loads(body)["error"]["reason"] == "no_session", body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_chunks_as_declared_are_stored_in_every_framing(chunk_server: str, chunked: bool) -> None:
+    """A 1 MiB + 1 KiB file in three framings (the last chunk takes the remainder)."""
+    c = ChunkClient(chunk_server)
+    c.start()
+    f = ChunkedFile.random(3 * 1024 * 1024 // 3 + 1024, 1024 * 1024 // 3)
+    assert f.total_chunks == 3
+    body: dict[str, Any] = {}
+    for number, how in enumerate(CHUNK_FRAMINGS, 1):
+        piece = f.piece(number)
+        head, prefix = chunk_request(c, f, number, how, chunked=chunked, length=len(piece))
+        tail = b"" if how == "octet" else b"\r\n--uMbOuNdArY7x2--\r\n"
+        status, _, data, _ = answer_to(
+            chunk_server, head, framed([prefix, piece, tail], chunked, end=True)
+        )
+        assert status == 200, data
+        body = json.loads(data)
+    assert body["complete"] is True and body["result"]["url"] == "/files/" + f.sha256
 
 
 def test_merge_bodies_that_are_not_parameters_get_a_clear_400(server: Any) -> None:

@@ -8,7 +8,7 @@ imports no server interface (WSGI, ASGI) and no feature package; the WSGI shell
 """
 
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
-from uploadmeter.core._locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import (
     CANCELLED,
@@ -25,6 +25,7 @@ from uploadmeter.core._record import (
 )
 from uploadmeter.core._sessions import CookieSettings, SessionCookie
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
+from uploadmeter.exceptions import LockLost, LockTimeout
 
 __all__ = [
     "CANCELLED",

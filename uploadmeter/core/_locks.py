@@ -16,18 +16,10 @@ import secrets
 import time
 from types import TracebackType
 
-from uploadmeter.exceptions import StoreError, UploadMeterError
+from uploadmeter.exceptions import LockLost, LockTimeout, StoreError
 from uploadmeter.stores._base import ProgressStore
 
-__all__ = ["LockLost", "LockTimeout", "StoreLock"]
-
-
-class LockTimeout(UploadMeterError):
-    """The lock stayed taken for longer than the caller was willing to wait."""
-
-
-class LockLost(UploadMeterError):
-    """The lock expired while held (the holder stalled for longer than its ttl)."""
+__all__ = ["StoreLock"]
 
 
 class StoreLock:

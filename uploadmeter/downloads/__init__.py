@@ -11,7 +11,7 @@ name) and :class:`Url` (fetched by a :class:`RemoteFetcher` that refuses private
 addresses).
 """
 
-from uploadmeter.downloads._api import DownloadCancelled, Downloader, download
+from uploadmeter.downloads._api import Downloader, download
 from uploadmeter.downloads._disposition import (
     UniqueNames,
     ascii_fallback,
@@ -19,21 +19,16 @@ from uploadmeter.downloads._disposition import (
     safe_arcname,
     safe_filename,
 )
-from uploadmeter.downloads._remote import (
+from uploadmeter.downloads._remote import RemoteCache, RemoteFetcher
+from uploadmeter.downloads._sources import Item, Url, name_field, source_field
+from uploadmeter.exceptions import (
     AddressNotAllowed,
+    DownloadCancelled,
     HostNotAllowed,
-    RemoteCache,
     RemoteError,
-    RemoteFetcher,
     RemoteTooLarge,
-)
-from uploadmeter.downloads._sources import (
-    Item,
     SourceError,
     SourceNotFound,
-    Url,
-    name_field,
-    source_field,
 )
 
 __all__ = [

@@ -28,7 +28,6 @@ remote sources, bytes sent of the total, and zip entries written, readable at
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import io
 import mimetypes
@@ -42,27 +41,26 @@ from werkzeug.http import HTTP_STATUS_CODES, generate_etag
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Response
 
+from uploadmeter.exceptions import DownloadCancelled, MissingDependency, RemoteError, StoreError
+
 try:
     from zipstream import ZIP_DEFLATED, ZIP_STORED, ZipStream
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        "uploadmeter's downloads need zipstream-ng: pip install 'uploadmeter[downloads]'"
-    ) from exc
+except ImportError as exc:
+    raise MissingDependency("uploadmeter's downloads", "zipstream-ng", "downloads") from exc
 
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, UploadRecord
 from uploadmeter.core._tracker import UploadTracker, cancel_key
 from uploadmeter.downloads._disposition import UniqueNames, content_disposition
-from uploadmeter.downloads._remote import Fetched, RemoteError, RemoteFetcher
+from uploadmeter.downloads._remote import Fetched, RemoteFetcher
 from uploadmeter.downloads._sources import Entry, finalize_name, resolve
-from uploadmeter.exceptions import StoreError, UploadMeterError
 from uploadmeter.wsgi._middleware import requested_upload_id
 from uploadmeter.wsgi._responses import error_response
 
 if TYPE_CHECKING:
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
-__all__ = ["DownloadCancelled", "Downloader", "OnError", "download"]
+__all__ = ["Downloader", "OnError", "download"]
 
 OnError = Literal["fail", "include"]
 _CHUNK = 64 * 1024
@@ -71,19 +69,6 @@ _CANCELLED = "The download was cancelled."
 _ACTIVE_TYPES = frozenset(
     {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml"}
 )
-
-
-class DownloadCancelled(UploadMeterError, ConnectionResetError):
-    """Raised from the response body once the download was cancelled.
-
-    To the server it is what it is to the client, a dropped connection: werkzeug and
-    gunicorn close the socket and log a reset quietly (no traceback), and the client sees
-    an incomplete body (short of its ``Content-Length``, or a chunked one without its last
-    chunk).  Just ending the body would make a chunked download look complete.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(errno.ECONNRESET, _CANCELLED)
 
 
 def download(

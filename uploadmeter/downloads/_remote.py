@@ -37,29 +37,26 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
+from uploadmeter.exceptions import (
+    AddressNotAllowed,
+    HostNotAllowed,
+    MissingDependency,
+    RemoteError,
+    RemoteTooLarge,
+)
+
 try:
     import urllib3
     from urllib3.exceptions import HTTPError as Urllib3Error
     from urllib3.exceptions import NewConnectionError
     from urllib3.exceptions import TimeoutError as Urllib3Timeout
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        "uploadmeter's remote sources need urllib3: pip install 'uploadmeter[downloads]'"
-    ) from exc
+except ImportError as exc:
+    raise MissingDependency("uploadmeter's remote sources", "urllib3", "downloads") from exc
 from werkzeug.http import parse_options_header
 
 from uploadmeter.downloads._disposition import safe_filename
-from uploadmeter.downloads._sources import SourceError
 
-__all__ = [
-    "AddressNotAllowed",
-    "Fetched",
-    "HostNotAllowed",
-    "RemoteCache",
-    "RemoteError",
-    "RemoteFetcher",
-    "RemoteTooLarge",
-]
+__all__ = ["Fetched", "RemoteCache", "RemoteFetcher"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -73,24 +70,6 @@ _NOT_GLOBAL = tuple(
     ipaddress.IPv6Network(net)
     for net in ("::/96", "fec0::/10", "::ffff:0:0:0/96", "64:ff9b:1::/48")
 )
-
-
-class RemoteError(SourceError):
-    """A remote source could not be fetched (502 when it fails the download)."""
-
-    status = 502
-
-
-class HostNotAllowed(RemoteError):
-    """The URL's scheme or host is not one the application allows."""
-
-
-class AddressNotAllowed(RemoteError):
-    """The host resolves to an address that is not public (SSRF protection)."""
-
-
-class RemoteTooLarge(RemoteError):
-    """The remote file is larger than the fetcher's ``max_size``."""
 
 
 @dataclass

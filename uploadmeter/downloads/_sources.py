@@ -29,7 +29,7 @@ from typing import IO, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from uploadmeter.downloads._disposition import safe_arcname, safe_filename
-from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.exceptions import SourceError, SourceNotFound
 
 __all__ = [
     "NAME_KEY",
@@ -38,8 +38,6 @@ __all__ = [
     "Entry",
     "Item",
     "Resolution",
-    "SourceError",
-    "SourceNotFound",
     "Url",
     "name_field",
     "resolve",
@@ -49,24 +47,6 @@ __all__ = [
 SOURCE_KEY = "uploadmeter.source"
 NAME_KEY = "uploadmeter.name"
 SourceKind = Literal["auto", "path", "url", "text"]
-
-
-class SourceError(UploadMeterError):
-    """A source could not be read.  ``status`` is the HTTP status a failed download answers."""
-
-    status = 500
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-
-
-class SourceNotFound(SourceError):
-    """A path does not exist, or lies outside the download root."""
-
-    status = 404
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """Download links that need no session: signed links and shares (see :class:`DownloadLinks`)."""
 
-from uploadmeter.links._endpoint import DownloadLinks
-from uploadmeter.links._shares import Share, ShareError, ShareManager
-from uploadmeter.links._signing import (
-    Link,
+from uploadmeter.exceptions import (
     LinkError,
     LinkExpired,
     LinkInvalid,
     LinkRevoked,
-    LinkSigner,
     LinkUsed,
+    ShareError,
 )
+from uploadmeter.links._endpoint import DownloadLinks
+from uploadmeter.links._shares import Share, ShareManager
+from uploadmeter.links._signing import Link, LinkSigner
 
 __all__ = [
     "DownloadLinks",

@@ -33,13 +33,9 @@ from werkzeug.wsgi import get_current_url
 
 from uploadmeter.downloads._api import Downloader
 from uploadmeter.downloads._sources import Item
-from uploadmeter.exceptions import StoreError
-from uploadmeter.links._shares import Share, ShareError, ShareManager
-from uploadmeter.links._signing import (
-    LinkError,
-    LinkSigner,
-    SecretKey,
-)
+from uploadmeter.exceptions import LinkError, ShareError, StoreError
+from uploadmeter.links._shares import Share, ShareManager
+from uploadmeter.links._signing import LinkSigner, SecretKey
 from uploadmeter.stores._base import ProgressStore
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
 from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response

@@ -19,24 +19,16 @@ from typing import Any
 
 from itsdangerous import Signer
 
-from uploadmeter.links._signing import LinkError, SecretKey, secret_keys
+from uploadmeter.exceptions import ShareError
+from uploadmeter.links._signing import SecretKey, secret_keys
 from uploadmeter.stores._base import ProgressStore
 
-__all__ = ["Share", "ShareError", "ShareManager"]
+__all__ = ["Share", "ShareManager"]
 
 # Codes avoid look-alikes (0/O, 1/I/L) so they can be read out and typed.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 # Expired shares are kept this long so their page says "expired" rather than "not found".
 _SHARE_GRACE = 86400.0
-
-
-class ShareError(LinkError):
-    """A share cannot be used (not found 404, expired/revoked 410, code 403, too many 429)."""
-
-    def __init__(self, message: str, status: int, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -150,17 +142,21 @@ class ShareManager:
             attempts = self.store.incr(f"share-attempts:{share_id}:{window}", self.attempt_window)
             if attempts > self.max_attempts:
                 retry = int((window + 1) * self.attempt_window - time.time()) + 1
-                raise ShareError("Too many attempts for this share. Try again later.", 429, retry)
+                raise ShareError(
+                    "Too many attempts for this share. Try again later.",
+                    status=429,
+                    retry_after=retry,
+                )
             right = code and self._codes.verify_signature(
                 _normalized(share_id, code), info["code"].encode()
             )
             if not right:
                 left = self.max_attempts - attempts
                 message = "The extraction code is not right." if code else "Enter the code."
-                raise ShareError(f"{message} {left} attempt(s) left.", 403)
+                raise ShareError(f"{message} {left} attempt(s) left.", status=403)
         count = self.store.incr(_count_key("downloads", share_id), _ttl(info))
         if info["m"] is not None and count > info["m"]:
-            raise ShareError("This share reached its download limit.", 410)
+            raise ShareError("This share reached its download limit.", status=410)
         return self.get(share_id)
 
     def revoke(self, share_id: str) -> bool:
@@ -176,12 +172,12 @@ class ShareManager:
     def _load(self, share_id: str) -> dict[str, Any]:
         raw = self.store.get(_share_key(share_id))
         if raw is None:
-            raise ShareError("There is no such share.", 404)
+            raise ShareError("There is no such share.", status=404)
         info: dict[str, Any] = json.loads(raw)
         if info["r"]:
-            raise ShareError("This share was revoked.", 410)
+            raise ShareError("This share was revoked.", status=410)
         if time.time() > info["e"]:
-            raise ShareError("This share has expired.", 410)
+            raise ShareError("This share has expired.", status=410)
         return info
 
     def _code_signature(self, share_id: str, code: str) -> bytes:

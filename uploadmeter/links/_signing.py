@@ -18,51 +18,13 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.exceptions import LinkExpired, LinkInvalid, LinkRevoked, LinkUsed
 from uploadmeter.stores._base import ProgressStore
 
-__all__ = [
-    "Link",
-    "LinkError",
-    "LinkExpired",
-    "LinkInvalid",
-    "LinkRevoked",
-    "LinkSigner",
-    "LinkUsed",
-    "SecretKey",
-    "secret_keys",
-]
+__all__ = ["Link", "LinkSigner", "SecretKey", "secret_keys"]
 
 # One key, or several for rotation (oldest first).
 SecretKey = str | bytes | Iterable[str | bytes]
-
-
-class LinkError(UploadMeterError):
-    """A link or share cannot be used; ``status`` and ``message`` are what the client sees."""
-
-    status = 410
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class LinkInvalid(LinkError):
-    """Not a link we signed (tampered, truncated, or signed with an unknown key)."""
-
-    status = 403
-
-
-class LinkExpired(LinkError):
-    """The link's time is up."""
-
-
-class LinkUsed(LinkError):
-    """A single-use link was already used."""
-
-
-class LinkRevoked(LinkError):
-    """The link was revoked (or the store no longer knows it)."""
 
 
 @dataclass(frozen=True)

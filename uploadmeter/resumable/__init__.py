@@ -12,7 +12,7 @@ Both protocols keep partial uploads in a :class:`FileStore`, verify the finished
 hand it to ``on_complete`` as a :class:`FileInfo`.
 """
 
-from uploadmeter.resumable._completion import UploadRejected
+from uploadmeter.exceptions import UploadRejected
 from uploadmeter.resumable._storage import FileInfo, FileStore
 from uploadmeter.resumable.chunked import ChunkUploads
 from uploadmeter.resumable.tus import TusUploads

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import shown_text
-from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.exceptions import CompletionFailed, UploadRejected
 from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._storage import Digests, FileInfo, FileStore, copy_and_hash
 from uploadmeter.stores._base import ProgressStore
@@ -27,22 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uploadmeter")
 
-__all__ = ["CompletionFailed", "OnComplete", "ResumableEndpoint", "UploadRejected", "deliver"]
+__all__ = ["OnComplete", "ResumableEndpoint", "deliver"]
 
 OnComplete = Callable[[FileInfo], "Mapping[str, Any] | ProcessingTask | None"]
-
-
-class UploadRejected(UploadMeterError):
-    """Raise from ``on_complete`` to refuse a file; ``message`` is shown to the user."""
-
-    def __init__(self, message: str, status: int = 415) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-class CompletionFailed(UploadMeterError):
-    """``on_complete`` raised something else; the record says ``error`` (500)."""
 
 
 def deliver(

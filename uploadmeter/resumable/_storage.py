@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
 from uploadmeter.core._locks import StoreLock
-from uploadmeter.exceptions import StoreError, UploadMeterError
+from uploadmeter.exceptions import DiskFull, InvalidName, QuotaExceeded, StoreError
 from uploadmeter.stores._base import ProgressStore
 
 log = logging.getLogger("uploadmeter")
@@ -48,11 +48,8 @@ __all__ = [
     "DISK_FULL_RETRY_AFTER",
     "CleanupStats",
     "Digests",
-    "DiskFull",
     "FileInfo",
     "FileStore",
-    "InvalidName",
-    "QuotaExceeded",
     "clean_filename",
     "clean_relative_path",
     "copy_and_hash",
@@ -157,25 +154,6 @@ class CleanupStats:
 
 
 # -- names ---------------------------------------------------------------------------------
-
-
-class InvalidName(UploadMeterError, ValueError):
-    """A client-supplied name that uploadmeter refuses to keep."""
-
-
-class QuotaExceeded(UploadMeterError):
-    """A new upload would take the session past its quota of unfinished bytes."""
-
-    def __init__(self, reserved: int, quota: int) -> None:
-        super().__init__(
-            f"This session already has {reserved} bytes of unfinished uploads; "
-            f"the limit is {quota}."
-        )
-        self.reserved, self.quota = reserved, quota
-
-
-class DiskFull(UploadMeterError):
-    """The disk has no room for a new upload now."""
 
 
 # Disk full is temporary: both protocols answer 507 with this Retry-After (seconds) and

@@ -10,7 +10,7 @@ __all__ = ["ProgressStore"]
 class ProgressStore(ABC):
     """An expiring string map shared by every worker that serves the app.
 
-    Every method may raise :class:`uploadmeter.errors.StoreError` when the backend cannot
+    Every method may raise :class:`uploadmeter.exceptions.StoreError` when the backend cannot
     be reached; callers on the upload path catch it and degrade instead of failing the
     upload.  ``ttl`` is in seconds.
     """

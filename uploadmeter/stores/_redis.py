@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from uploadmeter.exceptions import StoreError
+from uploadmeter.exceptions import MissingDependency, StoreError
 from uploadmeter.stores._base import ProgressStore
 
 if TYPE_CHECKING:
@@ -48,10 +48,8 @@ class RedisStore(ProgressStore):
     ) -> None:
         try:
             import redis
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise StoreError(
-                "RedisStore needs the redis package: pip install 'uploadmeter[redis]'"
-            ) from exc
+        except ImportError as exc:
+            raise MissingDependency("RedisStore", "the redis package", "redis") from exc
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         if isinstance(url_or_client, str):
             self._redis: redis.Redis[str] = redis.Redis.from_url(

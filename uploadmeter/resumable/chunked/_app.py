@@ -65,7 +65,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter.core._ids import valid_upload_id
-from uploadmeter.core._locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
     CANCELLED,
     DONE,
@@ -76,34 +76,35 @@ from uploadmeter.core._record import (
     UploadRecord,
 )
 from uploadmeter.core._tracker import CANCELLED_ERROR, cancel_key, record_key
-from uploadmeter.exceptions import StoreError
-from uploadmeter.processing import ProcessingCancelled, ProcessingTask
-from uploadmeter.resumable._completion import (
+from uploadmeter.exceptions import (
+    ChunkRefused,
     CompletionFailed,
-    OnComplete,
-    ResumableEndpoint,
+    DiskFull,
+    LockLost,
+    LockTimeout,
+    ProcessingCancelled,
+    QuotaExceeded,
+    StoreError,
     UploadRejected,
 )
+from uploadmeter.processing import ProcessingTask
+from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
-    DISK_FULL_RETRY_AFTER,
     Digests,
-    DiskFull,
     FileInfo,
     FileStore,
-    QuotaExceeded,
     digest_name,
     is_disk_full,
 )
 from uploadmeter.resumable.chunked._params import (
     SHA256,
+    ChunkBody,
     ChunkParams,
-    ChunkRefused,
     disk_full,
     merge_values,
     param,
     parse_params,
-    receive_chunk,
 )
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
@@ -112,7 +113,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uploadmeter")
 
-__all__ = ["ChunkParams", "ChunkUploads", "UploadRejected"]
+__all__ = ["ChunkParams", "ChunkUploads"]
 
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _CHUNK_FILE = re.compile(r"(\d{1,9})\.chunk")
@@ -132,7 +133,26 @@ _META_FIELDS = (
 
 
 def _cancelled() -> ChunkRefused:
-    return ChunkRefused(415, "cancelled", "The upload was cancelled.")
+    return ChunkRefused("cancelled", "The upload was cancelled.")
+
+
+def _as_refusal(exc: Exception) -> ChunkRefused:
+    """The answer to a chunk request that raised ``exc``: every error response is built
+    from one."""
+    if isinstance(exc, ChunkRefused):
+        return exc
+    if isinstance(exc, ProcessingCancelled):
+        return _cancelled()
+    if isinstance(exc, (StoreError, LockTimeout, LockLost)):
+        log.warning("uploadmeter: chunk request deferred: %s", exc)
+        return ChunkRefused(
+            "busy", "The server is busy; try again.", status=503, headers={"Retry-After": "2"}
+        )
+    if is_disk_full(exc):  # temporary: the client retries once space returns
+        log.warning("uploadmeter: chunk request deferred: %s", exc)
+        return disk_full()
+    log.exception("uploadmeter: chunk request failed")
+    return ChunkRefused("server_error", "The server failed.", status=500)
 
 
 @dataclass(frozen=True)
@@ -243,23 +263,17 @@ class ChunkUploads(ResumableEndpoint):
         extra: list[tuple[str, str]] = []
         try:
             response = self._dispatch(environ, extra, arrived)
-        except ChunkRefused as refused:
-            response = refused.response(extra)
-        except ProcessingCancelled:
-            response = _cancelled().response(extra)
-        except (StoreError, LockTimeout, LockLost) as exc:
-            log.warning("uploadmeter: chunk request deferred: %s", exc)
-            response = ChunkRefused(503, "busy", "The server is busy; try again.").response(extra)
-            response.headers["Retry-After"] = "2"
         except Exception as exc:
-            if is_disk_full(exc):  # temporary: the client retries once space returns
-                log.warning("uploadmeter: chunk request deferred: %s", exc)
-                response = disk_full().response(extra)
-            else:
-                log.exception("uploadmeter: chunk request failed")
-                response = ChunkRefused(500, "server_error", "The server failed.").response(extra)
-        if response.status_code == 507:
-            response.headers["Retry-After"] = str(DISK_FULL_RETRY_AFTER)
+            refused = _as_refusal(exc)
+            body = {
+                "error": {
+                    "status": refused.status,
+                    "reason": refused.reason,
+                    "message": refused.message,
+                }
+            }
+            body.update(refused.extra)
+            response = json_response(body, refused.status, [*extra, *refused.headers.items()])
         return response(environ, start_response)
 
     def _dispatch(
@@ -281,10 +295,8 @@ class ChunkUploads(ResumableEndpoint):
                 return self._merge_request(environ, extra, arrived)
             allow = "POST"
         else:
-            raise ChunkRefused(404, "not_found", "No such chunk endpoint.")
-        response = ChunkRefused(405, "method", f"Use {allow}.").response(extra)
-        response.headers["Allow"] = allow
-        return response
+            raise ChunkRefused("not_found", "No such chunk endpoint.", status=404)
+        raise ChunkRefused("method", f"Use {allow}.", status=405, headers={"Allow": allow})
 
     # -- sessions and names --------------------------------------------------------------
 
@@ -294,7 +306,6 @@ class ChunkUploads(ResumableEndpoint):
         session = self.meter.cookie.session_of(environ)
         if session is None:
             raise ChunkRefused(
-                415,
                 "no_session",
                 "No upload session: load a page of this site first, or "
                 f"GET {self.meter.prefix}/session (its cookie keys the upload).",
@@ -353,16 +364,25 @@ class ChunkUploads(ResumableEndpoint):
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
     ) -> Response:
         session = self._session(environ)  # before reading the body
-        values, received, size = receive_chunk(
-            environ, self.files, file_field=self.file_field, max_chunk_size=self.max_chunk_size
-        )
+        body = ChunkBody(environ, file_field=self.file_field, max_chunk_size=self.max_chunk_size)
+        # Checked before a byte of the chunk is read: a refused, cancelled or complete
+        # upload costs no disk, and the declared size bounds the read.
+        params = self._params(body.parameters(), chunk=True)
+        up = self._upload(session, params.identifier)
+        self._check_cancelled(up, arrived)
+        done = self._done(up, arrived) or self._instant(up, params)
+        if done is not None:  # a late duplicate of a finished upload, or an instant upload
+            return self._answer(up, params, extra, done=done)
+        assert params.chunk_number is not None
+        received, size = body.save(self.files, params.expected_size(params.chunk_number))
         try:
-            params = self._params(values, chunk=True)
+            # Again with the whole body's parameters; a cancel or a merge may have come
+            # while it was read.
+            params = self._params(body.values, chunk=True)
             number = params.chunk_number
             assert number is not None
             if size != params.expected_size(number):
                 raise ChunkRefused(
-                    415,
                     "size_mismatch",
                     f"Chunk {number} has {size} bytes; the declared sizes say "
                     f"{params.expected_size(number)}.",
@@ -407,7 +427,7 @@ class ChunkUploads(ResumableEndpoint):
                 if self._done(up, arrived) is not None:
                     return None
                 self._check_cancelled(up, arrived)
-        raise ChunkRefused(503, "busy", "The upload changed meanwhile; try again.")
+        raise ChunkRefused("busy", "The upload changed meanwhile; try again.", status=503)
 
     # -- per-upload state ----------------------------------------------------------------
 
@@ -438,7 +458,7 @@ class ChunkUploads(ResumableEndpoint):
                 self.files.write_json(up.meta_path, dict(data, created=time.time()))
                 return dataclasses.replace(params, chunk_number=None, current_chunk_size=None)
         except QuotaExceeded as exc:
-            raise ChunkRefused(415, "quota", str(exc)) from None
+            raise ChunkRefused("quota", str(exc)) from None
         except DiskFull:
             raise disk_full() from None
 
@@ -576,11 +596,11 @@ class ChunkUploads(ResumableEndpoint):
             return self._answer(up, params, extra, done=done)
         meta = self._read_meta(up)
         if meta is None:
-            raise ChunkRefused(404, "not_found", "No such upload (it may have expired).")
+            raise ChunkRefused("not_found", "No such upload (it may have expired).", status=404)
         missing = sorted(set(meta.numbers) - set(up.stored(meta.total_chunks)))
         if missing:
             raise ChunkRefused(
-                409, "incomplete", "Some chunks are missing.", missing=missing[:1000]
+                "incomplete", "Some chunks are missing.", status=409, missing=missing[:1000]
             )
         return self._merge(up, meta, extra, arrived)
 
@@ -610,7 +630,7 @@ class ChunkUploads(ResumableEndpoint):
                 problem = self._verify(meta, digests)
                 if problem is not None:
                     task.fail(problem, 415)
-                    raise ChunkRefused(415, "checksum_mismatch", problem)
+                    raise ChunkRefused("checksum_mismatch", problem)
                 path, created = self.files.adopt(temp, digests.sha256)
             except (ChunkRefused, ProcessingCancelled, FileNotFoundError) as exc:
                 # A mismatch, or cancelled meanwhile (a DELETE may have taken the chunks).
@@ -677,8 +697,10 @@ class ChunkUploads(ResumableEndpoint):
         except (UploadRejected, CompletionFailed) as exc:
             self.store.delete(up.done_key)
             if isinstance(exc, UploadRejected):
-                raise ChunkRefused(415, "rejected", exc.message) from None
-            raise ChunkRefused(500, "server_error", "The server could not take the file.") from None
+                raise ChunkRefused("rejected", exc.message) from None
+            raise ChunkRefused(
+                "server_error", "The server could not take the file.", status=500
+            ) from None
         self._remember(up.session, info)
         return done
 
@@ -746,7 +768,7 @@ class ChunkUploads(ResumableEndpoint):
     def _delete(self, environ: dict[str, Any], extra: list[tuple[str, str]]) -> Response:
         identifier = param(Request(environ).args, "identifier")
         if not identifier or len(identifier) > 255:
-            raise ChunkRefused(415, "bad_identifier", "Missing or invalid identifier.")
+            raise ChunkRefused("bad_identifier", "Missing or invalid identifier.")
         up = self._upload(self._session(environ), identifier)
         # Under the session's lock: a chunk cannot start the upload again meanwhile.
         with self.files.session_lock(self.store, up.session):
@@ -793,7 +815,6 @@ class ChunkUploads(ResumableEndpoint):
 def _check_same_split(meta: ChunkParams, params: ChunkParams) -> None:
     if not meta.same_split(params):
         raise ChunkRefused(
-            415,
             "conflict",
             "This identifier is already uploading with other sizes; use a new identifier.",
         )

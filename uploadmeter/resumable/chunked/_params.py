@@ -4,69 +4,66 @@ simple-uploader.js, resumable.js and flow.js send the same parameters under thre
 spellings (``chunkNumber``, ``resumableChunkNumber``, ``flowChunkNumber``), in the query
 string or in the multipart form, and the chunk as the multipart field ``file`` or as the
 raw body (``method: "octet"``).  :func:`parse_params` turns them into a checked
-:class:`ChunkParams`; :func:`receive_chunk` reads the body into a temp file of the
-:class:`~uploadmeter.resumable.FileStore`.  Anything refused raises :class:`ChunkRefused`
-with the status the clients treat as permanent (415), a reason and a short message.
+:class:`ChunkParams`; :class:`ChunkBody` reads the body, bounded by the chunk's
+declared size, into a temp file of the :class:`~uploadmeter.resumable.FileStore`.
+Anything refused raises :class:`ChunkRefused` with the status the clients treat as
+permanent (415; 413 for a body larger than its chunk needs), a reason and a short message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.formparser import parse_form_data
-from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import get_input_stream
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import (
+    Data,
+    Epilogue,
+    Event,
+    Field,
+    File,
+    MultipartDecoder,
+    NeedData,
+)
+from werkzeug.wrappers import Request
+from werkzeug.wsgi import get_content_length, get_input_stream
 
-from uploadmeter.exceptions import UploadMeterError
+from uploadmeter.exceptions import ChunkRefused, InvalidName
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
+    DISK_FULL_RETRY_AFTER,
     FileStore,
-    InvalidName,
     clean_filename,
     clean_relative_path,
     is_disk_full,
 )
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
-from uploadmeter.wsgi._responses import json_response
 
-__all__ = [
-    "ChunkParams",
-    "ChunkRefused",
-    "disk_full",
-    "merge_values",
-    "param",
-    "parse_params",
-    "receive_chunk",
-]
+__all__ = ["ChunkBody", "ChunkParams", "disk_full", "merge_values", "param", "parse_params"]
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _INT = re.compile(r"\d{1,18}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORM_OVERHEAD = 64 * 1024  # a multipart chunk's parameters and part headers
-
-
-class ChunkRefused(UploadMeterError):
-    """A chunk-protocol answer other than success; becomes a short JSON error."""
-
-    def __init__(self, status: int, reason: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.extra = status, reason, message, extra
-
-    def response(self, headers: list[tuple[str, str]]) -> Response:
-        body = {"error": {"status": self.status, "reason": self.reason, "message": self.message}}
-        body.update(self.extra)
-        return json_response(body, self.status, headers)
+_MAX_PARTS = 32
+_BLOCK = 64 * 1024
+_DECODER_BUFFER = 2 * _BLOCK  # what the decoder may hold at once (a read and its rest)
 
 
 def disk_full() -> ChunkRefused:
     """The disk is full: ``507`` (temporary; the answer carries ``Retry-After``)."""
-    return ChunkRefused(507, "disk_full", DISK_FULL_MESSAGE)
+    return ChunkRefused(
+        "disk_full",
+        DISK_FULL_MESSAGE,
+        status=507,
+        headers={"Retry-After": str(DISK_FULL_RETRY_AFTER)},
+    )
 
 
 @dataclass(frozen=True)
@@ -126,44 +123,39 @@ def parse_params(
     def optional(name: str) -> int | None:
         value = param(values, name)
         if value is not None and not _INT.fullmatch(value):
-            raise ChunkRefused(415, "bad_parameter", f"Parameter {name} is not a number.")
+            raise ChunkRefused("bad_parameter", f"Parameter {name} is not a number.")
         return None if value is None else int(value)
 
     def required(name: str) -> int:
         value = optional(name)
         if value is None:
-            raise ChunkRefused(415, "bad_parameter", f"Missing parameter {name}.")
+            raise ChunkRefused("bad_parameter", f"Missing parameter {name}.")
         return value
 
     identifier = param(values, "identifier")
     if not identifier or len(identifier) > 255 or _CONTROL.search(identifier):
-        raise ChunkRefused(
-            415, "bad_identifier", "The identifier must be 1-255 printable characters."
-        )
+        raise ChunkRefused("bad_identifier", "The identifier must be 1-255 printable characters.")
     try:
         filename = clean_filename(param(values, "filename") or "")
         relative = param(values, "relativePath")
         relative_path = clean_relative_path(relative) if relative else None
     except InvalidName as exc:
-        raise ChunkRefused(415, "bad_filename", str(exc)) from None
+        raise ChunkRefused("bad_filename", str(exc)) from None
     total_size = required("totalSize")
     chunk_size = required("chunkSize")
     total_chunks = required("totalChunks")
     if total_size > max_file_size:
         raise ChunkRefused(
-            415,
-            "too_large",
-            f"The file is larger than this server accepts ({max_file_size} bytes).",
+            "too_large", f"The file is larger than this server accepts ({max_file_size} bytes)."
         )
     if not 1 <= chunk_size <= max_chunk_size:
-        raise ChunkRefused(415, "bad_chunk_size", f"chunkSize must be 1 to {max_chunk_size} bytes.")
+        raise ChunkRefused("bad_chunk_size", f"chunkSize must be 1 to {max_chunk_size} bytes.")
     # Clients split with floor (last chunk up to 2 x chunkSize) or, with
     # forceChunkSize, ceil (last chunk smaller); anything else is not a real split.
     floor = max(total_size // chunk_size, 1)
     ceil = max(-(-total_size // chunk_size), 1)
     if total_chunks not in (floor, ceil) or total_chunks > max_chunks:
         raise ChunkRefused(
-            415,
             "bad_total_chunks",
             f"totalChunks must be {floor}"
             + (f" or {ceil}" if ceil != floor else "")
@@ -171,10 +163,10 @@ def parse_params(
         )
     number = required("chunkNumber") if chunk else optional("chunkNumber")
     if number is not None and not 1 <= number <= total_chunks:
-        raise ChunkRefused(415, "bad_chunk_number", "chunkNumber is out of range.")
+        raise ChunkRefused("bad_chunk_number", "chunkNumber is out of range.")
     sha256 = values.get("sha256")
     if sha256 is not None and not SHA256.fullmatch(sha256):
-        raise ChunkRefused(415, "bad_parameter", "sha256 must be 64 hex digits.")
+        raise ChunkRefused("bad_parameter", "sha256 must be 64 hex digits.")
     params = ChunkParams(
         identifier=identifier,
         filename=filename,
@@ -188,74 +180,185 @@ def parse_params(
     )
     current = params.current_chunk_size
     if number is not None and current is not None and current != params.expected_size(number):
-        raise ChunkRefused(
-            415, "size_mismatch", "currentChunkSize does not match the declared sizes."
-        )
+        raise ChunkRefused("size_mismatch", "currentChunkSize does not match the declared sizes.")
     return params
 
 
-def receive_chunk(
-    environ: dict[str, Any], files: FileStore, *, file_field: str, max_chunk_size: int
-) -> tuple[MultiDict[str, str], str, int]:
-    """Read a chunk request: ``(parameters, the chunk's temp file, its size)``.
+class ChunkBody:
+    """The body of one chunk request, read in two steps so that nothing is spooled before
+    the parameters are checked: :meth:`parameters`, then :meth:`save` with the chunk's
+    declared size, which bounds the read.
 
-    The caller deletes the file (or renames it into place); on an error nothing is left.
+    The parameters are the query's when it has them (``method: "octet"`` always, and
+    resumable.js's multipart too): then not a byte is read before they are checked.  A
+    multipart body without them in the query is read up to its chunk's part (the three
+    clients send the fields first), in memory and within :data:`_FORM_OVERHEAD`.
     """
-    limit = 2 * max_chunk_size + _FORM_OVERHEAD
-    values: MultiDict[str, str] = MultiDict(Request(environ).args)
-    created: list[tuple[str, IO[bytes]]] = []
 
-    def new_file(*_: Any, **__: Any) -> IO[bytes]:
-        path, f = files.temp_file()
-        created.append((path, f))
-        return f
+    def __init__(self, environ: dict[str, Any], *, file_field: str, max_chunk_size: int) -> None:
+        self.values: MultiDict[str, str] = MultiDict(Request(environ).args)
+        self.file_field = file_field
+        mimetype, options = parse_options_header(environ.get("CONTENT_TYPE", ""))
+        self.multipart = mimetype == "multipart/form-data"
+        self._boundary = options.get("boundary", "").encode("latin-1", "replace")
+        self._declared = get_content_length(environ)
+        self._stream = get_input_stream(environ)  # Content-Length or the server's framing
+        self._read_bytes = 0
+        self._cap = 2 * max_chunk_size + _FORM_OVERHEAD  # until the chunk's size is known
+        self._set_cap(self._cap)
+        self._events: Iterator[Event] | None = None
+        self._at_chunk = False  # the chunk's part has begun; its data is next
 
-    keep = ""
-    ok = False
-    try:
-        if environ.get("CONTENT_TYPE", "").lower().startswith("multipart/form-data"):
-            _, form, parts = parse_form_data(
-                environ,
-                stream_factory=new_file,
-                max_content_length=limit,
-                max_form_memory_size=500_000,  # also bounds its read buffer: not lower
-                max_form_parts=32,
-                silent=False,
-            )
-            storage = parts.get(file_field)
-            if storage is None:
-                raise ChunkRefused(415, "no_file", f"The request has no file field {file_field!r}.")
-            keep = next(path for path, f in created if f is storage.stream)
-            for key, value in form.items(multi=True):
-                values.setlist(key, [value])  # the body's values win over the query's
-        else:
-            # method: "octet": the body is the chunk, the parameters are in the query.
-            stream = get_input_stream(environ, max_content_length=limit)
-            out = new_file()
-            while block := stream.read(1024 * 1024):
-                out.write(block)
-            keep = created[0][0]
-        for _, f in created:
-            f.close()
-        size = os.path.getsize(keep)
-        ok = True
-    except RequestEntityTooLarge:
-        raise ChunkRefused(
-            415, "too_large", f"A chunk request may hold at most {limit} bytes."
-        ) from None
-    except (HTTPException, ValueError, OSError) as exc:
-        if is_disk_full(exc):  # temporary (507): nothing of the chunk is kept
-            raise disk_full() from None
-        # The client went away mid-body, or the body is not valid multipart.
-        raise ChunkRefused(
-            415, "bad_body", "The chunk request body is incomplete or invalid."
-        ) from exc
-    finally:
-        for path, f in created:
-            f.close()
-            if not ok or path != keep:
-                files.discard(path)
-    return values, keep, size
+    def parameters(self) -> MultiDict[str, str]:
+        """The parameters known before the chunk's bytes: the query's, or for a multipart
+        body whose query has no chunk number, also the form fields before the chunk."""
+        if self.multipart and param(self.values, "chunkNumber") is None:
+            with self._reading():
+                self._find_chunk()
+        return self.values
+
+    def save(self, files: FileStore, expected: int) -> tuple[str, int]:
+        """Read the chunk of ``expected`` bytes into a temp file: ``(its path, its size)``.
+
+        A body that holds more than that chunk needs is refused with 413 -- at once when
+        its ``Content-Length`` says so, else at the limit -- and nothing of it is kept; on
+        any error no file is left.  The caller deletes the file or renames it into place.
+        """
+        ok = False
+        with self._reading():
+            self._set_cap(expected + (_FORM_OVERHEAD if self.multipart else 0))
+            if self.multipart:
+                self._find_chunk()
+            path, out = files.temp_file()
+            try:
+                with out:
+                    for block in self._chunk_data():
+                        out.write(block)
+                        if out.tell() > expected:
+                            raise ChunkRefused(
+                                "too_large",
+                                f"The chunk holds more than the {expected} bytes declared.",
+                                status=413,
+                            )
+                    size = out.tell()
+                self._finish()
+                ok = True
+            finally:
+                if not ok:
+                    files.discard(path)
+        return path, size
+
+    # -- reading --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn what reading a body can raise into the protocol's answers."""
+        try:
+            yield
+        except ChunkRefused:
+            raise
+        except RequestEntityTooLarge:  # the multipart decoder's part count or header size
+            raise ChunkRefused(
+                "too_large",
+                f"A chunk request may hold at most {_MAX_PARTS} form parts.",
+                status=413,
+            ) from None
+        except (HTTPException, ValueError, OSError) as exc:
+            if is_disk_full(exc):  # temporary (507): nothing of the chunk is kept
+                raise disk_full() from None
+            # The client went away mid-body, or the body is not valid multipart.
+            raise ChunkRefused(
+                "bad_body", "The chunk request body is incomplete or invalid."
+            ) from exc
+
+    def _set_cap(self, cap: int) -> None:
+        """Read at most ``cap`` bytes of the body (a cap is only ever lowered)."""
+        self._cap = min(self._cap, cap)
+        if max(self._declared or 0, self._read_bytes) > self._cap:
+            raise self._too_large()
+
+    def _too_large(self) -> ChunkRefused:
+        return ChunkRefused(
+            "too_large", f"This chunk request may hold at most {self._cap} bytes.", status=413
+        )
+
+    def _read(self) -> bytes:
+        # One byte past the cap tells a body that goes on from one that ends there.
+        block = self._stream.read(min(_BLOCK, self._cap + 1 - self._read_bytes))
+        self._read_bytes += len(block)
+        if self._read_bytes > self._cap:
+            raise self._too_large()
+        return block
+
+    def _chunk_data(self) -> Iterator[bytes]:
+        if not self.multipart:  # method: "octet": the body is the chunk
+            while block := self._read():
+                yield block
+            return
+        for event in self._multipart():
+            if not isinstance(event, Data):  # the decoder ends a part before the next
+                raise ValueError("the chunk's part did not end")
+            yield event.data
+            if not event.more_data:
+                return
+
+    def _multipart(self) -> Iterator[Event]:
+        """The events of the multipart body (one generator, resumed across the steps)."""
+        if self._events is None:
+            self._events = self._decode()
+        return self._events
+
+    def _decode(self) -> Iterator[Event]:
+        if not self._boundary:
+            raise ValueError("Missing boundary")
+        decoder = MultipartDecoder(
+            self._boundary, max_form_memory_size=_DECODER_BUFFER, max_parts=_MAX_PARTS
+        )
+        while True:
+            block = self._read()
+            decoder.receive_data(block or None)
+            while not isinstance(event := decoder.next_event(), (NeedData, Epilogue)):
+                yield event
+            if isinstance(event, Epilogue) or not block:
+                return
+
+    def _find_chunk(self) -> None:
+        """Read the form fields up to the chunk's part (into :attr:`values`)."""
+        if not self._at_chunk:
+            self._at_chunk = self._fields_until_chunk()
+        if not self._at_chunk:
+            message = f"The request has no file field {self.file_field!r}."
+            raise ChunkRefused("no_file", message)
+
+    def _finish(self) -> None:
+        """Read what follows the chunk (form fields, the closing boundary)."""
+        if self.multipart:
+            self._at_chunk = False
+            if self._fields_until_chunk():  # a second part of the chunk's name is refused
+                raise ValueError("two chunk parts")
+
+    def _fields_until_chunk(self) -> bool:
+        """Read parts into :attr:`values` until the chunk's part begins (``True``) or the
+        body ends (``False``).  What is not the chunk is at most :data:`_FORM_OVERHEAD`."""
+        name = ""
+        value: list[bytes] = []
+        other = 0
+        for event in self._multipart():
+            if isinstance(event, File) and event.name == self.file_field:
+                return True
+            if isinstance(event, (Field, File)):
+                name, value = (event.name if isinstance(event, Field) else ""), []
+            elif isinstance(event, Data):
+                other += len(event.data)
+                if other > _FORM_OVERHEAD:
+                    message = f"The form fields may hold at most {_FORM_OVERHEAD} bytes."
+                    raise ChunkRefused("too_large", message, status=413)
+                if name:  # a field (another file part has no name here: not kept)
+                    value.append(event.data)
+                    if not event.more_data:
+                        # The body's values win over the query's.
+                        self.values.setlist(name, [b"".join(value).decode("utf-8", "replace")])
+        return False
 
 
 def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
@@ -273,7 +376,7 @@ def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
             data = request.get_data()
             body = json.loads(data) if data.strip() else {}
             if not isinstance(body, dict):
-                raise ChunkRefused(400, "bad_json", "The JSON body must be an object.")
+                raise ChunkRefused("bad_json", "The JSON body must be an object.", status=400)
             for key, value in body.items():
                 values.setlist(key, [str(value)])
         else:
@@ -282,12 +385,12 @@ def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
     except RequestEntityTooLarge:
         limits = f"{SMALL_BODY} bytes and {SmallBodyRequest.max_form_parts} form fields"
         raise ChunkRefused(
-            413, "too_large", f"A merge request may hold at most {limits}."
+            "too_large", f"A merge request may hold at most {limits}.", status=413
         ) from None
     except RecursionError:
-        raise ChunkRefused(400, "bad_json", "The JSON body is nested too deeply.") from None
+        raise ChunkRefused("bad_json", "The JSON body is nested too deeply.", status=400) from None
     except ValueError:  # not JSON, or not UTF-8
-        raise ChunkRefused(400, "bad_json", "The request body is not valid JSON.") from None
+        raise ChunkRefused("bad_json", "The request body is not valid JSON.", status=400) from None
     except HTTPException:  # the client went away mid-body
-        raise ChunkRefused(400, "bad_body", "The request body is incomplete.") from None
+        raise ChunkRefused("bad_body", "The request body is incomplete.", status=400) from None
     return values

@@ -48,7 +48,7 @@ from werkzeug.http import http_date
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
-from uploadmeter.core._locks import LockLost, LockTimeout, StoreLock
+from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
     CANCELLED,
     DONE,
@@ -63,22 +63,24 @@ from uploadmeter.core._tracker import (
     cancel_key,
     record_key,
 )
-from uploadmeter.exceptions import StoreError
-from uploadmeter.processing import ProcessingCancelled
-from uploadmeter.resumable._completion import (
+from uploadmeter.exceptions import (
     CompletionFailed,
-    OnComplete,
-    ResumableEndpoint,
+    DiskFull,
+    InvalidName,
+    LockLost,
+    LockTimeout,
+    ProcessingCancelled,
+    QuotaExceeded,
+    StoreError,
+    TusError,
     UploadRejected,
 )
+from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     DISK_FULL_RETRY_AFTER,
-    DiskFull,
     FileInfo,
     FileStore,
-    InvalidName,
-    QuotaExceeded,
     clean_filename,
     is_disk_full,
 )
@@ -111,20 +113,28 @@ _MIN_READ = 1024
 _MAX_READ = 256 * 1024
 
 
-class _Answer(Exception):
-    """A non-success answer: ``status``, a short message and headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+def _gone() -> TusError:
+    return TusError("The upload was cancelled.", status=410, headers={"Connection": "close"})
 
 
-def _gone() -> _Answer:
-    return _Answer(410, "The upload was cancelled.", {"Connection": "close"})
+def _disk_full() -> TusError:
+    return TusError(
+        DISK_FULL_MESSAGE, status=507, headers={"Retry-After": str(DISK_FULL_RETRY_AFTER)}
+    )
 
 
-def _disk_full() -> _Answer:
-    return _Answer(507, DISK_FULL_MESSAGE, {"Retry-After": str(DISK_FULL_RETRY_AFTER)})
+def _as_tus_error(exc: Exception) -> TusError:
+    """The tus answer to a request that raised ``exc``: every error response is built from one."""
+    if isinstance(exc, TusError):
+        return exc
+    if isinstance(exc, (StoreError, LockLost, LockTimeout)):
+        log.warning("uploadmeter: tus request deferred: %s", exc)
+        return TusError("The server is busy; try again.", status=503, headers={"Retry-After": "2"})
+    if is_disk_full(exc):  # temporary: the client retries once space returns
+        log.warning("uploadmeter: tus request deferred: %s", exc)
+        return _disk_full()
+    log.exception("uploadmeter: tus request failed")
+    return TusError("The server failed.", status=500)
 
 
 @dataclass
@@ -160,7 +170,7 @@ class _Upload:
         try:
             return os.path.getsize(self.data_path)
         except FileNotFoundError:
-            raise _Answer(404, "Upload not found.") from None
+            raise TusError("Upload not found.", status=404) from None
 
 
 class TusUploads(ResumableEndpoint):
@@ -204,23 +214,10 @@ class TusUploads(ResumableEndpoint):
     ) -> Iterable[bytes]:
         try:
             response = self._dispatch(Request(environ))
-        except _Answer as answer:
-            response = error_response(environ, answer.status, answer.message)
-            response.headers.update(answer.headers)
-        except (StoreError, LockLost, LockTimeout) as exc:
-            log.warning("uploadmeter: tus request deferred: %s", exc)
-            response = error_response(
-                environ, 503, "The server is busy; try again.", [("Retry-After", "2")]
-            )
         except Exception as exc:
-            if is_disk_full(exc):  # temporary: the client retries once space returns
-                log.warning("uploadmeter: tus request deferred: %s", exc)
-                full = _disk_full()
-                response = error_response(environ, full.status, full.message)
-                response.headers.update(full.headers)
-            else:
-                log.exception("uploadmeter: tus request failed")
-                response = error_response(environ, 500, "The server failed.")
+            error = _as_tus_error(exc)
+            response = error_response(environ, error.status, error.message)
+            response.headers.update(error.headers)
         response.headers["Tus-Resumable"] = TUS_VERSION
         return response(environ, start_response)
 
@@ -229,15 +226,19 @@ class TusUploads(ResumableEndpoint):
         if method == "OPTIONS":
             return self._options()
         if request.headers.get("Tus-Resumable") != TUS_VERSION:
-            raise _Answer(412, "Unsupported tus version.", {"Tus-Version": TUS_VERSION})
+            raise TusError(
+                "Unsupported tus version.", status=412, headers={"Tus-Version": TUS_VERSION}
+            )
         self.files.maybe_cleanup(self.store)
         if request.path in ("", "/"):
             if method == "POST":
                 return self._create(request)
-            raise _Answer(405, "Use POST to create an upload.", {"Allow": "POST, OPTIONS"})
+            raise TusError(
+                "Use POST to create an upload.", status=405, headers={"Allow": "POST, OPTIONS"}
+            )
         match = re.fullmatch(r"/([^/]+)/?", request.path)
         if match is None or _ID.fullmatch(match.group(1)) is None:
-            raise _Answer(404, "Upload not found.")
+            raise TusError("Upload not found.", status=404)
         upload_id = match.group(1)
         if method == "HEAD":
             return self._head(request, upload_id)
@@ -245,7 +246,11 @@ class TusUploads(ResumableEndpoint):
             return self._patch(request, upload_id)
         if method == "DELETE":
             return self._delete(request, upload_id)
-        raise _Answer(405, "Use HEAD, PATCH or DELETE.", {"Allow": "HEAD, PATCH, DELETE, OPTIONS"})
+        raise TusError(
+            "Use HEAD, PATCH or DELETE.",
+            status=405,
+            headers={"Allow": "HEAD, PATCH, DELETE, OPTIONS"},
+        )
 
     def _options(self) -> Response:
         return Response(
@@ -273,15 +278,15 @@ class TusUploads(ResumableEndpoint):
         info = self.files.read_json(os.path.join(directory, "info.json"))
         if info is None:
             if self.store.get(self._gone_key(upload_id)) is not None:
-                raise _Answer(410, "The upload was terminated or has expired.")
-            raise _Answer(404, "Upload not found.")
+                raise TusError("The upload was terminated or has expired.", status=410)
+            raise TusError("Upload not found.", status=404)
         session = info.get("session")
         if not isinstance(session, str) or self.files.session_key(session) != match.group(1):
-            raise _Answer(404, "Upload not found.")
+            raise TusError("Upload not found.", status=404)
         upload = _Upload(upload_id, session, directory, info)
         if float(info["expires_at"]) < time.time():
             self._terminate(upload)
-            raise _Answer(410, "The upload has expired.")
+            raise TusError("The upload has expired.", status=410)
         return upload
 
     def _terminate(self, upload: _Upload) -> None:
@@ -299,20 +304,20 @@ class TusUploads(ResumableEndpoint):
 
     def _create(self, request: Request) -> Response:
         if "Upload-Defer-Length" in request.headers:
-            raise _Answer(400, "Deferred upload length is not supported.")
+            raise TusError("Deferred upload length is not supported.")
         length = _int_header(request, "Upload-Length")
         if length is None:
-            raise _Answer(400, "Upload-Length must be a non-negative integer.")
+            raise TusError("Upload-Length must be a non-negative integer.")
         if length > self.max_size:
-            raise _Answer(413, f"Uploads may have at most {self.max_size} bytes.")
+            raise TusError(f"Uploads may have at most {self.max_size} bytes.", status=413)
         raw_metadata, metadata = self._metadata(request.headers.get("Upload-Metadata"))
         try:
             filename = clean_filename(metadata.get("filename") or metadata.get("name") or "upload")
         except InvalidName as exc:
-            raise _Answer(400, str(exc)) from None
+            raise TusError(exc.message, status=exc.status) from None
         has_body = _has_body(request)
         if has_body and request.mimetype != OFFSET_TYPE:
-            raise _Answer(415, f"A creation request with data must be {OFFSET_TYPE}.")
+            raise TusError(f"A creation request with data must be {OFFSET_TYPE}.", status=415)
         checksum = self._checksum(request) if has_body else None
 
         # Without a session (a first visit, a client that keeps no cookies) the upload
@@ -343,7 +348,7 @@ class TusUploads(ResumableEndpoint):
                 open(upload.data_path, "wb").close()
                 self.files.write_json(upload.info_path, upload.info)
         except QuotaExceeded as exc:
-            raise _Answer(413, str(exc)) from None
+            raise TusError(exc.message, status=exc.status) from None
         except (DiskFull, OSError) as exc:
             if not is_disk_full(exc):
                 raise
@@ -374,18 +379,18 @@ class TusUploads(ResumableEndpoint):
         if header is None or not header.strip():
             return None, {}
         if len(header) > self.max_metadata_length:
-            raise _Answer(400, "Upload-Metadata is too long.")
+            raise TusError("Upload-Metadata is too long.")
         raw: list[str] = []
         decoded: dict[str, str] = {}
         for pair in header.split(","):
             key, _, value = pair.strip().partition(" ")
             value = value.strip()
             if not _METADATA_KEY.fullmatch(key) or key in decoded:
-                raise _Answer(400, "Upload-Metadata keys must be unique, non-empty ASCII.")
+                raise TusError("Upload-Metadata keys must be unique, non-empty ASCII.")
             try:
                 data = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                raise _Answer(400, f"Upload-Metadata value of {key!r} is not Base64.") from None
+                raise TusError(f"Upload-Metadata value of {key!r} is not Base64.") from None
             decoded[key] = data.decode("utf-8", "replace")
             # Re-encoded from the decoded bytes, so nothing but Base64 is echoed back.
             raw.append(f"{key} {base64.b64encode(data).decode('ascii')}" if value else key)
@@ -397,11 +402,11 @@ class TusUploads(ResumableEndpoint):
             return None
         algo, _, value = header.strip().partition(" ")
         if algo not in _ALGORITHMS:
-            raise _Answer(400, f"Unsupported checksum algorithm; use {','.join(_ALGORITHMS)}.")
+            raise TusError(f"Unsupported checksum algorithm; use {','.join(_ALGORITHMS)}.")
         try:
             return algo, base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError):
-            raise _Answer(400, "Upload-Checksum is not Base64.") from None
+            raise TusError("Upload-Checksum is not Base64.") from None
 
     # -- HEAD ----------------------------------------------------------------------------
 
@@ -426,20 +431,24 @@ class TusUploads(ResumableEndpoint):
 
     def _patch(self, request: Request, upload_id: str) -> Response:
         if request.mimetype != OFFSET_TYPE:
-            raise _Answer(415, f"PATCH requests must be {OFFSET_TYPE}.")
+            raise TusError(f"PATCH requests must be {OFFSET_TYPE}.", status=415)
         offset = _int_header(request, "Upload-Offset")
         if offset is None:
-            raise _Answer(400, "Upload-Offset must be a non-negative integer.")
+            raise TusError("Upload-Offset must be a non-negative integer.")
         checksum = self._checksum(request)
         upload = self._find(upload_id)
         if request.content_length is not None and offset + request.content_length > upload.length:
-            raise _Answer(413, "The data goes past Upload-Length.")
+            raise TusError("The data goes past Upload-Length.", status=413)
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
             upload = self._find(upload_id)
             current = upload.offset()
             if offset != current:
-                raise _Answer(409, f"Upload-Offset is {current}.", {"Upload-Offset": str(current)})
+                raise TusError(
+                    f"Upload-Offset is {current}.",
+                    status=409,
+                    headers={"Upload-Offset": str(current)},
+                )
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
             new_offset = self._receive(request, upload, current, checksum, lock)
@@ -450,7 +459,7 @@ class TusUploads(ResumableEndpoint):
         try:
             lock.acquire()
         except LockTimeout:
-            raise _Answer(423, "Another request is writing this upload.") from None
+            raise TusError("Another request is writing this upload.", status=423) from None
         return lock
 
     def _receive(
@@ -479,7 +488,7 @@ class TusUploads(ResumableEndpoint):
                 # Still ours?  Otherwise another PATCH writes this file now: leave it be.
                 self._keep_lock(lock, upload, start + written)
             except LockLost:
-                raise _Answer(423, "The upload's lock was lost; retry.") from None
+                raise TusError("The upload's lock was lost; retry.", status=423) from None
             if failure is not None and (
                 hasher is not None
                 or failure.status == 413
@@ -490,7 +499,7 @@ class TusUploads(ResumableEndpoint):
             elif checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
                 f.truncate(start)
                 written = 0
-                failure = _Answer(460, "Checksum Mismatch")
+                failure = TusError("Checksum Mismatch", status=460)
             if written:
                 try:
                     os.fsync(f.fileno())
@@ -520,7 +529,7 @@ class TusUploads(ResumableEndpoint):
         hasher: Any,
         lock: StoreLock,
         tracker: UploadTracker,
-    ) -> tuple[int, _Answer | None]:
+    ) -> tuple[int, TusError | None]:
         """Copy the body into ``f``: ``(bytes written, the failure that stopped it)``.
 
         Keeps what arrived when the client goes away (the spec asks servers to), and
@@ -561,10 +570,10 @@ class TusUploads(ResumableEndpoint):
                     raise _gone()
                 size = _next_read_size(size, len(block), took, lock.ttl)
         except RequestEntityTooLarge:
-            return written, _Answer(413, "The data goes past Upload-Length.")
+            return written, TusError("The data goes past Upload-Length.", status=413)
         except (HTTPException, OSError, ValueError) as exc:
             log.info("uploadmeter: tus PATCH of %s interrupted: %s", upload.id, exc)
-            return written, _Answer(400, "The request body ended early.")
+            return written, TusError("The request body ended early.")
         return written, None
 
     def _keep_lock(self, lock: StoreLock, upload: _Upload, offset: int) -> None:
@@ -646,8 +655,8 @@ class TusUploads(ResumableEndpoint):
             self.hand_over(info, task, new_file=created)
         except (UploadRejected, CompletionFailed) as exc:
             if isinstance(exc, UploadRejected):
-                raise _Answer(exc.status, exc.message) from None
-            raise _Answer(500, "The server could not take the file.") from None
+                raise TusError(exc.message, status=exc.status) from None
+            raise TusError("The server could not take the file.", status=500) from None
 
     # -- DELETE: termination -------------------------------------------------------------
 
