@@ -31,12 +31,8 @@ from flask import Flask
 from demo_app.downloads import init_downloads
 from demo_app.storage import UploadFolder
 from demo_app.throttle import ReadThrottle
-from demo_app.views import bp
-from uploadmeter import UploadMeterMiddleware
-from uploadmeter.flask import UploadMeter
+from demo_app.views import bp, meter
 from uploadmeter.resumable import ChunkUploads, FileInfo, FileStore
-
-meter = UploadMeter()
 
 DEFAULT_MAX_UPLOAD_MB = 512
 CHUNK_SIZE = 1024 * 1024  # the chunked uploader's chunk size (simple-uploader.js chunkSize)
@@ -67,12 +63,15 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
         app.wsgi_app = ReadThrottle(app.wsgi_app, kbps * 1024)  # type: ignore[method-assign]
     meter.init_app(app)
     app.register_blueprint(bp)
-    init_downloads(app)  # /downloads/: Range, zips with progress, signed and shared links
-    init_chunk_uploads(app, meter.state(app).middleware)
+    with app.app_context():
+        init_downloads(
+            app, meter
+        )  # /downloads/: Range, zips with progress, signed and shared links
+        init_chunk_uploads(app)
     return app
 
 
-def init_chunk_uploads(app: Flask, middleware: UploadMeterMiddleware) -> ChunkUploads:
+def init_chunk_uploads(app: Flask) -> ChunkUploads:
     """Mount the resumable chunk endpoint (``{prefix}/chunks``) used by the large files page.
 
     A finished, verified file is linked into the uploads folder, so it is listed on the
@@ -87,11 +86,11 @@ def init_chunk_uploads(app: Flask, middleware: UploadMeterMiddleware) -> ChunkUp
         return {"saved": stored.name, "url": urls.build("demo.download", {"name": stored.name})}
 
     chunks = ChunkUploads(
-        middleware, FileStore(app.config["CHUNK_FOLDER"]), on_complete=on_complete
+        meter.middleware, FileStore(app.config["CHUNK_FOLDER"]), on_complete=on_complete
     )
     kbps = float(app.config["DEMO_THROTTLE_KBPS"] or 0)
     # Demo setting: each chunk's body is read slowly too, so pause/resume can be tried.
-    middleware.mount("/chunks", ReadThrottle(chunks, kbps * 1024) if kbps > 0 else chunks)
+    meter.mount("/chunks", ReadThrottle(chunks, kbps * 1024) if kbps > 0 else chunks)
     app.extensions["demo_chunks"] = chunks
     return chunks
 

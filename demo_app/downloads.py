@@ -5,7 +5,8 @@ Wired into the demo app after the meter::
 
     meter.init_app(app)
     from demo_app.downloads import init_downloads
-    init_downloads(app)          # registers the blueprint, mounts the link endpoints
+    with app.app_context():
+        init_downloads(app, meter)   # registers the blueprint, mounts the link endpoints
 
 Pages and endpoints:
 
@@ -29,8 +30,8 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
 from demo_app.storage import StoredFile, UploadFolder
-from uploadmeter import UploadMeterMiddleware
 from uploadmeter.downloads import Downloader, Item
+from uploadmeter.flask import UploadMeter
 from uploadmeter.links import DownloadLinks
 
 bp = Blueprint("downloads", __name__, url_prefix="/downloads", template_folder="templates")
@@ -48,25 +49,23 @@ class DemoDownloads:
     prefix: str  # the middleware's: progress and cancel endpoints live there
 
 
-def init_downloads(app: Flask, middleware: UploadMeterMiddleware | None = None) -> None:
-    """Add the download pages to ``app`` (after ``UploadMeter.init_app(app)``)."""
-    if middleware is None:
-        middleware = app.extensions["uploadmeter"].middleware
-    assert middleware is not None
+def init_downloads(app: Flask, meter: UploadMeter) -> None:
+    """Add the download pages to ``app`` (after ``meter.init_app(app)``, in its app context)."""
     root = app.config["UPLOAD_FOLDER"]
     folder = UploadFolder(root)
     # root= keeps every download inside the uploads folder, whatever a name says.
-    links = DownloadLinks.attach(
-        middleware,
-        resolver=lambda name: _item(folder, name),
-        secret_key=app.config["SECRET_KEY"],
+    links = DownloadLinks(
+        lambda name: _item(folder, name),
+        app.config["SECRET_KEY"],
+        meter.store,
         downloader=Downloader(root=root),
     )
+    meter.mount("/d", links)  # {prefix}/d/l/<token>, {prefix}/d/s/<id>
     app.extensions[EXTENSION_KEY] = DemoDownloads(
         folder,
-        Downloader(root=root, meter=middleware, on_error="include"),
+        Downloader(root=root, meter=meter.middleware, on_error="include"),
         links,
-        middleware.prefix,
+        meter.middleware.prefix,
     )
     app.register_blueprint(bp)
 

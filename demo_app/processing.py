@@ -160,7 +160,7 @@ def compress(job: CompressionJob, task: ProcessingTask | None) -> StoredFile:
     except OSError as exc:
         raise ProcessingFailed(
             f"Could not compress the file ({exc.strerror or 'I/O error'}); nothing was kept.",
-            500,
+            status=500,
         ) from exc
     assert out.stored is not None
     return out.stored

@@ -4,6 +4,7 @@ files page (chunked uploads, wired in ``create_app``), the files page."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from flask import (
@@ -26,6 +27,7 @@ from demo_app.storage import StoredFile, UploadFolder
 from uploadmeter import UploadCancelled
 from uploadmeter.flask import UploadMeter, current_upload
 
+meter = UploadMeter()  # create_app initialises it on the app
 bp = Blueprint("demo", __name__)
 
 
@@ -35,7 +37,8 @@ def folder() -> UploadFolder:
 
 @bp.app_template_filter("filesize")
 def filesize(n: float | None) -> str:
-    """Bytes in decimal units, as uploadmeter.js shows them: 512 MB, 21.0 MB, 3.15 MB."""
+    """Bytes as the widgets show them (uploadmeter/ui/static/uploadmeter-format.js, its
+    JavaScript twin): 999 B, 3.15 MB, 21.0 MB, 512 MB."""
     if n is None:
         return ""
     value = float(n)
@@ -46,7 +49,9 @@ def filesize(n: float | None) -> str:
         if value < 1000 or unit == "TB":
             break
     digits = 2 if value < 10 else 1 if value < 100 else 0
-    return f"{value:.{digits}f} {unit}"
+    # JavaScript's toFixed rounds the float's exact value half up (1.125 -> "1.13").
+    exact = Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{exact} {unit}"
 
 
 @bp.get("/")
@@ -132,7 +137,6 @@ def compress() -> ResponseReturnValue:
     except UploadCancelled:
         folder().remove(saved.name)  # cancelled as the upload ended: keep nothing
         raise
-    meter: UploadMeter = current_app.extensions["uploadmeter"].meter
     compressor.submit(job, meter.task(handle.id, "compressing", total=saved.size))
     return jsonify(saved=saved.name, compressing=True)
 

@@ -11,8 +11,7 @@ records per-field progress in a store shared by every worker, and answers
 :class:`uploadmeter.flask.UploadMeter` instead.
 """
 
-from uploadmeter.core._observer import MultipartObserver
-from uploadmeter.core._record import FieldProgress, UploadRecord
+from uploadmeter.core._record import FieldProgress, State, UploadRecord
 from uploadmeter.exceptions import (
     InvalidUploadId,
     StoreError,
@@ -22,6 +21,7 @@ from uploadmeter.exceptions import (
     UploadRejected,
     UploadTooLarge,
 )
+from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._storage import FileInfo
 from uploadmeter.resumable.chunked._app import ChunkUploads
 from uploadmeter.resumable.tus._app import TusUploads
@@ -37,10 +37,11 @@ __all__ = [
     "FileInfo",
     "InvalidUploadId",
     "MemoryStore",
-    "MultipartObserver",
+    "ProcessingTask",
     "ProgressStore",
     "RedisStore",
     "SQLiteStore",
+    "State",
     "StoreError",
     "TusUploads",
     "UnsafeStorePath",

@@ -47,6 +47,7 @@ from uploadmeter.wsgi._middleware import UploadHandle, UploadMeterMiddleware
 from uploadmeter.wsgi._middleware import current_upload as _current_upload
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
     from werkzeug.wrappers import Response
 
     from uploadmeter.links._endpoint import DownloadLinks
@@ -160,7 +161,8 @@ class UploadMeter:
         if resolver is not None:
             from uploadmeter.links._endpoint import DownloadLinks  # needs the downloads extra
 
-            state.links = DownloadLinks.attach(middleware, resolver, secret_key)
+            state.links = DownloadLinks(resolver, secret_key, middleware.store)
+            middleware.mount("/d", state.links)
         app.extensions[EXTENSION_KEY] = state
 
         # Templates ship in the package; a blueprint with a template folder puts them on
@@ -194,6 +196,15 @@ class UploadMeter:
     @property
     def store(self) -> ProgressStore:
         return self.middleware.store
+
+    def mount(self, path: str, wsgi_app: WSGIApplication, app: Flask | None = None) -> None:
+        """Serve ``wsgi_app`` under ``{UPLOADMETER_PREFIX}{path}``, as
+        :meth:`UploadMeterMiddleware.mount` does (``app``: as for :meth:`state`)::
+
+            with app.app_context():
+                meter.mount("/chunks", ChunkUploads(meter.middleware, FileStore(folder)))
+        """
+        self.state(app).middleware.mount(path, wsgi_app)
 
     # -- processing ----------------------------------------------------------------------
 
@@ -243,7 +254,8 @@ class UploadMeter:
 
 
 def current_upload() -> UploadHandle | None:
-    """The tracked upload this request carries, or ``None`` (untracked, or no JavaScript).
+    """The tracked upload of the current Flask request, or ``None`` (untracked, or no
+    JavaScript): :func:`uploadmeter.current_upload` on ``request.environ``.
 
     Tell the widget the outcome before returning the response::
 

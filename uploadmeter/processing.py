@@ -51,6 +51,8 @@ from uploadmeter.exceptions import (
 from uploadmeter.stores._base import ProgressStore
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
@@ -346,7 +348,7 @@ def task(
 
 def request_task(
     meter: UploadMeterMiddleware,
-    environ: dict[str, Any],
+    environ: WSGIEnvironment,
     upload_id: str,
     phase: str,
     *,

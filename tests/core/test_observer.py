@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from uploadmeter import MultipartObserver
+from uploadmeter.core import MultipartObserver
 
 B = "bNdRy-42"
 

@@ -82,3 +82,26 @@ def test_a_record_written_again_shows_its_fields_as_they_are_now() -> None:
     assert UploadRecord.loads(record.dumps()).fields == record.fields
     record.fields = []
     assert UploadRecord.loads(record.dumps()).fields == []
+
+
+def test_states_are_a_str_enum_that_json_and_stored_records_agree_with() -> None:
+    import uploadmeter
+    from uploadmeter import State
+    from uploadmeter.core import CANCELLED, PROCESSING
+
+    assert "State" in uploadmeter.__all__
+    assert [s.value for s in State] == [
+        "unknown", "starting", "uploading", "processing", "done", "error", "cancelled"
+    ]  # fmt: skip
+    assert json.dumps(State.DONE) == '"done"' and str(State.DONE) == "done"
+    assert f"{State.CANCELLED}" == "cancelled"
+    assert (DONE, ERROR, UPLOADING, PROCESSING, CANCELLED) == (
+        State.DONE, State.ERROR, State.UPLOADING, State.PROCESSING, State.CANCELLED
+    )  # fmt: skip
+    record = UploadRecord(id="abc", state=State.DONE, fields=[FieldProgress("f", state=DONE)])
+    stored = record.dumps()
+    assert '"state":"done"' in stored.replace(" ", "")
+    loaded = UploadRecord.loads(stored)
+    assert loaded.state == State.DONE and loaded.fields[0].state == "done"
+    assert json.loads(json.dumps(record.to_json_dict()))["state"] == "done"
+    assert b"<state>done</state>" in record.to_xml()

@@ -67,12 +67,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
     store = MemoryStore()
     meter = UploadMeterMiddleware(app, secret_key="cookie key", store=store)
-    links = DownloadLinks.attach(
-        meter,
+    links = DownloadLinks(
         resolver=lambda target: files[target],  # KeyError -> 404
         secret_key=["old key", "new key"],
+        store=meter.store,
         downloader=Downloader(root=folder),
     )
+    meter.mount("/d", links)
     with serve_in_thread(meter) as base:
         yield Site(base, links, files, store)
 
@@ -513,3 +514,44 @@ def test_demo_downloads_in_chromium(demo: Any, tmp_path: Path) -> None:
             screenshot(colleague, "downloads-share-page")
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "text/html"),
+        ("*/*", "text/html"),
+        ("application/json", "application/json"),
+        ("text/html", "text/html"),
+        ("text/html;q=0.5, application/json", "application/json"),
+        ("application/*", "application/json"),
+        ("image/png", "text/html"),
+    ],
+)
+def test_share_page_is_html_unless_json_is_preferred(
+    site: Site, accept: str | None, expected: str
+) -> None:
+    share = site.links.share("notes")
+    headers = {} if accept is None else {"Accept": accept}
+    status, got, _ = site.get(site.links.share_url(share.id), **headers)
+    assert status == 200 and got["content-type"].split(";")[0] == expected
+
+
+def test_links_mounted_like_every_endpoint_build_urls_under_the_mount() -> None:
+    """One mounting idiom: ``meter.mount(path, DownloadLinks(...))`` as for ChunkUploads,
+    and the links it makes resolve under that prefix and path."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return Response("the app")(environ, start_response)
+
+    meter = UploadMeterMiddleware(app, secret_key="cookie key", prefix="/um")
+    links = DownloadLinks(
+        {"notes": Item("meeting notes\n", "notes.txt")}.__getitem__, "k", meter.store
+    )
+    meter.mount("/files", links)
+    url = links.signed_url("notes")
+    share_url = links.share_url(links.share("notes").id)
+    assert url.startswith("/um/files/l/") and share_url.startswith("/um/files/s/")
+    with serve_in_thread(meter) as base:
+        assert Client(base).request("GET", url)[::2] == (200, b"meeting notes\n")
+        assert Client(base).request("GET", share_url, headers={"Accept": "text/html"})[0] == 200

@@ -65,7 +65,8 @@ def make_app() -> WSGIApp:
         store=os.environ.get("UM_STORE") or None,
         update_interval=float(os.environ.get("UM_UPDATE_INTERVAL", "0.02")),
     )
-    links = DownloadLinks.attach(meter, resolver=TARGETS.__getitem__, secret_key="link key")
+    links = DownloadLinks(TARGETS.__getitem__, "link key", meter.store)
+    meter.mount("/d", links)
     return with_pid(_barrier(meter, meter.store))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from demo_app.views import filesize
 from tests.support.browser_support import (
     launch_chromium,
     make_file,
@@ -484,3 +485,37 @@ def test_demo_under_gunicorn_with_three_workers(page: Any, tmp_path: Any) -> Non
         pcts = check_bar_history(seen(page, "document"))
         assert len({p for p in pcts if 0 < p < 100}) >= 3, pcts
     assert sha256_of(str(instance / "uploads" / "multi.bin")) == sha256_of(source)
+
+
+# Byte counts as every widget and the demo's pages show them: three significant digits,
+# decimal units, halves rounded up as JavaScript's toFixed does.
+BYTES_SHOWN = {
+    0: "0 B",
+    999: "999 B",
+    1000: "1.00 kB",
+    1005: "1.00 kB",  # 1.005 is 1.00499... as a float
+    1125: "1.13 kB",  # an exact half: up
+    9995: "9.99 kB",
+    10_000: "10.0 kB",
+    99_949: "99.9 kB",
+    123_456: "123 kB",
+    999_499: "999 kB",
+    1_000_000: "1.00 MB",
+    3_145_728: "3.15 MB",
+    21_000_000: "21.0 MB",
+    512_000_000: "512 MB",
+    4_700_000_000: "4.70 GB",
+    2_500_000_000_000: "2.50 TB",
+    10**16: "10000 TB",
+}
+
+
+@pytest.mark.parametrize("path", ["/", "/large"])
+def test_both_widgets_and_the_demo_format_bytes_alike(page: Any, tmp_path: Any, path: str) -> None:
+    sizes = list(BYTES_SHOWN)
+    with run_demo(tmp_path) as demo:
+        page.goto(demo.url + path)
+        page.wait_for_function("() => document.readyState === 'complete'")
+        shown = page.evaluate("(ns) => ns.map(window.UploadMeterFormat.bytes)", sizes)
+    assert shown == list(BYTES_SHOWN.values())
+    assert [filesize(n) for n in sizes] == list(BYTES_SHOWN.values())

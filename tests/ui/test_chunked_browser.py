@@ -19,13 +19,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tests.support.browser_support import make_file, running_chromium, screenshot, sha256_of
 from tests.support.chunked_app import make_app, read_completions
 from tests.support.chunked_support import serve_fast
 from tests.support.servers import ROOT, wait_until
-from uploadmeter.ui import component_settings
+from uploadmeter.ui import component_settings, template_environment
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -136,12 +135,11 @@ def page_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if path != "/":
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
-    env = Environment(
-        loader=PackageLoader("uploadmeter.ui", "templates"), autoescape=select_autoescape(["html"])
-    )
     settings = component_settings(poll_interval=0.2)
-    module = env.get_template("uploadmeter/chunked.html").make_module(
-        {"uploadmeter_settings": lambda: settings}
+    module = (
+        template_environment()
+        .get_template("uploadmeter/chunked.html")
+        .make_module({"uploadmeter_settings": lambda: settings})
     )
     widget = module.chunked_upload("videos", uploader_js="/js/uploader.js", chunk_size=MIB)
     html = f"<!doctype html><html lang=en><meta charset=utf-8><title>chunked</title>{widget}"

@@ -235,7 +235,10 @@ def test_settings_come_from_the_middleware() -> None:
     scripts = [e.attrs["src"] for e in root.walk() if e.tag == "script"]
     version = asset_version()
     assert links == [f"/app/um/static/uploadmeter.css?v={version}"]
-    assert scripts == [f"/app/um/static/uploadmeter.js?v={version}"]
+    assert scripts == [
+        f"/app/um/static/uploadmeter-format.js?v={version}",
+        f"/app/um/static/uploadmeter.js?v={version}",
+    ]
     assert re.fullmatch(r"[0-9a-f]{12}", version)
 
 
@@ -248,8 +251,8 @@ def test_defaults_and_assets_once_per_page() -> None:
     assert "data-max-content-length" not in widget.attrs
     assert not [e for e in root.walk() if e.tag in ("link", "script")]
     head = parse(render_assets(prefix="/um"))
-    assert [e.tag for e in head.children] == ["link", "script"]
-    assert "defer" in head.children[1].attrs
+    assert [e.tag for e in head.children] == ["link", "script", "script"]
+    assert all("defer" in e.attrs for e in head.children[1:])  # in order: the formatter first
 
 
 def test_renderer_returns_markup() -> None:
@@ -329,7 +332,7 @@ def test_plain_wsgi_app_serves_widget_script_and_progress() -> None:
         assert record["error"] == {"status": 400, "message": "Choose a file first."}
 
 
-@pytest.mark.parametrize("name", ["uploadmeter.js", "uploadmeter.css"])
+@pytest.mark.parametrize("name", ["uploadmeter-format.js", "uploadmeter.js", "uploadmeter.css"])
 def test_static_files_have_no_external_references(name: str) -> None:
     text = resources.files("uploadmeter.ui").joinpath("static", name).read_text()
     assert not re.search(r"https?://", text), "no external dependencies"

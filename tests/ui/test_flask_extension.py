@@ -472,3 +472,32 @@ def test_signed_links_need_a_resolver() -> None:
     meter = UploadMeter(app)
     with app.test_request_context("/"), pytest.raises(ConfigurationError, match="RESOLVER"):
         meter.signed_url("anything")
+
+
+def test_mount_and_public_names() -> None:
+    """The extension mounts like the middleware; the top level exports what apps use."""
+    import uploadmeter
+    from uploadmeter.processing import ProcessingTask
+
+    app = make_app()
+    meter = UploadMeter(app)
+
+    def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"mounted " + environ["SCRIPT_NAME"].encode()]
+
+    meter.mount("/hello", hello)
+    assert app.test_client().get("/uploadmeter/hello/x").data == b"mounted /uploadmeter/hello"
+    assert uploadmeter.ProcessingTask is ProcessingTask and "ProcessingTask" in uploadmeter.__all__
+    assert "MultipartObserver" not in uploadmeter.__all__
+    assert not hasattr(uploadmeter, "MultipartObserver")
+
+
+def test_demo_uses_public_api_only() -> None:
+    """The demo reaches no extension internals (``state(app).middleware``, extensions)."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_app")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                text = f.read()
+            assert ".state(" not in text and 'extensions["uploadmeter"]' not in text, name

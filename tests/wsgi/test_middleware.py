@@ -537,3 +537,28 @@ def test_store_writes_are_throttled_by_time() -> None:
     # An in-process read of 48 MiB takes well under 10 s, and its first read is under 1 %:
     # the claim (``starting``), the last byte and the final state, nothing else.
     assert store.record_writes == 3, store.record_writes
+
+
+@pytest.mark.parametrize(
+    ("accept", "progress", "error"),
+    [
+        (None, "application/json", "application/json"),
+        ("", "application/json", "application/json"),
+        ("*/*", "application/json", "application/json"),
+        ("application/json", "application/json", "application/json"),
+        ("text/html", "application/json", "text/html"),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", "application/json", "text/html"),
+        ("text/xml", "text/xml", "application/json"),
+        ("application/xml", "text/xml", "application/json"),
+        ("application/xml;q=0.5, application/json", "application/json", "application/json"),
+        ("application/json;q=0.5, text/xml", "text/xml", "application/json"),
+        ("text/*", "text/xml", "text/html"),
+        ("image/png", "application/json", "application/json"),
+    ],
+)
+def test_accept_negotiation_table(accept: str | None, progress: str, error: str) -> None:
+    """One negotiation for every answer: progress in JSON or XML, errors in JSON or HTML."""
+    client = Client(meter(lambda e, s: []))
+    headers = {} if accept is None else {"Accept": accept}
+    assert client.get("/uploadmeter/progress?id=notseenyet", headers=headers).mimetype == progress
+    assert client.get("/uploadmeter/progress?id=bad", headers=headers).mimetype == error

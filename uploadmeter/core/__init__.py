@@ -21,6 +21,7 @@ from uploadmeter.core._record import (
     UNKNOWN,
     UPLOADING,
     FieldProgress,
+    State,
     UploadRecord,
 )
 from uploadmeter.core._sessions import CookieSettings, SessionCookie
@@ -44,6 +45,7 @@ __all__ = [
     "LockTimeout",
     "MultipartObserver",
     "SessionCookie",
+    "State",
     "StoreLock",
     "TrackerSettings",
     "UploadRecord",

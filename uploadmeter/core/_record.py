@@ -9,20 +9,44 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-# Upload states.  ``unknown`` is never stored: it is what a poll answers for an id this
-# session has no record of (yet).
-UNKNOWN = "unknown"
-STARTING = "starting"
-UPLOADING = "uploading"
-PROCESSING = "processing"
-DONE = "done"
-ERROR = "error"
-CANCELLED = "cancelled"
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10: what enum.StrEnum is
+    from enum import Enum
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class State(StrEnum):
+    """An upload's state.  Each is its string (``State.DONE == "done"``, and JSON writes
+    it as ``"done"``), so records stored as plain strings compare equal to these.
+    ``unknown`` is never stored: it is what a poll answers for an id this session has no
+    record of (yet)."""
+
+    UNKNOWN = "unknown"
+    STARTING = "starting"
+    UPLOADING = "uploading"
+    PROCESSING = "processing"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+UNKNOWN = State.UNKNOWN
+STARTING = State.STARTING
+UPLOADING = State.UPLOADING
+PROCESSING = State.PROCESSING
+DONE = State.DONE
+ERROR = State.ERROR
+CANCELLED = State.CANCELLED
 
 IN_FLIGHT = frozenset({STARTING, UPLOADING, PROCESSING})
 FINISHED = frozenset({DONE, ERROR, CANCELLED})

@@ -6,8 +6,8 @@ ties signed links (:mod:`uploadmeter.links`) and shares (:mod:`uploadmeter.links
 to a ``resolver(target) -> source`` callback, and serves them as a WSGI app that the
 middleware mounts::
 
-    links = DownloadLinks.attach(middleware, resolver=lambda ref: files_dir / ref,
-                                 secret_key=app.secret_key)
+    links = DownloadLinks(lambda ref: files_dir / ref, app.secret_key, middleware.store)
+    middleware.mount("/d", links)                  # {prefix}/d/l/... and {prefix}/d/s/...
     url = links.signed_url("report.pdf", expires_in=300, environ=request.environ)
     share = links.share("report.pdf", code=True)   # links.share_url(share.id), share.code
 
@@ -17,18 +17,15 @@ share page, ``POST`` it with ``code`` to get the file (a redirect to a fresh sig
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
-from werkzeug.http import http_date, parse_accept_header
+from werkzeug.http import http_date
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_current_url
 
 from uploadmeter.downloads._api import Downloader
@@ -37,11 +34,20 @@ from uploadmeter.exceptions import LinkError, ShareError, StoreError
 from uploadmeter.links._shares import Share, ShareManager
 from uploadmeter.links._signing import LinkSigner, SecretKey
 from uploadmeter.stores._base import ProgressStore
+from uploadmeter.ui import template_environment
 from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
-from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
+from uploadmeter.wsgi._responses import (
+    HTML,
+    JSON,
+    NO_STORE,
+    error_response,
+    json_response,
+    negotiate,
+)
 
 if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 
 __all__ = ["DownloadLinks"]
 
@@ -57,7 +63,8 @@ class DownloadLinks:
         ``LookupError`` answers 404.
     :param secret_key: signs links and keys code signatures (a list for rotation).
     :param store: shared by all workers; usually the middleware's.
-    :param base_path: where the app is mounted, from the site root (``{prefix}/d``).
+    :param base_path: where the app is mounted, from the site root (``{prefix}/d``);
+        :meth:`UploadMeterMiddleware.mount` sets it.
     :param downloader: how files are sent (e.g. ``Downloader(root=..., remote=...)``).
     :param share_link_ttl: seconds the link handed out after a share's code is valid;
         single-use when the share has ``max_downloads``.
@@ -90,21 +97,9 @@ class DownloadLinks:
             ]
         )
 
-    @classmethod
-    def attach(
-        cls,
-        meter: UploadMeterMiddleware,
-        resolver: Resolver,
-        secret_key: SecretKey,
-        *,
-        path: str = "/d",
-        **options: Any,
-    ) -> DownloadLinks:
-        """Create the links app on the middleware's store and mount it at ``{prefix}{path}``."""
-        path = "/" + path.strip("/")
-        links = cls(resolver, secret_key, meter.store, base_path=meter.prefix + path, **options)
-        meter.mount(path, links)
-        return links
+    def mounted_at(self, path: str) -> None:
+        """Called by :meth:`UploadMeterMiddleware.mount`: links are built under ``path``."""
+        self.base_path = "/" + path.strip("/")
 
     # -- making links --------------------------------------------------------------------
 
@@ -115,7 +110,7 @@ class DownloadLinks:
         expires_in: float = 300,
         single_use: bool = False,
         filename: str | None = None,
-        environ: dict[str, Any] | None = None,
+        environ: WSGIEnvironment | None = None,
         external: bool = False,
     ) -> str:
         """A URL downloading ``target`` without a session (see :meth:`LinkSigner.create`).
@@ -132,11 +127,11 @@ class DownloadLinks:
         return self.shares.create(target, **options)
 
     def share_url(
-        self, share_id: str, *, environ: dict[str, Any] | None = None, external: bool = False
+        self, share_id: str, *, environ: WSGIEnvironment | None = None, external: bool = False
     ) -> str:
         return self._url(f"/s/{share_id}", environ, external)
 
-    def _url(self, path: str, environ: dict[str, Any] | None, external: bool) -> str:
+    def _url(self, path: str, environ: WSGIEnvironment | None, external: bool) -> str:
         if environ is None:
             if external:
                 raise ValueError("external URLs need the request's environ")
@@ -149,10 +144,10 @@ class DownloadLinks:
 
     # -- serving -------------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.respond(environ)(environ, start_response)
 
-    def respond(self, environ: dict[str, Any]) -> Response:
+    def respond(self, environ: WSGIEnvironment) -> Response:
         try:
             endpoint, args = self.url_map.bind_to_environ(environ).match()
         except MethodNotAllowed as exc:
@@ -177,7 +172,7 @@ class DownloadLinks:
         except HTTPException as exc:  # e.g. a body that ended early
             return error_response(environ, exc.code or 400, exc.description or "Bad request.")
 
-    def _serve_link(self, environ: dict[str, Any], token: str) -> Response:
+    def _serve_link(self, environ: WSGIEnvironment, token: str) -> Response:
         link = self.signer.verify(token)
         if link.share is not None:
             self.shares.get(link.share)  # a revoked or expired share takes its links along
@@ -206,7 +201,8 @@ class DownloadLinks:
             return None
 
     def _serve_share(self, request: SmallBodyRequest, share_id: str) -> Response:
-        wants_json = _asks_for_json(request)
+        # Share pages are pages: JSON only when the client prefers it over HTML.
+        wants_json = negotiate(request.environ, (HTML, JSON)) == JSON
         if request.method != "POST":
             counted = request.method == "GET"  # a HEAD is no view
             share = self.shares.viewed(share_id) if counted else self.shares.get(share_id)
@@ -242,7 +238,7 @@ class DownloadLinks:
         return redirect(url, 303)
 
     def _share_page(self, share: Share, error: ShareError | None) -> Response:
-        page = _templates().get_template("uploadmeter/share.html")
+        page = template_environment().get_template("uploadmeter/share.html")
         html = page.render(
             title=share.filename or self._display_name(share.target) or "Shared file",
             available_until=http_date(share.expires_at),
@@ -262,16 +258,3 @@ class DownloadLinks:
         if isinstance(source, os.PathLike):
             return os.path.basename(os.fspath(source)) or None
         return None
-
-
-def _asks_for_json(request: Request) -> bool:
-    """Share pages are pages: JSON only when the client prefers it over HTML."""
-    accept = parse_accept_header(request.environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
-    return accept.best_match(["text/html", "application/json"]) == "application/json"
-
-
-@functools.cache
-def _templates() -> Environment:
-    return Environment(
-        loader=PackageLoader("uploadmeter.ui", "templates"), autoescape=select_autoescape(["html"])
-    )

@@ -4,6 +4,11 @@ Flask apps get the macros through :class:`uploadmeter.flask.UploadMeter`; other 
 :func:`render_file_upload` and :func:`render_assets`.
 """
 
-from uploadmeter.ui._render import component_settings, render_assets, render_file_upload
+from uploadmeter.ui._render import (
+    component_settings,
+    render_assets,
+    render_file_upload,
+    template_environment,
+)
 
-__all__ = ["component_settings", "render_assets", "render_file_upload"]
+__all__ = ["component_settings", "render_assets", "render_file_upload", "template_environment"]

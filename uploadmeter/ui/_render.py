@@ -28,7 +28,7 @@ from markupsafe import Markup
 if TYPE_CHECKING:
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
-__all__ = ["component_settings", "render_assets", "render_file_upload"]
+__all__ = ["component_settings", "render_assets", "render_file_upload", "template_environment"]
 
 TEMPLATE = "uploadmeter/macros.html"
 DEFAULT_PREFIX = "/uploadmeter"
@@ -42,6 +42,7 @@ def asset_version() -> str:
     digest = hashlib.sha256()
     static = resources.files("uploadmeter.ui").joinpath("static")
     for name in (
+        "uploadmeter-format.js",
         "uploadmeter.js",
         "uploadmeter.css",
         "uploadmeter-chunked.js",
@@ -80,7 +81,9 @@ def component_settings(
 
 
 @functools.cache
-def _environment() -> Environment:
+def template_environment() -> Environment:
+    """The one Jinja environment of uploadmeter's templates (widgets, share page), for code
+    that renders them without Flask.  Flask apps render them through ``app.jinja_env``."""
     # Flask's own environment escapes templates named *.html; this one does the same, so
     # both render the macro identically.
     return Environment(
@@ -90,7 +93,7 @@ def _environment() -> Environment:
 
 
 def _module(settings: dict[str, Any]) -> Any:
-    template = _environment().get_template(TEMPLATE)
+    template = template_environment().get_template(TEMPLATE)
     return template.make_module({"uploadmeter_settings": lambda: settings})
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
-from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import NotFound
-from werkzeug.http import parse_accept_header
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.wrappers import Request, Response
 
@@ -26,12 +24,12 @@ from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
 from uploadmeter.core._tracker import TOO_LATE_TO_CANCEL, load_record, request_cancel
 from uploadmeter.exceptions import StoreError
-from uploadmeter.wsgi._responses import NO_STORE, error_response, json_response
+from uploadmeter.wsgi._responses import JSON, NO_STORE, error_response, json_response, negotiate
 
 if TYPE_CHECKING:
-    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+    from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 # A body of a few parameters (a merge request, a share's code form): a few KB.  Also room
 # for a relativePath of 4096 bytes, percent-encoded.
@@ -76,10 +74,10 @@ class Endpoints:
         self.static = SharedDataMiddleware(
             NotFound(), {"/static": ("uploadmeter.ui", "static")}, cache_timeout=3600
         )
-        self.mounts: dict[str, WSGIApp] = {}
+        self.mounts: dict[str, WSGIApplication] = {}
 
     def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], sub: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, sub: str
     ) -> Iterable[bytes]:
         if sub == "/progress":
             return self.progress(environ)(environ, start_response)
@@ -102,7 +100,7 @@ class Endpoints:
 
     # -- progress and cancel --------------------------------------------------------------
 
-    def progress(self, environ: dict[str, Any]) -> Response:
+    def progress(self, environ: WSGIEnvironment) -> Response:
         found = self._lookup(
             environ,
             ("GET", "HEAD"),
@@ -122,7 +120,7 @@ class Endpoints:
             return response
         return json_response(record.to_json_dict(), 200, extra)
 
-    def cancel(self, environ: dict[str, Any]) -> Response:
+    def cancel(self, environ: WSGIEnvironment) -> Response:
         found = self._lookup(
             environ,
             ("POST",),
@@ -147,7 +145,7 @@ class Endpoints:
             body["error"] = {"status": 409, "message": TOO_LATE_TO_CANCEL}
         return json_response(body, 409, extra)
 
-    def session(self, environ: dict[str, Any]) -> Response:
+    def session(self, environ: WSGIEnvironment) -> Response:
         """Make sure the client has a session (the progress endpoint issues it the same way)."""
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return self._method_not_allowed(environ, "GET, HEAD")
@@ -159,7 +157,7 @@ class Endpoints:
 
     def _lookup(
         self,
-        environ: dict[str, Any],
+        environ: WSGIEnvironment,
         methods: tuple[str, ...],
         action: Callable[[str, str], UploadRecord | None],
         unavailable: str,
@@ -183,7 +181,7 @@ class Endpoints:
         except StoreError as exc:
             return error_response(environ, 503, f"{unavailable}: {exc}")
 
-    def _method_not_allowed(self, environ: dict[str, Any], allow: str) -> Response:
+    def _method_not_allowed(self, environ: WSGIEnvironment, allow: str) -> Response:
         return error_response(environ, 405, f"Use {allow}.", [("Allow", allow)])
 
 
@@ -199,9 +197,4 @@ def _wants_xml(request: Request) -> bool:
     fmt = request.args.get("format")
     if fmt:
         return fmt.lower() == "xml"
-    header = request.environ.get("HTTP_ACCEPT", "*/*")
-    if "xml" not in header and "text/" not in header:
-        return False  # fetch's "*/*" and JSON clients: no need to parse (a quarter of a poll)
-    accept = parse_accept_header(header, MIMEAccept)
-    best = accept.best_match(["application/json", "application/xml", "text/xml"])
-    return best in ("application/xml", "text/xml")
+    return negotiate(request.environ, (JSON, "application/xml", "text/xml")) != JSON

@@ -9,8 +9,8 @@ every worker shares.  The application parses the body exactly as before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from werkzeug.exceptions import HTTPException
@@ -25,9 +25,12 @@ from uploadmeter.core._sessions import CookieSettings, SessionCookie, SessionHoo
 from uploadmeter.core._tracker import TrackerSettings, UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 from uploadmeter.stores import ProgressStore, open_store
-from uploadmeter.wsgi._endpoints import Endpoints, WSGIApp
+from uploadmeter.wsgi._endpoints import Endpoints
 from uploadmeter.wsgi._responses import error_response
 from uploadmeter.wsgi._stream import UNREADABLE, CappedInput, MeteredInput
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("uploadmeter")
 
@@ -80,8 +83,9 @@ class UploadHandle:
             raise UploadCancelled()
 
 
-def current_upload(environ: dict[str, Any]) -> UploadHandle | None:
-    """The :class:`UploadHandle` of the tracked upload in this request, if any."""
+def current_upload(environ: WSGIEnvironment) -> UploadHandle | None:
+    """The :class:`UploadHandle` of the tracked upload in the request of this WSGI
+    ``environ``, or ``None`` (Flask views call :func:`uploadmeter.flask.current_upload`)."""
     handle = environ.get(ENVIRON_KEY)
     return handle if isinstance(handle, UploadHandle) else None
 
@@ -120,7 +124,7 @@ class UploadMeterMiddleware:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         secret_key: str | bytes | list[str] | list[bytes],
         store: str | ProgressStore | None = None,
         *,
@@ -157,15 +161,22 @@ class UploadMeterMiddleware:
         self.endpoints = Endpoints(self)
         self._prefix_slash = self.prefix + "/"
 
-    def mount(self, path: str, app: WSGIApp) -> None:
-        """Serve ``app`` under ``{prefix}{path}`` (used by the chunk and tus endpoints)."""
-        self.endpoints.mounts["/" + path.strip("/")] = app
+    def mount(self, path: str, app: WSGIApplication) -> None:
+        """Serve ``app`` under ``{prefix}{path}``: the one way to add an endpoint
+        (:class:`ChunkUploads`, :class:`TusUploads`, :class:`~uploadmeter.links.DownloadLinks`).
+
+        An app with a ``mounted_at(path)`` method is told its path from the site root
+        (``{prefix}{path}``), to build its own URLs.
+        """
+        path = "/" + path.strip("/")
+        self.endpoints.mounts[path] = app
+        mounted_at = getattr(app, "mounted_at", None)
+        if callable(mounted_at):
+            mounted_at(self.prefix + path)
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path.startswith(self._prefix_slash):
             return self.endpoints(environ, start_response, path[len(self.prefix) :])
@@ -180,7 +191,7 @@ class UploadMeterMiddleware:
             return self._page_with_cookie(environ, start_response)
         return self.app(environ, start_response)
 
-    def session_for(self, environ: dict[str, Any]) -> tuple[str, str | None]:
+    def session_for(self, environ: WSGIEnvironment) -> tuple[str, str | None]:
         """``(session, Set-Cookie value or None)``; issues a cookie when there is none."""
         session = self.cookie.session_of(environ)
         if session is not None:
@@ -190,7 +201,7 @@ class UploadMeterMiddleware:
     # -- pages ---------------------------------------------------------------------------
 
     def _page_with_cookie(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
+        self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             for name, value in headers:
@@ -203,9 +214,7 @@ class UploadMeterMiddleware:
 
     # -- uploads -------------------------------------------------------------------------
 
-    def _upload(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def _upload(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if "HTTP_TRANSFER_ENCODING" in environ and environ.get("CONTENT_LENGTH"):
             # Two framings (RFC 9112 6.1): the length the limit and the record would trust
             # is not the body the server reads.
@@ -274,7 +283,7 @@ class UploadMeterMiddleware:
         return ClosingIterator(app_iter, lambda: _finish(tracker, stream, handle, None))
 
     def _capped(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], limit: int
+        self, environ: WSGIEnvironment, start_response: StartResponse, limit: int
     ) -> Iterable[bytes]:
         """An untracked body of unknown length: the app reads at most ``limit`` bytes."""
         environ["wsgi.input"] = CappedInput(environ["wsgi.input"], limit)
@@ -284,7 +293,7 @@ class UploadMeterMiddleware:
             return self._too_large(environ)(environ, start_response)
 
     def _too_large(
-        self, environ: dict[str, Any], extra: list[tuple[str, str]] | None = None
+        self, environ: WSGIEnvironment, extra: list[tuple[str, str]] | None = None
     ) -> Response:
         response = error_response(environ, 413, _TOO_LARGE, extra or [])
         # The body is not read; tell the client the connection will not be reused.
@@ -345,7 +354,7 @@ def _finish(
         tracker.finish(ERROR, {"status": status, "message": message})
 
 
-def _content_length(environ: dict[str, Any]) -> int | None:
+def _content_length(environ: WSGIEnvironment) -> int | None:
     value = environ.get("CONTENT_LENGTH")
     if not value:
         return None
@@ -356,7 +365,7 @@ def _content_length(environ: dict[str, Any]) -> int | None:
     return length if length >= 0 else None
 
 
-def requested_upload_id(environ: dict[str, Any]) -> str | None:
+def requested_upload_id(environ: WSGIEnvironment) -> str | None:
     """The tracking id a request carries (query ``uploadmeter_id``, ``X-Upload-ID`` or
     ``X-Progress-ID``), ``""`` when the parameter is present but empty, else ``None``."""
     query: str = environ.get("QUERY_STRING", "")

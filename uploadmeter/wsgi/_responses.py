@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
 from werkzeug.wrappers import Response
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def wants_json(environ: dict[str, Any]) -> bool:
-    accept = parse_accept_header(environ.get("HTTP_ACCEPT", "*/*"), MIMEAccept)
-    return accept.best_match(["application/json", "text/html"]) != "text/html"
+JSON = "application/json"
+HTML = "text/html"
+
+
+def negotiate(environ: WSGIEnvironment, offers: Sequence[str]) -> str:
+    """The one Accept negotiation: the offer the client prefers, the first offer on a tie
+    (``*/*``) or when the client accepts none of them."""
+    header = environ.get("HTTP_ACCEPT") or "*/*"
+    if header == "*/*" or header == offers[0]:
+        return offers[0]  # fetch's default and JSON clients: no parsing on the poll path
+    best = parse_accept_header(header, MIMEAccept).best_match(offers)
+    return best or offers[0]
 
 
 def json_response(
@@ -39,13 +51,13 @@ def json_response(
 
 
 def error_response(
-    environ: dict[str, Any],
+    environ: WSGIEnvironment,
     status: int,
     message: str,
     headers: Iterable[tuple[str, str]] = (),
 ) -> Response:
     """A short error in JSON or HTML, as the client prefers."""
-    if wants_json(environ):
+    if negotiate(environ, (JSON, HTML)) == JSON:
         return json_response({"error": {"status": status, "message": message}}, status, headers)
     title = f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}"
     body = (

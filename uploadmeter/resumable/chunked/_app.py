@@ -57,7 +57,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -109,6 +109,8 @@ from uploadmeter.resumable.chunked._params import (
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
@@ -256,9 +258,7 @@ class ChunkUploads(ResumableEndpoint):
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         arrived = time.time()  # before the body: tells chunks in flight from new ones
         extra: list[tuple[str, str]] = []
         try:

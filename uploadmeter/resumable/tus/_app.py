@@ -87,6 +87,8 @@ from uploadmeter.resumable._storage import (
 from uploadmeter.wsgi._responses import NO_STORE, error_response
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
     from uploadmeter.wsgi._middleware import UploadMeterMiddleware
 
 log = logging.getLogger("uploadmeter")
@@ -209,9 +211,7 @@ class TusUploads(ResumableEndpoint):
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             response = self._dispatch(Request(environ))
         except Exception as exc:

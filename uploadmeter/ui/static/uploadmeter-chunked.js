@@ -28,18 +28,7 @@
 
   var widgets = new WeakMap();
 
-  function formatBytes(n) {
-    if (typeof n !== "number" || !isFinite(n)) return "";
-    if (n < 1000) return n + " B";
-    var units = ["kB", "MB", "GB", "TB"];
-    var value = n;
-    var unit = -1;
-    do {
-      value /= 1000;
-      unit++;
-    } while (value >= 1000 && unit < units.length - 1);
-    return value.toFixed(value < 10 ? 2 : 1) + " " + units[unit];
-  }
+  var formatBytes = window.UploadMeterFormat.bytes; // uploadmeter-format.js
 
   function formatSeconds(s) {
     if (typeof s !== "number" || !isFinite(s)) return "";

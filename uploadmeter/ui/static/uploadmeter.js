@@ -45,18 +45,7 @@
       .join("");
   }
 
-  function formatBytes(n) {
-    if (typeof n !== "number" || !isFinite(n)) return "";
-    if (n < 1000) return n + " B";
-    var units = ["kB", "MB", "GB", "TB"];
-    var value = n;
-    var unit = -1;
-    do {
-      value /= 1000;
-      unit++;
-    } while (value >= 1000 && unit < units.length - 1);
-    return value.toFixed(value < 10 ? 2 : value < 100 ? 1 : 0) + " " + units[unit];
-  }
+  var formatBytes = window.UploadMeterFormat.bytes; // uploadmeter-format.js
 
   function formatDuration(seconds) {
     var s = Math.max(0, Math.round(seconds));
