@@ -16,6 +16,7 @@ flask = pytest.importorskip("flask")
 from flask import Flask, render_template_string, request  # noqa: E402
 
 from tests.support.servers import (  # noqa: E402
+    ROOT,
     Client,
     RawUpload,
     multipart_body,
@@ -495,7 +496,7 @@ def test_mount_and_public_names() -> None:
 
 def test_demo_uses_public_api_only() -> None:
     """The demo reaches no extension internals (``state(app).middleware``, extensions)."""
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_app")
+    folder = os.path.join(ROOT, "demo_app")
     for name in sorted(os.listdir(folder)):
         if name.endswith(".py"):
             with open(os.path.join(folder, name), encoding="utf-8") as f:
