@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
 BOUNDARY = "----uploadmeterBench7MA4YWxkTrZu0gW"
 
-# The tests' loopback helpers, shared rather than written twice.
-sys.path.insert(0, TESTS)
-from bench_apps import SIDE_HEADER  # noqa: E402, F401  (the A/B side header, for the scripts)
-from servers import Gunicorn, gunicorn_process, multipart_body  # noqa: E402
+# The tests' loopback helpers (the package tests.support of the repository), shared rather
+# than written twice; a script run as `python bench/x.py` has only bench/ on its path.
+sys.path.insert(0, ROOT)
+from tests.support.bench_apps import SIDE_HEADER  # noqa: E402, F401  (the A/B side header, for the scripts)
+from tests.support.servers import Gunicorn, gunicorn_process, multipart_body  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -82,7 +82,7 @@ def gunicorn(
 ) -> Iterator[Gunicorn]:
     """Run gunicorn; with ``pin``, its processes run on the server CPU (see :func:`pin_client`)."""
     cpus = server_cpus() if pin else None
-    full_env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + ROOT)
+    full_env = dict(os.environ, PYTHONPATH=ROOT)
     if os.environ.get("UM_BENCH_MALLOC") != "dynamic":
         # glibc's dynamic mmap/trim thresholds give each server process a "mode" that
         # lasts its lifetime: measured, the same request took 1.0 s in one process and

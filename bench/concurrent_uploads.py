@@ -250,7 +250,7 @@ def run(args: argparse.Namespace, size: int, metered: bool) -> dict[str, Any]:
         "UM_STORE": f"sqlite://{store_dir}/uploadmeter.sqlite3",
     }
     with gunicorn(
-        "bench_apps:create_app()",
+        "tests.support.bench_apps:create_app()",
         workers=args.workers,
         worker_class="gthread",
         threads=args.threads,

@@ -77,8 +77,7 @@ def read_rows(number: int) -> list[list[str]]:
 
 
 def observer_rows(parts: int, number: int) -> list[list[str]]:
-    from servers import multipart_body
-
+    from tests.support.servers import multipart_body
     from uploadmeter.core import MultipartObserver
 
     body, _ = multipart_body(
@@ -97,10 +96,11 @@ def observer_rows(parts: int, number: int) -> list[list[str]]:
 
 
 def app_rows(pairs: int, quick: bool) -> list[list[str]]:
-    import bench_apps
     from gunicorn.http.body import Body, LengthReader
     from gunicorn.http.unreader import IterUnreader
     from werkzeug.test import create_environ
+
+    from tests.support import bench_apps
 
     os.environ.setdefault("UM_UPLOAD_DIR", tempfile.mkdtemp(prefix="um-bench-files-"))
     os.environ.setdefault("UM_STORE", f"sqlite://{tempfile.mkdtemp()}/uploadmeter.sqlite3")

@@ -176,8 +176,7 @@ def run_inprocess(pairs: int, quick: bool) -> list[list[str]]:
     """
     from werkzeug.test import create_environ
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-    import bench_apps
+    from tests.support import bench_apps
 
     store_dir = tempfile.mkdtemp(prefix="um-bench-store-")
     os.environ.update(UM_UPLOAD_DIR=upload_dir(), UM_STORE=f"sqlite://{store_dir}/um.sqlite3")
@@ -348,7 +347,7 @@ def main() -> None:
     # A fresh server each round: what is left of a process's own speed shows as spread
     # between rounds, not as a bias of one side.
     for _round in range(args.rounds):
-        with gunicorn("bench_apps:side_by_side_app()", env=common) as server:
+        with gunicorn("tests.support.bench_apps:side_by_side_app()", env=common) as server:
             bare, metered = Side(server, "bare"), Side(server, "metered")
             # (In a --control run the metered side is bare: a cookie is then just a cookie.)
             cookie = session_cookie(server.port, metered.headers()) or "uploadmeter_session=x"

@@ -28,7 +28,6 @@ from contextlib import ExitStack
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (
-    TESTS,
     Gunicorn,
     gunicorn,
     load_average,
@@ -42,8 +41,7 @@ from _common import (
     verdict,
 )
 
-sys.path.insert(0, TESTS)
-from servers import run_redis
+from tests.support.servers import run_redis
 
 UPLOAD_ID = "pollbench0001"
 
@@ -94,10 +92,12 @@ def main() -> None:
             "redis": redis_url,
         }
         targets: dict[str, tuple[Gunicorn, str | None, str]] = {}
-        hello = stack.enter_context(gunicorn("bench_apps:hello_app()"))
+        hello = stack.enter_context(gunicorn("tests.support.bench_apps:hello_app()"))
         targets["hello-world WSGI"] = (hello, None, "/")
         for name, url in stores.items():
-            server = stack.enter_context(gunicorn("bench_apps:poll_app()", env={"UM_STORE": url}))
+            server = stack.enter_context(
+                gunicorn("tests.support.bench_apps:poll_app()", env={"UM_STORE": url})
+            )
             targets[name] = (
                 server,
                 prepare(server.port),

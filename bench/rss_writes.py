@@ -73,7 +73,7 @@ def one_run(metered: bool, size: int) -> dict[str, float]:
         "UM_UPLOAD_DIR": upload_dir(),
         "UM_STORE": f"sqlite://{store_dir}/um.sqlite3",
     }
-    with gunicorn("bench_apps:create_app()", env=env) as server:
+    with gunicorn("tests.support.bench_apps:create_app()", env=env) as server:
         (pid,) = server.worker_pids()
         cookie = session_cookie(server.port)
         small, content_type = multipart([("file", "small.bin", os.urandom(2 * MiB))])

@@ -37,7 +37,7 @@ from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._record import CANCELLED, DONE, ERROR, IN_FLIGHT, PROCESSING, UploadRecord
 from uploadmeter.core._records import CANCELLED_ERROR, Records
-from uploadmeter.core._tracker import TrackerSettings
+from uploadmeter.core._settings import TrackerSettings
 from uploadmeter.exceptions import (
     InvalidUploadId,
     ProcessingCancelled,

@@ -29,7 +29,8 @@ from uploadmeter.core._record import (
 )
 from uploadmeter.core._records import Records
 from uploadmeter.core._sessions import CookieSettings, Sessions
-from uploadmeter.core._tracker import TrackerSettings, UploadTracker
+from uploadmeter.core._settings import TrackerSettings
+from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.exceptions import LockLost, LockTimeout
 
 __all__ = [

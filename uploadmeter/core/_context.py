@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from uploadmeter.core._records import Records
 from uploadmeter.core._sessions import Sessions
-from uploadmeter.core._tracker import TrackerSettings
+from uploadmeter.core._settings import TrackerSettings
 from uploadmeter.stores._base import ProgressStore
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, PROCESSING, UploadRecord
 
 if TYPE_CHECKING:
-    from uploadmeter.core._tracker import TrackerSettings
+    from uploadmeter.core._settings import TrackerSettings
     from uploadmeter.stores._base import ProgressStore
 
 CANCELLED_ERROR = {"status": 499, "message": "The upload was cancelled."}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import (
@@ -25,24 +24,11 @@ from uploadmeter.core._record import (
     UploadRecord,
 )
 from uploadmeter.core._records import CANCELLED_ERROR, Records
+from uploadmeter.core._settings import TrackerSettings
 from uploadmeter.exceptions import StoreError
 from uploadmeter.stores._base import ProgressStore
 
 log = logging.getLogger("uploadmeter")
-
-
-@dataclass(frozen=True)
-class TrackerSettings:
-    """How often and how long records are kept; shared by every upload of a middleware."""
-
-    ttl: float = 300.0  # how long a finished record stays readable
-    stale_after: float = 120.0  # an in-flight record not updated for this long is dead
-    update_interval: float = 0.2  # at most one progress write per this many seconds
-    heartbeat: float = 2.0  # ... and at least one per this long while bytes arrive
-    # (growing with the upload's age, elapsed / 25, up to stale_after / 3, so a slow upload
-    # costs about a hundred writes, not one every 2 s: 135, not 412, for 1 GiB at 10 Mbit/s)
-    min_step: float = 0.01  # ... otherwise only when progress moved by 1 % of the length
-    store_retry: float = 1.0  # after a store failure, wait this long before trying again
 
 
 class UploadTracker:

@@ -24,7 +24,8 @@ from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
 from uploadmeter.core._records import Records
 from uploadmeter.core._sessions import CookieSettings, SessionHook, Sessions
-from uploadmeter.core._tracker import TrackerSettings, UploadTracker
+from uploadmeter.core._settings import TrackerSettings
+from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 from uploadmeter.stores import ProgressStore, open_store
 from uploadmeter.wsgi._endpoints import Endpoints

@@ -1,0 +1,188 @@
+"""The public API is what ``__all__`` says, on purpose (as httpx's tests/test_exported_members.py).
+
+Adding, removing or renaming a public name means editing the list here too: the diff shows
+the API change. Every name is importable, and modules inside a subpackage are private
+(``_name.py``): users import from the package, whose ``__init__`` re-exports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import uploadmeter
+
+PUBLIC_API: dict[str, list[str]] = {
+    "uploadmeter": [
+        "ChunkUploads",
+        "FieldProgress",
+        "FileInfo",
+        "InvalidUploadId",
+        "MemoryStore",
+        "ProcessingTask",
+        "ProgressStore",
+        "RedisStore",
+        "SQLiteStore",
+        "State",
+        "StoreError",
+        "TusUploads",
+        "UnsafeStorePath",
+        "UploadCancelled",
+        "UploadHandle",
+        "UploadMeterError",
+        "UploadMeterMiddleware",
+        "UploadRecord",
+        "UploadRejected",
+        "UploadTooLarge",
+        "current_upload",
+        "open_store",
+        "render_file_upload",
+    ],
+    "uploadmeter.core": [
+        "CANCELLED",
+        "CookieSettings",
+        "DONE",
+        "ERROR",
+        "FINISHED",
+        "FieldProgress",
+        "INVALID_ID_MESSAGE",
+        "IN_FLIGHT",
+        "LockLost",
+        "LockTimeout",
+        "MultipartObserver",
+        "PROCESSING",
+        "STARTING",
+        "SessionCookie",
+        "State",
+        "StoreLock",
+        "TrackerSettings",
+        "UNKNOWN",
+        "UPLOADING",
+        "UploadRecord",
+        "UploadTracker",
+        "valid_upload_id",
+    ],
+    "uploadmeter.downloads": [
+        "AddressNotAllowed",
+        "DownloadCancelled",
+        "Downloader",
+        "HostNotAllowed",
+        "Item",
+        "RemoteCache",
+        "RemoteError",
+        "RemoteFetcher",
+        "RemoteTooLarge",
+        "SourceError",
+        "SourceNotFound",
+        "UniqueNames",
+        "Url",
+        "ascii_fallback",
+        "content_disposition",
+        "download",
+        "name_field",
+        "safe_arcname",
+        "safe_filename",
+        "source_field",
+    ],
+    "uploadmeter.flask": [
+        "CONFIG_DEFAULTS",
+        "ConfigurationError",
+        "UploadMeter",
+        "current_upload",
+    ],
+    "uploadmeter.links": [
+        "DownloadLinks",
+        "Link",
+        "LinkError",
+        "LinkExpired",
+        "LinkInvalid",
+        "LinkRevoked",
+        "LinkSigner",
+        "LinkUsed",
+        "Share",
+        "ShareError",
+        "ShareManager",
+    ],
+    "uploadmeter.processing": [
+        "ProcessingCancelled",
+        "ProcessingFailed",
+        "ProcessingTask",
+        "request_task",
+        "task",
+    ],
+    "uploadmeter.resumable": [
+        "ChunkUploads",
+        "FileInfo",
+        "FileStore",
+        "TusUploads",
+        "UploadRejected",
+    ],
+    "uploadmeter.resumable.chunked": [
+        "ChunkUploads",
+    ],
+    "uploadmeter.resumable.tus": [
+        "TusUploads",
+    ],
+    "uploadmeter.stores": [
+        "MemoryStore",
+        "ProgressStore",
+        "RedisStore",
+        "SQLiteStore",
+        "default_sqlite_path",
+        "open_store",
+    ],
+    "uploadmeter.ui": [
+        "component_settings",
+        "render_assets",
+        "render_file_upload",
+        "template_environment",
+    ],
+    "uploadmeter.wsgi": [
+        "MeteredInput",
+        "UploadHandle",
+        "UploadMeterMiddleware",
+        "current_upload",
+    ],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC_API))
+def test_all_is_the_stated_api(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    exported = list(module.__all__)
+    assert len(exported) == len(set(exported)), "a name is listed twice in __all__"
+    assert sorted(exported) == PUBLIC_API[module_name]
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC_API))
+def test_every_exported_name_is_importable(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert missing == []
+    for name in module.__all__:
+        assert not name.startswith("_"), name
+        namespace: dict[str, object] = {}
+        exec(f"from {module_name} import {name}", namespace)  # the way a user imports it
+        assert namespace[name] is getattr(module, name)
+
+
+def test_every_package_states_its_api() -> None:
+    """A new subpackage gets a curated ``__all__`` and a line here."""
+    packages = {uploadmeter.__name__} | {
+        info.name
+        for info in pkgutil.walk_packages(uploadmeter.__path__, uploadmeter.__name__ + ".")
+        if info.ispkg
+    }
+    assert packages <= set(PUBLIC_API)
+
+
+def test_modules_inside_subpackages_are_private() -> None:
+    """``uploadmeter.<package>.<module>`` is ``_module``: only the package is public."""
+    public = []
+    for info in pkgutil.walk_packages(uploadmeter.__path__, uploadmeter.__name__ + "."):
+        parent, _, leaf = info.name.rpartition(".")
+        if parent != uploadmeter.__name__ and not info.ispkg and not leaf.startswith("_"):
+            public.append(info.name)
+    assert public == []
