@@ -1,5 +1,8 @@
 """Download anything: one call turns a source into a response (the seed design, part 4).
 
+This module chooses a single file or a zip and turns failures into error responses; the
+responses are built by ``_single`` and ``_zips``, and ``_progress`` tracks them.
+
 ::
 
     from uploadmeter.downloads import download
@@ -28,45 +31,24 @@ remote sources, bytes sent of the total, and zip entries written, readable at
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
-import mimetypes
 import os
-import time
-from collections.abc import Callable, Iterable
-from typing import IO, Any, Literal, cast
+from typing import Any, Literal
 
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
-from werkzeug.http import HTTP_STATUS_CODES, generate_etag
-from werkzeug.utils import send_file
 from werkzeug.wrappers import Response
 
-from uploadmeter.exceptions import DownloadCancelled, MissingDependency, RemoteError, StoreError
-
-try:
-    from zipstream import ZIP_DEFLATED, ZIP_STORED, ZipStream
-except ImportError as exc:
-    raise MissingDependency("uploadmeter's downloads", "zipstream-ng", "downloads") from exc
-
-from uploadmeter.core._context import HasContext, MeterContext, context_of
-from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
-from uploadmeter.core._record import CANCELLED, DONE, ERROR, UploadRecord
-from uploadmeter.core._tracker import UploadTracker
-from uploadmeter.downloads._disposition import UniqueNames, content_disposition
+from uploadmeter.core._context import HasContext, MeterContext
+from uploadmeter.core._record import CANCELLED, ERROR
+from uploadmeter.downloads._progress import CANCELLED_MESSAGE, DownloadProgress, start_progress
 from uploadmeter.downloads._remote import Fetched, RemoteFetcher
+from uploadmeter.downloads._single import content_type, single_response
 from uploadmeter.downloads._sources import Entry, finalize_name, resolve
-from uploadmeter.wsgi._requests import requested_upload_id, session_for
+from uploadmeter.downloads._zips import zip_response
+from uploadmeter.exceptions import RemoteError
 from uploadmeter.wsgi._responses import error_response
 
 __all__ = ["Downloader", "OnError", "download"]
 
 OnError = Literal["fail", "include"]
-_CHUNK = 64 * 1024
-_CANCELLED = "The download was cancelled."
-# Types a browser would run as a page of our origin when shown inline.
-_ACTIVE_TYPES = frozenset(
-    {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml"}
-)
 
 
 def download(
@@ -127,27 +109,27 @@ def download(
         single = not resolution.collection and as_zip is not True
         if as_zip is False and not single:
             raise ValueError("Several files or a directory can only be downloaded as a zip")
-        started = _start_progress(meter, env, tracking_id)
+        started = start_progress(meter, env, tracking_id)
         if isinstance(started, Response):  # a bad or busy tracking id
             _close_files(entries)
             return started
         progress = started
         if _fetch_remote(entries, remote, progress):
-            return _refuse(entries, env, progress, 409, _CANCELLED, CANCELLED)
+            return _refuse(entries, env, progress, 409, CANCELLED_MESSAGE, CANCELLED)
         failed = next((e.error for e in entries if e.error is not None), None)
         if failed is not None and (on_error == "fail" or single):
             return _refuse(entries, env, progress, failed.status, failed.message, ERROR)
         entries = [_error_entry(e) if e.error is not None else e for e in entries]
         if single:
             name = filename or finalize_name(entries[0]).rsplit("/", 1)[-1]
-            ctype = mimetype or _content_type(name, entries[0], charset)
+            ctype = mimetype or content_type(name, entries[0], charset)
             # Progress counts the bytes handed out: no server sendfile wrapper then.
-            response = _single(
+            response = single_response(
                 entries[0], name, ctype, env, as_attachment, max_age, etag, progress is None
             )
         else:
             name = filename or resolution.suggested_name or "download.zip"
-            response = _zip(entries, name, as_attachment, compress)
+            response = zip_response(entries, name, as_attachment, compress)
         response.headers["X-Content-Type-Options"] = "nosniff"
         if progress is None:
             return response
@@ -188,26 +170,6 @@ def _environ_of(environ: Any) -> dict[str, Any] | None:
     return env
 
 
-def _start_progress(
-    meter: MeterContext | HasContext | None,
-    env: dict[str, Any] | None,
-    tracking_id: str | None,
-) -> _Progress | Response | None:
-    """The download's progress record, none (untracked), or the answer to a bad id."""
-    if meter is None or env is None or env.get("REQUEST_METHOD") == "HEAD":
-        return None
-    wanted = tracking_id if tracking_id is not None else requested_upload_id(env)
-    if wanted is None:
-        return None
-    if not valid_upload_id(wanted):
-        return error_response(env, 400, INVALID_ID_MESSAGE)
-    progress = _Progress(context_of(meter), env, wanted)
-    if not progress.claimed:
-        message = "A download with this id is already in progress."
-        return progress.respond(error_response(env, 409, message))
-    return progress
-
-
 def _close_files(entries: list[Entry]) -> None:
     for entry in entries:
         if entry.file is not None:
@@ -218,7 +180,7 @@ def _close_files(entries: list[Entry]) -> None:
 def _refuse(
     entries: list[Entry],
     env: dict[str, Any] | None,
-    progress: _Progress | None,
+    progress: DownloadProgress | None,
     status: int,
     message: str,
     state: str,
@@ -233,7 +195,7 @@ def _refuse(
 
 
 def _fetch_remote(
-    entries: list[Entry], remote: RemoteFetcher | None, progress: _Progress | None
+    entries: list[Entry], remote: RemoteFetcher | None, progress: DownloadProgress | None
 ) -> bool:
     """Fetch every remote entry (concurrently) into ``entry.file``; failures go into
     ``entry.error``.  ``True`` when the download was cancelled meanwhile."""
@@ -277,285 +239,3 @@ def _error_entry(entry: Entry) -> Entry:
         content_type="text/plain; charset=utf-8",
         group=entry.group,
     )
-
-
-def _single(
-    entry: Entry,
-    name: str,
-    ctype: str,
-    env: dict[str, Any] | None,
-    as_attachment: bool,
-    max_age: int | None,
-    etag: bool | str,
-    file_wrapper: bool,
-) -> Response:
-    send_env = dict(env) if env is not None else {"REQUEST_METHOD": "GET"}
-    if not file_wrapper:
-        send_env.pop("wsgi.file_wrapper", None)
-    source: str | IO[bytes]
-    if entry.data is not None:
-        source = io.BytesIO(entry.data)
-        etag = generate_etag(entry.data) if etag is True else etag
-    elif entry.path is not None:
-        source = entry.path
-    else:
-        assert entry.file is not None
-        source = entry.file
-    # send_file gives Last-Modified, ETag and caching.  The ranges are allowed here: it
-    # knows the size of paths and BytesIO only, and a seekable or fetched file has one too.
-    response = send_file(
-        source,
-        send_env,
-        mimetype=ctype,
-        download_name=name,
-        conditional=False,
-        etag=etag,
-        max_age=max_age,
-    )
-    if response.content_length is None and entry.size is not None:
-        response.content_length = entry.size
-    response.headers["Content-Type"] = ctype  # Response(mimetype=) adds a second charset
-    response.headers["Content-Disposition"] = content_disposition(name, as_attachment=as_attachment)
-    if not as_attachment and ctype.split(";", 1)[0].strip() in _ACTIVE_TYPES:
-        # Shown inline, an HTML/SVG file would run as a page of this site.
-        response.headers["Content-Security-Policy"] = "sandbox"
-    if env is None:
-        return response
-    size = response.content_length
-    ranges = size is not None and (entry.file is None or _seekable(entry.file))
-    try:
-        return response.make_conditional(
-            send_env, accept_ranges=ranges, complete_length=size if ranges else None
-        )
-    except RequestedRangeNotSatisfiable:
-        response.close()
-        message = "The requested range is not satisfiable."
-        return error_response(env, 416, message, [("Content-Range", f"bytes */{size}")])
-
-
-def _zip(entries: list[Entry], filename: str, as_attachment: bool, compress: bool) -> Response:
-    sized = not compress and all(e.size is not None or e.kind == "dir" for e in entries)
-    zs = ZipStream(compress_type=ZIP_DEFLATED if compress else ZIP_STORED, sized=sized)
-    names = UniqueNames()
-    for entry in entries:
-        name = names.claim(finalize_name(entry), entry.group)
-        if entry.kind == "dir":
-            zs.mkdir(name)
-        elif entry.path is not None:
-            zs.add_path(entry.path, name, recurse=False)
-        elif entry.data is not None:
-            zs.add(entry.data, name)
-        else:
-            assert entry.file is not None
-            zs.add(iter(functools.partial(entry.file.read, _CHUNK), b""), name, size=entry.size)
-    files = [e.file for e in entries if e.file is not None]
-    body = _Body(iter(zs), files, len(zs) if sized else None, zs.num_streamed)
-    response = Response(body, mimetype="application/zip", direct_passthrough=True)
-    if body.total is not None:
-        response.content_length = body.total
-    response.headers["Content-Disposition"] = content_disposition(
-        filename, as_attachment=as_attachment
-    )
-    response.headers["Accept-Ranges"] = "none"  # built on the fly: no byte ranges
-    response.cache_control.no_store = True
-    return response
-
-
-def _seekable(file: IO[bytes]) -> bool:
-    try:
-        return bool(file.seekable())
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _content_type(name: str, entry: Entry, charset: str) -> str:
-    """An explicit type, else the name's, else the remote one; text gets its charset."""
-    guessed = mimetypes.guess_type(name)[0]
-    if entry.kind == "remote":
-        ctype = guessed or entry.content_type  # the name was chosen here, the type remotely
-    else:
-        ctype = entry.content_type or guessed
-    if ctype is None:
-        ctype = "text/plain" if entry.charset else "application/octet-stream"
-    if ctype.startswith("text/") and "charset" not in ctype:
-        ctype += f"; charset={entry.charset or charset}"
-    return ctype
-
-
-# -- progress ----------------------------------------------------------------------------
-
-
-class _Body:
-    """The response body: counts what is sent, reports progress, closes what it opened.
-
-    ``close()`` (called by every WSGI server, also when the body was never read) settles
-    the record: ``done`` when the body ran out, ``cancelled``, ``error`` when reading
-    failed, otherwise the client went away.
-    """
-
-    def __init__(
-        self,
-        chunks: Iterable[bytes],
-        files: list[IO[bytes]] | None = None,
-        total: int | None = None,
-        entries_done: Callable[[], int] | None = None,
-    ) -> None:
-        self._chunks = iter(chunks)
-        self._close_chunks = getattr(chunks, "close", None)
-        self._files = files or []
-        self.total = total
-        self._entries_done = entries_done
-        self.progress: _Progress | None = None
-        self.sent = 0
-        self._outcome: str | None = None  # DONE, CANCELLED or what went wrong
-
-    def __iter__(self) -> _Body:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            self._outcome = DONE
-            raise
-        except Exception as exc:
-            self._outcome = f"Reading the files failed ({type(exc).__name__})."
-            raise
-        self.sent += len(chunk)
-        if self.progress is not None and self.progress.sent(self.sent, self.entries_done()):
-            self._outcome = CANCELLED
-            raise DownloadCancelled()
-        return chunk
-
-    def entries_done(self) -> int | None:
-        return self._entries_done() if self._entries_done is not None else None
-
-    def close(self) -> None:
-        for file in self._files:
-            with contextlib.suppress(OSError):
-                file.close()
-        if self._close_chunks is not None:
-            self._close_chunks()
-        if self.progress is None:
-            return
-        status: int | None
-        if self._outcome == DONE:
-            state, status, message = DONE, None, None
-        elif self._outcome == CANCELLED:
-            state, status, message = CANCELLED, 499, _CANCELLED
-        elif self._outcome is not None:
-            state, status, message = ERROR, 500, self._outcome
-        else:
-            of = f" of {self.total}" if self.total is not None else ""
-            state, status = ERROR, 499
-            message = f"The connection closed after {self.sent}{of} bytes."
-        self.progress.finish(
-            state, status, message, sent=self.sent, entries_done=self.entries_done()
-        )
-
-
-class _Progress:
-    """A download's record, written through the uploads' :class:`UploadTracker`.
-
-    States: ``starting`` (remote sources loading: ``processing.phase == "loading"``),
-    ``uploading`` (bytes going out; ``processing.phase == "zipping"`` counts zip entries),
-    then ``done``/``error``/``cancelled``.  Every write in flight first looks for the cancel
-    flag, and once it is seen the download ends ``cancelled``: a cancel is not written over
-    with an earlier state.  (One that lands between that look and the write is seen at the
-    next write; ruling that out too needs a compare-and-set the stores do not offer.)
-    """
-
-    def __init__(self, context: MeterContext, env: dict[str, Any], upload_id: str) -> None:
-        session, self.cookie = session_for(context, env)
-        self.tracker = UploadTracker(
-            context.store, session, UploadRecord(id=upload_id), context.settings
-        )
-        self.claimed = self.tracker.claim()
-        self._records = context.records
-        self._session = session
-        self._interval = context.settings.update_interval
-        self._next_report = 0.0
-        if self.claimed:
-            self.tracker.write_now()
-
-    def respond(self, response: Response) -> Response:
-        if self.cookie:
-            response.headers.add("Set-Cookie", self.cookie)
-        return response
-
-    def cancelled(self) -> bool:
-        try:
-            return self._records.cancel_requested(self._session, self.tracker.record.id)
-        except StoreError:
-            return False  # no store, no cancel: the download goes on
-
-    def loading(self, done: int, total: int) -> bool:
-        """Note remote sources loaded; ``True`` when the download was cancelled."""
-        if self.cancelled():
-            return True
-        self.tracker.record.processing = {"phase": "loading", "done": done, "total": total}
-        self.tracker.write_now()
-        return False
-
-    def track(
-        self, response: Response, filename: str, entries: int | None, env: dict[str, Any] | None
-    ) -> Response:
-        """Count ``response``'s body as it goes out; settle the record if there is none."""
-        status = response.status_code
-        if status not in (200, 206):  # 304: the client has it; 412, 416: nothing to send
-            message = f"Nothing was sent: {status} {HTTP_STATUS_CODES.get(status, '')}."
-            self.finish(DONE if status == 304 else ERROR, status, message)
-            return self.respond(response)
-        body = response.response
-        if not isinstance(body, _Body):
-            body = _Body(cast("Iterable[bytes]", body), total=response.content_length)
-        record = self.tracker.record
-        record.content_length = response.content_length
-        record.processing = (
-            None if entries is None else {"phase": "zipping", "done": 0, "total": entries}
-        )
-        record.result = {"filename": filename}
-        if self.tracker.progress(0, time.monotonic()):  # cancelled before the first byte
-            response.close()
-            self.finish(CANCELLED, 499, _CANCELLED)
-            return self.respond(error_response(env or {}, 409, _CANCELLED))
-        body.progress = self
-        response.response = body
-        response.direct_passthrough = True
-        # The record counts bytes handed to the server; a proxy that buffers the response
-        # (nginx's default) would take them all at once and the record read done while the
-        # client has read a few KiB.  nginx honours this header without any config.
-        response.headers["X-Accel-Buffering"] = "no"
-        return self.respond(response)
-
-    def sent(self, sent: int, entries_done: int | None) -> bool:
-        """Note bytes sent (at most once per update interval, and at the end); ``True``
-        when the download was cancelled meanwhile."""
-        now = time.monotonic()
-        tracker = self.tracker
-        if now < self._next_report and sent != tracker.record.content_length:
-            return False
-        self._next_report = now + self._interval
-        if entries_done is not None and tracker.record.processing is not None:
-            tracker.record.processing["done"] = entries_done
-        return tracker.progress(sent, now)
-
-    def finish(
-        self,
-        state: str,
-        status: int | None = None,
-        message: str | None = None,
-        *,
-        sent: int | None = None,
-        entries_done: int | None = None,
-    ) -> None:
-        record = self.tracker.record
-        if sent is not None:
-            record.bytes_received = sent
-        if entries_done is not None and record.processing is not None:
-            record.processing["done"] = entries_done
-        if state == DONE:
-            record.result = dict(record.result or {}, bytes=record.bytes_received)
-            self.tracker.finish(DONE)
-        else:
-            self.tracker.finish(state, {"status": status, "message": message})

@@ -28,8 +28,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_current_url
 
-from uploadmeter.downloads._api import Downloader
-from uploadmeter.downloads._sources import Item
+from uploadmeter.downloads import Downloader, Item
 from uploadmeter.exceptions import LinkError, ShareError, StoreError
 from uploadmeter.links._shares import Share, ShareManager
 from uploadmeter.links._signing import LinkSigner, SecretKey
