@@ -25,26 +25,25 @@ more.  A full disk is answered ``507`` + ``Retry-After``; what was written whole
 When the last byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
 ``verifying``), moved into the content-addressed store and handed to ``on_complete``.
 
+What the headers mean and which status refuses a request is :mod:`._protocol` (no I/O);
+this module adapts werkzeug's request to it and does the storage, locks and records.
+
 Errors are short JSON (or HTML) messages with the spec's statuses, and every answer
 carries ``Tus-Resumable`` (OPTIONS too, as in the spec's example).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.http import http_date
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
@@ -80,6 +79,8 @@ from uploadmeter.resumable._storage import (
     clean_filename,
     is_disk_full,
 )
+from uploadmeter.resumable.tus import _protocol as tus
+from uploadmeter.resumable.tus._protocol import Checksum
 from uploadmeter.wsgi._requests import session_for
 from uploadmeter.wsgi._responses import NO_STORE, error_response
 
@@ -90,28 +91,13 @@ log = logging.getLogger("uploadmeter")
 
 __all__ = ["TusUploads"]
 
-TUS_VERSION = "1.0.0"
-EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
-OFFSET_TYPE = "application/offset+octet-stream"
-_ALGORITHMS: dict[str, Callable[[], Any]] = {
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
-    "sha512": hashlib.sha512,
-    "md5": hashlib.md5,
-}
-_INT = re.compile(r"\d{1,18}")
 # An upload id: its owner's FileStore folder (32 hex: where to find it without a cookie)
 # and 144 random bits (the capability).
 _ID = re.compile(r"([0-9a-f]{32})[A-Za-z0-9_-]{24}")
-_METADATA_KEY = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
 # A PATCH reads its body in pieces of 1 KiB to 256 KiB: what the client sends in a quarter
 # of the lock's life, so the lock is refreshed in time however slow the client is.
 _MIN_READ = 1024
 _MAX_READ = 256 * 1024
-
-
-def _gone() -> TusError:
-    return TusError("The upload was cancelled.", status=410, headers={"Connection": "close"})
 
 
 def _disk_full() -> TusError:
@@ -166,7 +152,7 @@ class _Upload:
         try:
             return os.path.getsize(self.data_path)
         except FileNotFoundError:
-            raise TusError("Upload not found.", status=404) from None
+            raise tus.not_found() from None
 
 
 class TusUploads(ResumableEndpoint):
@@ -213,17 +199,14 @@ class TusUploads(ResumableEndpoint):
             error = _as_tus_error(exc)
             response = error_response(environ, error.status, error.message)
             response.headers.update(error.headers)
-        response.headers["Tus-Resumable"] = TUS_VERSION
+        response.headers["Tus-Resumable"] = tus.TUS_VERSION
         return response(environ, start_response)
 
     def _dispatch(self, request: Request) -> Response:
-        method = (request.headers.get("X-HTTP-Method-Override") or request.method).upper()
+        method = tus.request_method(request.method, request.headers)
         if method == "OPTIONS":
-            return self._options()
-        if request.headers.get("Tus-Resumable") != TUS_VERSION:
-            raise TusError(
-                "Unsupported tus version.", status=412, headers={"Tus-Version": TUS_VERSION}
-            )
+            return Response(status=204, headers=tus.options_headers(self.max_size))
+        tus.check_version(request.headers)
         self.files.maybe_cleanup(self.store)
         if request.path in ("", "/"):
             if method == "POST":
@@ -233,7 +216,7 @@ class TusUploads(ResumableEndpoint):
             )
         match = re.fullmatch(r"/([^/]+)/?", request.path)
         if match is None or _ID.fullmatch(match.group(1)) is None:
-            raise TusError("Upload not found.", status=404)
+            raise tus.not_found()
         upload_id = match.group(1)
         if method == "HEAD":
             return self._head(request, upload_id)
@@ -245,17 +228,6 @@ class TusUploads(ResumableEndpoint):
             "Use HEAD, PATCH or DELETE.",
             status=405,
             headers={"Allow": "HEAD, PATCH, DELETE, OPTIONS"},
-        )
-
-    def _options(self) -> Response:
-        return Response(
-            status=204,
-            headers={
-                "Tus-Version": TUS_VERSION,
-                "Tus-Extension": EXTENSIONS,
-                "Tus-Max-Size": str(self.max_size),
-                "Tus-Checksum-Algorithm": ",".join(_ALGORITHMS),
-            },
         )
 
     # -- lookup --------------------------------------------------------------------------
@@ -273,15 +245,15 @@ class TusUploads(ResumableEndpoint):
         info = self.files.read_json(os.path.join(directory, "info.json"))
         if info is None:
             if self.store.get(self._gone_key(upload_id)) is not None:
-                raise TusError("The upload was terminated or has expired.", status=410)
-            raise TusError("Upload not found.", status=404)
+                raise tus.gone("The upload was terminated or has expired.")
+            raise tus.not_found()
         session = info.get("session")
         if not isinstance(session, str) or self.files.session_key(session) != match.group(1):
-            raise TusError("Upload not found.", status=404)
+            raise tus.not_found()
         upload = _Upload(upload_id, session, directory, info)
         if float(info["expires_at"]) < time.time():
             self._terminate(upload)
-            raise TusError("The upload has expired.", status=410)
+            raise tus.gone("The upload has expired.")
         return upload
 
     def _terminate(self, upload: _Upload) -> None:
@@ -289,31 +261,23 @@ class TusUploads(ResumableEndpoint):
         self.store.set(self._gone_key(upload.id), "1", max(self.files.expire_after, 3600))
 
     def _headers(self, upload: _Upload, offset: int) -> dict[str, str]:
-        return {
-            "Upload-Offset": str(offset),
-            "Upload-Expires": http_date(float(upload.info["expires_at"])),
-            **NO_STORE,
-        }
+        return {**tus.offset_headers(offset, float(upload.info["expires_at"])), **NO_STORE}
 
     # -- POST: creation (with upload) ----------------------------------------------------
 
     def _create(self, request: Request) -> Response:
-        if "Upload-Defer-Length" in request.headers:
-            raise TusError("Deferred upload length is not supported.")
-        length = _int_header(request, "Upload-Length")
-        if length is None:
-            raise TusError("Upload-Length must be a non-negative integer.")
-        if length > self.max_size:
-            raise TusError(f"Uploads may have at most {self.max_size} bytes.", status=413)
-        raw_metadata, metadata = self._metadata(request.headers.get("Upload-Metadata"))
+        creation = tus.parse_creation(
+            request.headers, max_size=self.max_size, max_metadata_length=self.max_metadata_length
+        )
+        length = creation.length
         try:
-            filename = clean_filename(metadata.get("filename") or metadata.get("name") or "upload")
+            filename = clean_filename(creation.metadata.filename or "upload")
         except InvalidName as exc:
             raise TusError(exc.message, status=exc.status) from None
-        has_body = _has_body(request)
-        if has_body and request.mimetype != OFFSET_TYPE:
-            raise TusError(f"A creation request with data must be {OFFSET_TYPE}.", status=415)
-        checksum = self._checksum(request) if has_body else None
+        has_body = tus.has_body(request.headers)
+        if has_body:
+            tus.require_offset_type(request.headers, "A creation request with data")
+        checksum = tus.parse_checksum(request.headers) if has_body else None
 
         # Without a session (a first visit, a client that keeps no cookies) the upload
         # starts one: the cookie lets a browser poll its progress; the URL needs none.
@@ -328,8 +292,8 @@ class TusUploads(ResumableEndpoint):
                 "id": upload_id,
                 "session": session,
                 "length": length,
-                "metadata": raw_metadata,
-                "meta": metadata,
+                "metadata": creation.metadata.raw,
+                "meta": dict(creation.metadata.values),
                 "filename": filename,
                 "created": now,
                 "expires_at": now + self.files.expire_after,
@@ -352,7 +316,10 @@ class TusUploads(ResumableEndpoint):
         self._save_record(upload, self._new_record(upload))
 
         location = request.script_root.rstrip("/") + "/" + upload_id
-        headers = {"Location": location, "Upload-Expires": http_date(upload.info["expires_at"])}
+        headers = {
+            "Location": location,
+            "Upload-Expires": tus.upload_expires(upload.info["expires_at"]),
+        }
         if cookie is not None:
             headers["Set-Cookie"] = cookie
         if has_body or length == 0:
@@ -369,40 +336,6 @@ class TusUploads(ResumableEndpoint):
                 raise
         return Response(status=201, headers=headers)
 
-    def _metadata(self, header: str | None) -> tuple[str | None, dict[str, str]]:
-        """Validate ``Upload-Metadata``; return it re-encoded and decoded."""
-        if header is None or not header.strip():
-            return None, {}
-        if len(header) > self.max_metadata_length:
-            raise TusError("Upload-Metadata is too long.")
-        raw: list[str] = []
-        decoded: dict[str, str] = {}
-        for pair in header.split(","):
-            key, _, value = pair.strip().partition(" ")
-            value = value.strip()
-            if not _METADATA_KEY.fullmatch(key) or key in decoded:
-                raise TusError("Upload-Metadata keys must be unique, non-empty ASCII.")
-            try:
-                data = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise TusError(f"Upload-Metadata value of {key!r} is not Base64.") from None
-            decoded[key] = data.decode("utf-8", "replace")
-            # Re-encoded from the decoded bytes, so nothing but Base64 is echoed back.
-            raw.append(f"{key} {base64.b64encode(data).decode('ascii')}" if value else key)
-        return ",".join(raw), decoded
-
-    def _checksum(self, request: Request) -> tuple[str, bytes] | None:
-        header = request.headers.get("Upload-Checksum")
-        if header is None:
-            return None
-        algo, _, value = header.strip().partition(" ")
-        if algo not in _ALGORITHMS:
-            raise TusError(f"Unsupported checksum algorithm; use {','.join(_ALGORITHMS)}.")
-        try:
-            return algo, base64.b64decode(value.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise TusError("Upload-Checksum is not Base64.") from None
-
     # -- HEAD ----------------------------------------------------------------------------
 
     def _head(self, request: Request, upload_id: str) -> Response:
@@ -416,37 +349,28 @@ class TusUploads(ResumableEndpoint):
                     upload = self._find(upload_id)
                     if not upload.complete:
                         self._finish(upload, self._load_record(upload), lock)
-        headers = self._headers(upload, upload.offset())
-        headers["Upload-Length"] = str(upload.length)
-        if upload.info.get("metadata"):
-            headers["Upload-Metadata"] = upload.info["metadata"]
-        return Response(status=200, headers=headers)
+        headers = tus.head_headers(
+            upload.offset(),
+            upload.length,
+            float(upload.info["expires_at"]),
+            upload.info.get("metadata"),
+        )
+        return Response(status=200, headers={**headers, **NO_STORE})
 
     # -- PATCH ---------------------------------------------------------------------------
 
     def _patch(self, request: Request, upload_id: str) -> Response:
-        if request.mimetype != OFFSET_TYPE:
-            raise TusError(f"PATCH requests must be {OFFSET_TYPE}.", status=415)
-        offset = _int_header(request, "Upload-Offset")
-        if offset is None:
-            raise TusError("Upload-Offset must be a non-negative integer.")
-        checksum = self._checksum(request)
+        patch = tus.parse_patch(request.headers)
         upload = self._find(upload_id)
-        if request.content_length is not None and offset + request.content_length > upload.length:
-            raise TusError("The data goes past Upload-Length.", status=413)
+        patch.check_fits(upload.length)
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
             upload = self._find(upload_id)
             current = upload.offset()
-            if offset != current:
-                raise TusError(
-                    f"Upload-Offset is {current}.",
-                    status=409,
-                    headers={"Upload-Offset": str(current)},
-                )
+            tus.check_offset(patch.offset, current)
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
-            new_offset = self._receive(request, upload, current, checksum, lock)
+            new_offset = self._receive(request, upload, current, patch.checksum, lock)
         return Response(status=204, headers=self._headers(upload, new_offset))
 
     def _lock(self, upload: _Upload) -> StoreLock:
@@ -454,7 +378,7 @@ class TusUploads(ResumableEndpoint):
         try:
             lock.acquire()
         except LockTimeout:
-            raise TusError("Another request is writing this upload.", status=423) from None
+            raise tus.locked() from None
         return lock
 
     def _receive(
@@ -462,7 +386,7 @@ class TusUploads(ResumableEndpoint):
         request: Request,
         upload: _Upload,
         start: int,
-        checksum: tuple[str, bytes] | None,
+        checksum: Checksum | None,
         lock: StoreLock,
     ) -> int:
         """Append the request body at ``start``; finish the upload when it is whole.
@@ -470,7 +394,7 @@ class TusUploads(ResumableEndpoint):
         Called with the upload's ``lock`` held.  Returns the new offset.  The bytes are
         flushed to disk (``fsync``) before the offset is answered: an offset is a promise.
         """
-        hasher = _ALGORITHMS[checksum[0]]() if checksum else None
+        hasher = checksum.hasher() if checksum else None
         record = self._load_record(upload)
         record.bytes_received = start
         tracker = UploadTracker(self.store, upload.session, record, self.context.settings)
@@ -491,10 +415,13 @@ class TusUploads(ResumableEndpoint):
             ):
                 f.truncate(start)  # a checksum covers the whole body, or nothing is kept
                 written = 0
-            elif checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
-                f.truncate(start)
-                written = 0
-                failure = TusError("Checksum Mismatch", status=460)
+            elif checksum is not None and hasher is not None:
+                try:
+                    checksum.verify(hasher.digest())
+                except TusError as mismatch:
+                    f.truncate(start)
+                    written = 0
+                    failure = mismatch
             if written:
                 try:
                     os.fsync(f.fileno())
@@ -562,13 +489,13 @@ class TusUploads(ResumableEndpoint):
                 if tracker.progress(start + written, time.monotonic()):
                     f.close()
                     self._terminate(upload)
-                    raise _gone()
+                    raise tus.cancelled()
                 size = _next_read_size(size, len(block), took, lock.ttl)
         except RequestEntityTooLarge:
-            return written, TusError("The data goes past Upload-Length.", status=413)
+            return written, tus.past_length()
         except (HTTPException, OSError, ValueError) as exc:
             log.info("uploadmeter: tus PATCH of %s interrupted: %s", upload.id, exc)
-            return written, TusError("The request body ended early.")
+            return written, tus.body_ended_early()
         return written, None
 
     def _keep_lock(self, lock: StoreLock, upload: _Upload, offset: int) -> None:
@@ -606,7 +533,7 @@ class TusUploads(ResumableEndpoint):
         record = self.records.load(upload.session, upload.id, stale=False)
         if record is not None and record.state == CANCELLED:
             self._terminate(upload)
-            raise _gone()
+            raise tus.cancelled()
         if record is None or record.state in FINISHED:
             return self._new_record(upload)
         return record
@@ -629,7 +556,7 @@ class TusUploads(ResumableEndpoint):
             digests = self.hash_files(task, lock, [upload.data_path])
         except ProcessingCancelled:
             self._terminate(upload)
-            raise _gone() from None
+            raise tus.cancelled() from None
         path, created = self.files.adopt(upload.data_path, digests.sha256)
         upload.info.update(complete=True, sha256=digests.sha256, md5=digests.md5)
         self.files.write_json(upload.info_path, upload.info)
@@ -684,15 +611,3 @@ def _next_read_size(size: int, got: int, took: float, ttl: float) -> int:
     while target * 2 <= min(affordable, size * 4, _MAX_READ):
         target *= 2
     return target
-
-
-def _int_header(request: Request, name: str) -> int | None:
-    """A non-negative integer header (``Upload-Length``, ``Upload-Offset``), else ``None``."""
-    value = request.headers.get(name, "")
-    return int(value) if _INT.fullmatch(value) else None
-
-
-def _has_body(request: Request) -> bool:
-    if request.content_length is not None:
-        return request.content_length > 0
-    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
