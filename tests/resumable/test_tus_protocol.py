@@ -1,218 +1,300 @@
-"""The tus protocol's headers as units: ``Tus-Resumable``, ``Upload-Length``,
-``Upload-Metadata``, ``Upload-Checksum`` and ``Upload-Offset``, each good and bad value,
-through TusUploads mounted as a user mounts it (werkzeug's test client: no socket, so every
-header case runs in milliseconds; tests/resumable/test_tus.py covers the same endpoint over
-real HTTP and under gunicorn)."""
+"""The tus protocol module without a server: header parsing, validation and the statuses
+it refuses requests with (over HTTP: tests/resumable/test_tus_headers.py and test_tus.py)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
-import json
-from typing import Any
+import pathlib
 
 import pytest
-from werkzeug.test import Client, TestResponse
+from werkzeug.datastructures import Headers
+from werkzeug.http import parse_date
 
-from tests.support.chunked_app import make_app, read_completions
-from uploadmeter.stores import MemoryStore
+from uploadmeter.exceptions import TusError
+from uploadmeter.resumable.tus import _protocol as tus
 
-TUS = "/uploadmeter/tus/"
 V = {"Tus-Resumable": "1.0.0"}
-OFFSET_TYPE = "application/offset+octet-stream"
+OFFSET = {"Content-Type": "application/offset+octet-stream"}
 
 
 def b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
-@pytest.fixture
-def files(tmp_path: Any) -> str:
-    return str(tmp_path)
+# -- version, method, OPTIONS ----------------------------------------------------------------
 
 
-@pytest.fixture
-def client(files: str) -> Client:
-    return Client(make_app(MemoryStore(), files, tus_options={"max_size": 1000}))
+def test_version_is_required_and_lookups_ignore_case() -> None:
+    tus.check_version({"tus-resumable": "1.0.0"})
+    tus.check_version(Headers({"TUS-RESUMABLE": "1.0.0"}))
+    for headers in ({}, {"Tus-Resumable": "0.2.2"}, {"Tus-Resumable": "1.0.0 "}):
+        with pytest.raises(TusError) as exc:
+            tus.check_version(headers)
+        assert exc.value.status == 412
+        assert exc.value.headers == {"Tus-Version": "1.0.0"}
 
 
-def create(client: Client, length: int, **headers: str) -> str:
-    response = client.post(TUS, headers={**V, "Upload-Length": str(length), **headers})
-    assert response.status_code == 201, response.get_data(as_text=True)
-    return str(response.headers["Location"])
+def test_method_override() -> None:
+    assert tus.request_method("post", {}) == "POST"
+    assert tus.request_method("POST", {"x-http-method-override": "patch"}) == "PATCH"
+    assert tus.request_method("POST", {"X-HTTP-Method-Override": ""}) == "POST"
 
 
-def patch(client: Client, url: str, offset: int | str, data: bytes, **headers: str) -> TestResponse:
-    all_headers = {**V, "Content-Type": OFFSET_TYPE, "Upload-Offset": str(offset), **headers}
-    return client.patch(url, data=data, headers=all_headers)
-
-
-def refused(response: TestResponse, status: int, words: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.headers["Tus-Resumable"] == "1.0.0"  # every answer carries it
-    assert words in json.loads(response.get_data())["error"]["message"]
-
-
-# -- Tus-Resumable -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("version", [None, "", "0.2.2", "1.0", "1.0.0 ", "2.0.0"])
-def test_a_request_without_version_1_0_0_is_412(client: Client, version: str | None) -> None:
-    headers = {"Upload-Length": "5"} if version is None else {"Tus-Resumable": version}
-    response = client.post(TUS, headers={"Upload-Length": "5", **headers})
-    refused(response, 412, "Unsupported tus version")
-    assert response.headers["Tus-Version"] == "1.0.0"
-
-
-def test_options_needs_no_version(client: Client) -> None:
-    response = client.options(TUS)
-    assert response.status_code == 204
-    assert response.headers["Tus-Version"] == "1.0.0"
-    assert response.headers["Tus-Max-Size"] == "1000"
-
-
-# -- Upload-Length -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("length", [None, "", "-1", "abc", "1.5", "1e3", " 5", "0x10"])
-def test_upload_length_must_be_a_non_negative_integer(client: Client, length: str | None) -> None:
-    headers = dict(V) if length is None else {**V, "Upload-Length": length}
-    refused(client.post(TUS, headers=headers), 400, "Upload-Length must be")
-
-
-def test_upload_length_above_max_size_is_413(client: Client) -> None:
-    refused(client.post(TUS, headers={**V, "Upload-Length": "1001"}), 413, "at most 1000 bytes")
-    assert create(client, 1000)
-
-
-def test_a_deferred_length_is_refused(client: Client) -> None:
-    response = client.post(TUS, headers={**V, "Upload-Defer-Length": "1"})
-    refused(response, 400, "Deferred upload length")
-
-
-def test_head_reports_length_and_offset(client: Client) -> None:
-    url = create(client, 10)
-    head = client.head(url, headers=V)
-    assert head.status_code == 200
-    assert (head.headers["Upload-Length"], head.headers["Upload-Offset"]) == ("10", "0")
-    assert head.headers["Cache-Control"] == "no-store"
-
-
-# -- Upload-Metadata ---------------------------------------------------------------------
-
-
-def test_metadata_is_decoded_for_the_app_and_echoed_as_base64(client: Client, files: str) -> None:
-    header = f"filename {b64('résumé.txt')},empty,type  {b64('text/plain')} "
-    url = create(client, 0, **{"Upload-Metadata": header})  # 0 bytes: complete at once
-    echoed = client.head(url, headers=V).headers["Upload-Metadata"]
-    assert echoed == f"filename {b64('résumé.txt')},empty,type {b64('text/plain')}"
-    [done] = read_completions(files)
-    assert done["filename"] == "résumé.txt"
-    assert done["metadata"] == {"filename": "résumé.txt", "empty": "", "type": "text/plain"}
-
-
-@pytest.mark.parametrize(
-    ("header", "words"),
-    [
-        ("filename not*base64", "is not Base64"),
-        (f"filename {b64('a')}=", "is not Base64"),
-        (f"name {b64('a')},name {b64('b')}", "keys must be unique"),
-        (f"nämé {b64('a')}", "keys must be unique"),
-        (f"name {b64('a')},,", "keys must be unique"),
-        (f"filename {b64('../x')}", "must not contain a path"),
-        (f"filename {b64('a' * 300)}", "longer than 255 bytes"),
-    ],
-)
-def test_bad_metadata_is_400(client: Client, header: str, words: str) -> None:
-    response = client.post(TUS, headers={**V, "Upload-Length": "5", "Upload-Metadata": header})
-    refused(response, 400, words)
-
-
-def test_metadata_longer_than_the_limit_is_400(files: str) -> None:
-    client = Client(make_app(MemoryStore(), files, tus_options={"max_metadata_length": 64}))
-    ok = f"name {b64('x' * 30)}"
-    assert len(ok) <= 64 and create(client, 5, **{"Upload-Metadata": ok})
-    too_long = f"name {b64('x' * 60)}"
-    response = client.post(TUS, headers={**V, "Upload-Length": "5", "Upload-Metadata": too_long})
-    refused(response, 400, "Upload-Metadata is too long")
-
-
-# -- Upload-Offset -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("offset", ["", "-1", "abc", "1.0", " 0"])
-def test_upload_offset_must_be_a_non_negative_integer(client: Client, offset: str) -> None:
-    url = create(client, 10)
-    refused(patch(client, url, offset, b"abc"), 400, "Upload-Offset must be")
-
-
-def test_a_patch_at_the_wrong_offset_is_409_with_the_right_one(client: Client) -> None:
-    url = create(client, 10)
-    assert patch(client, url, 0, b"abcd").headers["Upload-Offset"] == "4"
-    response = patch(client, url, 2, b"cdef")
-    refused(response, 409, "Upload-Offset is 4")
-    assert response.headers["Upload-Offset"] == "4"
-    assert client.head(url, headers=V).headers["Upload-Offset"] == "4"
-
-
-def test_data_past_upload_length_is_413_and_not_kept(client: Client) -> None:
-    url = create(client, 5)
-    refused(patch(client, url, 0, b"abcdef"), 413, "past Upload-Length")
-    assert client.head(url, headers=V).headers["Upload-Offset"] == "0"
-
-
-def test_a_patch_must_be_offset_octet_stream(client: Client) -> None:
-    url = create(client, 5)
-    response = patch(client, url, 0, b"abc", **{"Content-Type": "application/octet-stream"})
-    refused(response, 415, OFFSET_TYPE)
-
-
-# -- Upload-Checksum ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256"])
-def test_a_right_checksum_is_accepted(client: Client, algorithm: str) -> None:
-    url = create(client, 6)
-    digest = b64(hashlib.new(algorithm, b"abc").digest())
-    response = patch(client, url, 0, b"abc", **{"Upload-Checksum": f"{algorithm} {digest}"})
-    assert response.status_code == 204, response.get_data(as_text=True)
-    assert response.headers["Upload-Offset"] == "3"
-
-
-def test_a_wrong_checksum_is_460_and_keeps_nothing(client: Client) -> None:
-    url = create(client, 6)
-    wrong = b64(hashlib.sha1(b"abd").digest())
-    refused(patch(client, url, 0, b"abc", **{"Upload-Checksum": f"sha1 {wrong}"}), 460, "Mismatch")
-    assert client.head(url, headers=V).headers["Upload-Offset"] == "0"
-
-
-@pytest.mark.parametrize(
-    ("header", "status", "words"),
-    [
-        ("crc32 AAAA", 400, "Unsupported checksum algorithm"),
-        ("SHA1 " + b64(hashlib.sha1(b"abc").digest()), 400, "Unsupported checksum algorithm"),
-        ("sha1 not*base64", 400, "not Base64"),
-    ],
-)
-def test_a_bad_checksum_header_is_refused(
-    client: Client, header: str, status: int, words: str
-) -> None:
-    url = create(client, 6)
-    refused(patch(client, url, 0, b"abc", **{"Upload-Checksum": header}), status, words)
-    assert client.head(url, headers=V).headers["Upload-Offset"] == "0"
-
-
-def test_creation_with_upload_checks_the_checksum_too(client: Client, files: str) -> None:
-    digest = b64(hashlib.sha1(b"abc").digest())
-    headers = {
-        **V,
-        "Upload-Length": "3",
-        "Content-Type": OFFSET_TYPE,
-        "Upload-Checksum": f"sha1 {digest}",
+def test_options_answer() -> None:
+    headers = tus.options_headers(12345)
+    assert headers["Tus-Version"] == "1.0.0"
+    assert headers["Tus-Max-Size"] == "12345"
+    assert set(headers["Tus-Extension"].split(",")) == {
+        "creation",
+        "creation-with-upload",
+        "termination",
+        "checksum",
+        "expiration",
     }
-    response = client.post(TUS, data=b"abc", headers=headers)
-    assert response.status_code == 201 and response.headers["Upload-Offset"] == "3"
-    assert [done["size"] for done in read_completions(files)] == [3]
-    headers["Upload-Checksum"] = "sha1 " + b64(hashlib.sha1(b"abd").digest())
-    refused(client.post(TUS, data=b"abc", headers=headers), 460, "Mismatch")
-    assert len(read_completions(files)) == 1
+    assert headers["Tus-Checksum-Algorithm"].split(",") == ["sha1", "sha256", "sha512", "md5"]
+    # Every advertised algorithm can be used.
+    for name in headers["Tus-Checksum-Algorithm"].split(","):
+        digest = hashlib.new(name, b"x").digest()
+        assert tus.parse_checksum({"Upload-Checksum": f"{name} {b64(digest)}"}) == tus.Checksum(
+            name, digest
+        )
+
+
+def test_expires_and_head_headers() -> None:
+    assert tus.upload_expires(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+    headers = tus.head_headers(5, 10, 1_700_000_000.5, "name YQ==")
+    assert headers["Upload-Offset"] == "5"
+    assert headers["Upload-Length"] == "10"
+    assert headers["Upload-Metadata"] == "name YQ=="
+    expires = parse_date(headers["Upload-Expires"])
+    assert expires is not None and int(expires.timestamp()) == 1_700_000_000
+    assert "Upload-Metadata" not in tus.head_headers(0, 0, 0, None)
+    assert "Upload-Metadata" not in tus.head_headers(0, 0, 0, "")
+
+
+# -- Upload-Metadata -------------------------------------------------------------------------
+
+
+def test_metadata_pairs_are_decoded_and_reencoded() -> None:
+    meta = tus.parse_metadata(f"filename {b64('é.txt')}, is_confidential,type {b64('a/b')}", 8192)
+    assert meta.values == {"filename": "é.txt", "is_confidential": "", "type": "a/b"}
+    assert meta.raw == f"filename {b64('é.txt')},is_confidential,type {b64('a/b')}"
+    assert meta.filename == "é.txt"
+    # Undecodable UTF-8 is replaced, never refused; the raw form keeps the bytes.
+    odd = tus.parse_metadata("name " + b64(bytes([0xFF])), 100)
+    assert odd.values == {"name": "\ufffd"} and odd.raw == "name /w=="
+    assert odd.filename == "\ufffd"  # "name" stands in for "filename" (Uppy)
+
+
+def test_keys_without_values_and_spaces_around_pairs() -> None:
+    assert tus.parse_metadata("na,me YQ==", 100).values == {"na": "", "me": "a"}
+    assert tus.parse_metadata(" a  YQ== ,  b ", 100).values == {"a": "a", "b": ""}
+
+
+@pytest.mark.parametrize("header", [None, "", "   "])
+def test_no_metadata(header: str | None) -> None:
+    meta = tus.parse_metadata(header, 10)
+    assert meta.raw is None and meta.values == {} and meta.filename is None
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("name a", "not Base64"),  # bad padding
+        ("name YQ", "not Base64"),
+        ("name Y!==", "not Base64"),
+        ("name YQ== YQ==", "not Base64"),  # a third part
+        (",", "unique"),  # two empty keys
+        (",name YQ==", "unique"),  # empty key
+        ("name YQ==,", "unique"),
+        ("name YQ==,name Yg==", "unique"),  # duplicate
+        ("n\u00e4me YQ==", "unique"),  # not ASCII
+        ("na\tme YQ==", "unique"),  # control character
+    ],
+)
+def test_bad_metadata_gets_400(header: str, message: str) -> None:
+    with pytest.raises(TusError) as exc:
+        tus.parse_metadata(header, 100)
+    assert exc.value.status == 400
+    assert message in exc.value.message
+
+
+def test_metadata_length_bound() -> None:
+    header = f"k {b64('x' * 30)}"
+    assert tus.parse_metadata(header, len(header)).values == {"k": "x" * 30}
+    with pytest.raises(TusError) as exc:
+        tus.parse_metadata(header, len(header) - 1)
+    assert exc.value.status == 400 and "too long" in exc.value.message
+
+
+# -- Upload-Checksum -------------------------------------------------------------------------
+
+
+def test_checksum_forms() -> None:
+    digest = hashlib.sha1(b"hello").digest()
+    assert tus.parse_checksum({}) is None
+    for header in (f"sha1 {b64(digest)}", f"  sha1 {b64(digest)}  ", f"sha1  {b64(digest)}"):
+        checksum = tus.parse_checksum({"upload-checksum": header})
+        assert checksum == tus.Checksum("sha1", digest)
+    checksum = tus.parse_checksum({"Upload-Checksum": f"sha1 {b64(digest)}"})
+    assert checksum is not None
+    hasher = checksum.hasher()
+    hasher.update(b"hel")
+    hasher.update(b"lo")
+    checksum.verify(hasher.digest())  # matches: no error
+    with pytest.raises(TusError) as exc:
+        checksum.verify(hashlib.sha1(b"hellO").digest())
+    assert exc.value.status == 460 and exc.value.message == "Checksum Mismatch"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("crc32 AAAAAA==", "Unsupported checksum algorithm; use sha1,sha256,sha512,md5."),
+        ("SHA1 AAAAAA==", "Unsupported checksum algorithm"),  # names are lower case
+        ("sha1 AAA", "not Base64"),
+        ("sha1 AA AA", "not Base64"),
+        ("", "Unsupported checksum algorithm"),
+    ],
+)
+def test_bad_checksum_header_gets_400(header: str, message: str) -> None:
+    with pytest.raises(TusError) as exc:
+        tus.parse_checksum({"Upload-Checksum": header})
+    assert exc.value.status == 400 and message in exc.value.message
+
+
+def test_empty_digest_parses_and_mismatches() -> None:
+    # "sha1" and "sha1 " decode to b"": accepted as a header, refused by the body's digest.
+    checksum = tus.parse_checksum({"Upload-Checksum": "sha1 "})
+    assert checksum == tus.Checksum("sha1", b"") == tus.parse_checksum({"Upload-Checksum": "sha1"})
+    with pytest.raises(TusError) as exc:
+        checksum.verify(hashlib.sha1(b"").digest())
+    assert exc.value.status == 460
+
+
+# -- creation --------------------------------------------------------------------------------
+
+
+def creation(**headers: str) -> tus.Creation:
+    return tus.parse_creation({**V, **headers}, max_size=100, max_metadata_length=50)
+
+
+def test_creation_lengths() -> None:
+    assert creation(**{"Upload-Length": "0"}).length == 0
+    assert creation(**{"upload-length": "100"}).length == 100  # max_size itself fits
+    assert creation(**{"Upload-Length": "007"}).length == 7
+    with pytest.raises(TusError) as exc:
+        creation(**{"Upload-Length": "101"})
+    assert exc.value.status == 413 and "at most 100 bytes" in exc.value.message
+    for bad in ("", "-1", "+1", "1.0", "1e3", " 1", "x", "9" * 19):
+        with pytest.raises(TusError) as exc:
+            creation(**{"Upload-Length": bad})
+        assert exc.value.status == 400, bad
+    with pytest.raises(TusError) as exc:
+        tus.parse_creation(V, max_size=100, max_metadata_length=50)
+    assert exc.value.status == 400 and "Upload-Length" in exc.value.message
+
+
+def test_creation_refuses_deferred_length() -> None:
+    for headers in (
+        {"Upload-Defer-Length": "1"},
+        {"upload-defer-length": "1", "Upload-Length": "5"},
+    ):
+        with pytest.raises(TusError) as exc:
+            creation(**headers)
+        assert exc.value.status == 400 and "Deferred" in exc.value.message
+
+
+def test_creation_metadata() -> None:
+    made = creation(**{"Upload-Length": "3", "Upload-Metadata": f"filename {b64('a.txt')}"})
+    assert made == tus.Creation(3, tus.Metadata(f"filename {b64('a.txt')}", {"filename": "a.txt"}))
+    with pytest.raises(TusError) as exc:  # longer than max_metadata_length
+        creation(**{"Upload-Length": "3", "Upload-Metadata": f"filename {b64('a' * 40)}"})
+    assert exc.value.status == 400
+
+
+def test_body_and_content_type() -> None:
+    assert not tus.has_body({})
+    assert not tus.has_body({"Content-Length": "0"})
+    assert not tus.has_body({"Content-Length": "junk"})
+    assert tus.has_body({"content-length": "1"})
+    assert tus.has_body({"Transfer-Encoding": "Chunked"})
+    tus.require_offset_type(OFFSET, "Data")
+    tus.require_offset_type({"content-type": "Application/Offset+Octet-Stream; x=1"}, "Data")
+    for headers in ({}, {"Content-Type": "application/octet-stream"}):
+        with pytest.raises(TusError) as exc:
+            tus.require_offset_type(headers, "A creation request with data")
+        assert exc.value.status == 415
+        assert exc.value.message == (
+            "A creation request with data must be application/offset+octet-stream."
+        )
+
+
+# -- PATCH -----------------------------------------------------------------------------------
+
+
+def test_patch_offsets_and_bounds() -> None:
+    patch = tus.parse_patch({**OFFSET, "Upload-Offset": "4", "Content-Length": "6"})
+    assert patch == tus.Patch(4, 6, None)
+    patch.check_fits(10)  # ends exactly at Upload-Length
+    with pytest.raises(TusError) as exc:
+        patch.check_fits(9)
+    assert exc.value.status == 413
+    # Chunked: the length is not known before the body is read.
+    chunked = tus.parse_patch({**OFFSET, "Upload-Offset": "0", "Transfer-Encoding": "chunked"})
+    assert chunked.content_length is None
+    chunked.check_fits(0)
+    for bad in ("", "-1", "1.5", "0x10", "9" * 19):
+        with pytest.raises(TusError) as exc:
+            tus.parse_patch({**OFFSET, "Upload-Offset": bad})
+        assert exc.value.status == 400 and "Upload-Offset" in exc.value.message
+    with pytest.raises(TusError) as exc:
+        tus.parse_patch({"Upload-Offset": "0", "Content-Type": "text/plain"})
+    assert exc.value.status == 415
+    digest = hashlib.md5(b"").digest()
+    with_sum = tus.parse_patch(
+        {**OFFSET, "Upload-Offset": "0", "Upload-Checksum": f"md5 {b64(digest)}"}
+    )
+    assert with_sum.checksum == tus.Checksum("md5", digest)
+
+
+def test_offset_must_match() -> None:
+    tus.check_offset(7, 7)
+    with pytest.raises(TusError) as exc:
+        tus.check_offset(6, 7)
+    assert exc.value.status == 409 and exc.value.headers == {"Upload-Offset": "7"}
+
+
+def test_refusals() -> None:
+    answers = {
+        tus.not_found(): 404,
+        tus.gone("The upload has expired."): 410,
+        tus.cancelled(): 410,
+        tus.locked(): 423,
+        tus.past_length(): 413,
+        tus.body_ended_early(): 400,
+    }
+    for error, status in answers.items():
+        assert isinstance(error, TusError) and error.status == status and error.message
+    assert tus.cancelled().headers == {"Connection": "close"}
+    assert tus.gone("x").headers == {}
+
+
+def test_protocol_imports_no_server_interface() -> None:
+    """The ASGI shell will reuse the module: it imports no server interface, only
+    werkzeug's sans-IO parts and the exceptions.  (Its own imports are read: importing
+    it runs ``uploadmeter/__init__``, which loads the WSGI shell anyway.)"""
+    source = pathlib.Path(tus.__file__).read_text()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    allowed_werkzeug = {"werkzeug.datastructures", "werkzeug.http", "werkzeug.sansio.utils"}
+    werkzeug = {name for name in imported if name.startswith("werkzeug")}
+    assert werkzeug <= allowed_werkzeug
+    uploadmeter = {name for name in imported if name.startswith("uploadmeter")}
+    assert uploadmeter == {"uploadmeter.exceptions"}
