@@ -63,13 +63,8 @@ from werkzeug.wrappers import Request, Response
 from uploadmeter.core._context import HasContext, MeterContext
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
-    CANCELLED,
     DONE,
     ERROR,
-    FINISHED,
-    UPLOADING,
-    FieldProgress,
-    UploadRecord,
 )
 from uploadmeter.exceptions import (
     ChunkRefused,
@@ -90,6 +85,7 @@ from uploadmeter.resumable._storage import (
     FileStore,
     is_disk_full,
 )
+from uploadmeter.resumable.chunked._cancel import Cancels, cancelled
 from uploadmeter.resumable.chunked._instant import Completions, InstantUpload
 from uploadmeter.resumable.chunked._layout import Upload
 from uploadmeter.resumable.chunked._merge import join_chunks
@@ -101,6 +97,7 @@ from uploadmeter.resumable.chunked._params import (
     param,
     parse_params,
 )
+from uploadmeter.resumable.chunked._progress import PROGRESS_LOCK_WAIT, write_progress
 from uploadmeter.wsgi._requests import session_of
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
@@ -111,14 +108,6 @@ log = logging.getLogger("uploadmeter")
 
 __all__ = ["ChunkParams", "ChunkUploads"]
 
-# How long a chunk's progress write waits for the upload's lock: far longer than another
-# chunk's write holds it, far shorter than a merge does.
-_PROGRESS_LOCK_WAIT = 1.0
-
-
-def _cancelled() -> ChunkRefused:
-    return ChunkRefused("cancelled", "The upload was cancelled.")
-
 
 def _as_refusal(exc: Exception) -> ChunkRefused:
     """The answer to a chunk request that raised ``exc``: every error response is built
@@ -126,7 +115,7 @@ def _as_refusal(exc: Exception) -> ChunkRefused:
     if isinstance(exc, ChunkRefused):
         return exc
     if isinstance(exc, ProcessingCancelled):
-        return _cancelled()
+        return cancelled()
     if isinstance(exc, (StoreError, LockTimeout, LockLost)):
         log.warning("uploadmeter: chunk request deferred: %s", exc)
         return ChunkRefused(
@@ -194,6 +183,7 @@ class ChunkUploads(ResumableEndpoint):
             instant_upload=instant_upload,
             hash_identifiers=hash_identifiers,
         )
+        self.cancels = Cancels(self.context, self.files, self.completions)
 
     @property
     def instant_upload(self) -> InstantUpload:
@@ -279,7 +269,7 @@ class ChunkUploads(ResumableEndpoint):
         """Report what is stored; change nothing (only POST and DELETE do)."""
         params = self._params(Request(environ).args, chunk=False)
         up = self._upload(self._session(environ), params.identifier)
-        self._check_cancelled(up, arrived, write=False)
+        self.cancels.check(up, arrived, write=False)
         mark = self.completions.mark(up)
         if mark is not None and self.completions.covers(up, mark, arrived):
             return self._answer(up, params, extra, done=mark)
@@ -309,7 +299,7 @@ class ChunkUploads(ResumableEndpoint):
         # upload costs no disk, and the declared size bounds the read.
         params = self._params(body.parameters(), chunk=True)
         up = self._upload(session, params.identifier)
-        self._check_cancelled(up, arrived)
+        self.cancels.check(up, arrived)
         done = self.completions.done(up, arrived) or self._instant(up, params)
         if done is not None:  # a late duplicate of a finished upload, or an instant upload
             return self._answer(up, params, extra, done=done)
@@ -328,7 +318,7 @@ class ChunkUploads(ResumableEndpoint):
                     f"{params.expected_size(number)}.",
                 )
             up = self._upload(session, params.identifier)
-            self._check_cancelled(up, arrived)
+            self.cancels.check(up, arrived)
             mark = self.completions.mark(up)
             done = mark if mark is not None and self.completions.covers(up, mark, arrived) else None
             done = done or self._instant(up, params)
@@ -340,7 +330,7 @@ class ChunkUploads(ResumableEndpoint):
         if meta is None:  # a late duplicate of a finished upload, or an instant upload
             done = done or self.completions.done(up, arrived) or {}
             return self._answer(up, params, extra, done=done)
-        self._write_progress(up, meta, arrived)
+        write_progress(self.cancels, up, meta, arrived, lock_ttl=self.lock_ttl)
         # Listed after the progress write let go of the lock: if the last chunk's merge
         # found it taken by this write, this request sees every chunk and merges.
         stored = up.stored(meta.total_chunks)
@@ -367,7 +357,7 @@ class ChunkUploads(ResumableEndpoint):
                 # the folder is removed), cancelled or expired.
                 if self.completions.done(up, arrived) is not None:
                     return None
-                self._check_cancelled(up, arrived)
+                self.cancels.check(up, arrived)
         raise ChunkRefused("busy", "The upload changed meanwhile; try again.", status=503)
 
     # -- per-upload state ----------------------------------------------------------------
@@ -381,7 +371,7 @@ class ChunkUploads(ResumableEndpoint):
                     return meta  # a parallel first chunk was quicker
                 if self.completions.done(up, arrived) is not None:
                     return None  # merged since we looked: a late duplicate
-                self._check_cancelled(up, arrived)  # DELETE takes this lock too
+                self.cancels.check(up, arrived)  # DELETE takes this lock too
                 self.files.check_room(up.session, params.total_size, self.session_quota)
                 return up.write_meta(self.files, params)
         except QuotaExceeded as exc:
@@ -389,89 +379,13 @@ class ChunkUploads(ResumableEndpoint):
         except DiskFull:
             raise disk_full() from None
 
-    def _record(self, up: Upload) -> UploadRecord | None:
-        return self.records.load(up.session, up.upload_id, stale=False)
-
-    def _check_cancelled(self, up: Upload, arrived: float, *, write: bool = True) -> None:
-        """Refuse a request of a cancelled upload; let a later attempt start afresh.
-
-        A request the client sent before it learnt of the cancel (it *arrived* before
-        that moment) is refused, so chunks in flight do not bring the upload back.  The
-        client learns at ``DELETE``; after ``{prefix}/cancel`` it learns from the first
-        request refused here.  Requests that arrive later belong to a new attempt.
-        ``write=False`` (a test GET): refuse or let pass the same way, writing nothing.
-        """
-        flagged = self.records.cancel_requested(up.session, up.upload_id)
-        record = self._record(up)
-        if not flagged and (record is None or record.state != CANCELLED):
-            return
-        told = self.store.get(up.told_key)
-        if told is None:
-            if write:
-                self._tell_cancelled(up, record)
-                self._forget(up)
-        elif arrived > float(told):
-            if write:
-                self.records.forget(up.session, up.upload_id)
-                self.store.delete(up.told_key)
-                self.completions.clear_done(up)
-            return
-        raise _cancelled()
-
-    def _tell_cancelled(self, up: Upload, record: UploadRecord | None) -> None:
-        """Mark ``up`` cancelled now: the record, the cancel flag (stops a merge or a
-        processing task at its next write) and the moment the client was told."""
-        # As long as the flag: it tells the requests sent before it from later ones.
-        self.store.set(up.told_key, repr(time.time()), self.records.in_flight_ttl)
-        self.records.cancel(up.session, up.upload_id, record)
-
-    def _forget(self, up: Upload) -> None:
-        """Drop the chunks and the completion mark of ``up``."""
-        self.files.remove_tree(up.directory)
-        self.completions.clear_done(up)
-
-    def _write_progress(self, up: Upload, meta: ChunkParams, arrived: float) -> None:
-        """Record the bytes stored so far.
-
-        Under the upload's lock, waited for briefly.  Another chunk's request holds it for
-        the moment its own write takes; that write may have counted the chunks before
-        this one was stored, so this one must still write after it (skipping it left the
-        bar behind what the server had until the next chunk came).  A merge holds it for
-        long: then this write is dropped, the merge's record being the one that counts.
-        """
-        lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT)
-        try:
-            lock.acquire()
-        except LockTimeout:
-            return
-        with lock:
-            if self.completions.done(up, arrived) is not None or self.records.cancel_requested(
-                up.session, up.upload_id
-            ):
-                return
-            stored = up.stored(meta.total_chunks)
-            record = self._record(up)
-            if record is None or record.state in FINISHED:
-                # The clock starts when the first chunk request arrived, not when its body
-                # was stored: otherwise a few parallel chunks look instantaneous.
-                record = UploadRecord(id=up.upload_id, started_at=arrived)
-            received = sum(meta.expected_size(n) for n in stored)
-            record.state = UPLOADING
-            record.content_length = meta.total_size
-            record.bytes_received = received
-            record.updated_at = time.time()
-            state = DONE if len(stored) == meta.total_chunks else UPLOADING
-            record.fields = [FieldProgress("file", meta.filename, None, received, state)]
-            record.field_count = 1
-            self.records.save(up.session, record)
-
     # -- merge ---------------------------------------------------------------------------
 
     def _wait_for_previous(self, up: Upload) -> None:
         """Before a new upload reuses the identifier of a completed one (not a verified
         hash), let the completing request finish: it removes the old chunks under the
         upload's lock (LockTimeout: 503, the client retries)."""
-        with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT):
+        with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=PROGRESS_LOCK_WAIT):
             pass
 
     def _merge_request(
@@ -480,7 +394,7 @@ class ChunkUploads(ResumableEndpoint):
         session = self._session(environ)  # before a byte of the body
         params = self._params(merge_values(environ), chunk=False)
         up = self._upload(session, params.identifier)
-        self._check_cancelled(up, arrived)
+        self.cancels.check(up, arrived)
         done = self.completions.done(up, arrived) or self._instant(up, params)
         if done is not None:
             return self._answer(up, params, extra, done=done)
@@ -518,8 +432,8 @@ class ChunkUploads(ResumableEndpoint):
                 )
             except (ChunkRefused, ProcessingCancelled, FileNotFoundError) as exc:
                 # A mismatch, or cancelled meanwhile (a DELETE may have taken the chunks).
-                self._forget(up)
-                raise exc if isinstance(exc, ChunkRefused) else _cancelled() from None
+                self.cancels.forget(up)
+                raise exc if isinstance(exc, ChunkRefused) else cancelled() from None
             except BaseException as exc:
                 if is_disk_full(exc):
                     # The record says so; the chunks stay, and the client's retry merges
@@ -612,11 +526,11 @@ class ChunkUploads(ResumableEndpoint):
         # Under the session's lock: a chunk cannot start the upload again meanwhile.
         with self.files.session_lock(self.store, up.session):
             existed = os.path.isdir(up.directory)
-            record = self._record(up)
+            record = self.cancels.record(up)
             if record is None or record.state not in (DONE, ERROR):
                 # Cancel it (again, after {prefix}/cancel: the client knows from now on).
-                self._tell_cancelled(up, record)
-            self._forget(up)
+                self.cancels.tell(up, record)
+            self.cancels.forget(up)
         return json_response({"upload_id": up.upload_id, "deleted": existed}, 200, extra)
 
     # -- answers -------------------------------------------------------------------------
