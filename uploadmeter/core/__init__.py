@@ -3,14 +3,15 @@
 The core knows ids, the progress record and its states, the multipart observer that
 learns field boundaries as bytes pass, the record writer (keys, lifetimes, cancelling:
 the only code that writes records), the tracker that turns bytes into throttled record
-writes, the session policy, the context features are given (:class:`MeterContext`) and
-the store-backed locks.  It does no socket I/O and imports no server interface (WSGI,
-ASGI) and no feature package; the WSGI shell
+writes, the session policy, the limits policy (body sizes and framing), the context
+features are given (:class:`MeterContext`) and the store-backed locks.  It does no socket
+I/O and imports no server interface (WSGI, ASGI) and no feature package; the WSGI shell
 (:mod:`uploadmeter.wsgi`) and the feature packages are built on it.
 """
 
 from uploadmeter.core._context import MeterContext, context_of
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
+from uploadmeter.core._limits import Framing, check_framing
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import (
@@ -46,6 +47,7 @@ __all__ = [
     "UPLOADING",
     "CookieSettings",
     "FieldProgress",
+    "Framing",
     "LockLost",
     "LockTimeout",
     "MeterContext",
@@ -57,6 +59,7 @@ __all__ = [
     "TrackerSettings",
     "UploadRecord",
     "UploadTracker",
+    "check_framing",
     "context_of",
     "valid_upload_id",
 ]

@@ -28,13 +28,14 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_current_url
 
+from uploadmeter.core._limits import SMALL_BODY
 from uploadmeter.downloads import Downloader, Item
 from uploadmeter.exceptions import LinkError, ShareError, StoreError
 from uploadmeter.links._shares import Share, ShareManager
 from uploadmeter.links._signing import LinkSigner, SecretKey
 from uploadmeter.stores._base import ProgressStore
 from uploadmeter.ui import template_environment
-from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
+from uploadmeter.wsgi._endpoints import SmallBodyRequest
 from uploadmeter.wsgi._responses import (
     HTML,
     JSON,

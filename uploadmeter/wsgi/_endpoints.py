@@ -22,6 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from uploadmeter.core._context import MeterContext
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
+from uploadmeter.core._limits import SMALL_BODY, SMALL_BODY_PARTS
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
 from uploadmeter.core._records import TOO_LATE_TO_CANCEL
 from uploadmeter.exceptions import StoreError
@@ -30,10 +31,6 @@ from uploadmeter.wsgi._responses import JSON, NO_STORE, error_response, json_res
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-# A body of a few parameters (a merge request, a share's code form): a few KB.  Also room
-# for a relativePath of 4096 bytes, percent-encoded.
-SMALL_BODY = 32 * 1024
 
 
 class SmallBodyRequest(Request):
@@ -47,7 +44,7 @@ class SmallBodyRequest(Request):
 
     max_content_length = SMALL_BODY
     max_form_memory_size = SMALL_BODY
-    max_form_parts = 64
+    max_form_parts = SMALL_BODY_PARTS
 
     def load_body(self) -> None:
         """Read the body, into ``form`` (a form) or ``get_data()`` (anything else)."""

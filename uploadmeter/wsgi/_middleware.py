@@ -20,6 +20,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from uploadmeter.core._context import MeterContext
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
+from uploadmeter.core._limits import TOO_LARGE, check_framing
 from uploadmeter.core._observer import MultipartObserver
 from uploadmeter.core._record import DONE, ERROR, FINISHED, PROCESSING, UploadRecord
 from uploadmeter.core._records import Records
@@ -261,24 +262,23 @@ class UploadMeterMiddleware:
     # -- uploads -------------------------------------------------------------------------
 
     def _upload(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if "HTTP_TRANSFER_ENCODING" in environ and environ.get("CONTENT_LENGTH"):
-            # Two framings (RFC 9112 6.1): the length the limit and the record would trust
-            # is not the body the server reads.
-            response = error_response(environ, 400, _CONFLICTING_FRAMING)
+        framing = check_framing(
+            environ.get("CONTENT_LENGTH"),
+            environ.get("HTTP_TRANSFER_ENCODING"),
+            self.max_content_length,
+        )
+        if framing.status == 400:
+            response = error_response(environ, 400, framing.message)
             response.headers["Connection"] = "close"
             return response(environ, start_response)
-        length = _content_length(environ)
+        length = framing.length
         upload_id = requested_upload_id(environ)
-        too_large = (
-            self.max_content_length is not None
-            and length is not None
-            and length > self.max_content_length
-        )
+        too_large = framing.status == 413
         if upload_id is None:
             if too_large:
                 return self._too_large(environ)(environ, start_response)
-            if length is None and self.max_content_length is not None:
-                return self._capped(environ, start_response, self.max_content_length)
+            if framing.cap is not None:
+                return self._capped(environ, start_response, framing.cap)
             return self.app(environ, start_response)
         if not valid_upload_id(upload_id):
             return error_response(environ, 400, INVALID_ID_MESSAGE)(environ, start_response)
@@ -297,14 +297,14 @@ class UploadMeterMiddleware:
                 environ, 409, "An upload with this id is already in progress.", extra
             )(environ, start_response)
         if too_large:
-            tracker.finish(ERROR, {"status": 413, "message": _TOO_LARGE})
+            tracker.finish(ERROR, {"status": 413, "message": TOO_LARGE})
             return self._too_large(environ, extra)(environ, start_response)
 
         stream = MeteredInput(
             environ["wsgi.input"],
             tracker,
             content_length=length,
-            limit=self.max_content_length if length is None else None,
+            limit=framing.cap,
             update_interval=self.settings.update_interval,
         )
         environ["wsgi.input"] = stream
@@ -341,14 +341,10 @@ class UploadMeterMiddleware:
     def _too_large(
         self, environ: WSGIEnvironment, extra: list[tuple[str, str]] | None = None
     ) -> Response:
-        response = error_response(environ, 413, _TOO_LARGE, extra or [])
+        response = error_response(environ, 413, TOO_LARGE, extra or [])
         # The body is not read; tell the client the connection will not be reused.
         response.headers["Connection"] = "close"
         return response
-
-
-_TOO_LARGE = "The upload is larger than this server accepts."
-_CONFLICTING_FRAMING = "The request has both Content-Length and Transfer-Encoding."
 
 
 def _finish(
@@ -398,17 +394,6 @@ def _finish(
     else:
         message = "The application answered before reading the whole upload."
         tracker.finish(ERROR, {"status": status, "message": message})
-
-
-def _content_length(environ: WSGIEnvironment) -> int | None:
-    value = environ.get("CONTENT_LENGTH")
-    if not value:
-        return None
-    try:
-        length = int(value)
-    except ValueError:
-        return None
-    return length if length >= 0 else None
 
 
 def _observer_for(content_type: str, max_fields: int) -> MultipartObserver | None:

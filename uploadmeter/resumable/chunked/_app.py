@@ -51,30 +51,20 @@ attempt with the same identifier starts afresh.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter.core._context import HasContext, MeterContext
-from uploadmeter.core._ids import valid_upload_id
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
-    CANCELLED,
     DONE,
     ERROR,
-    FINISHED,
-    UPLOADING,
-    FieldProgress,
-    UploadRecord,
 )
 from uploadmeter.exceptions import (
     ChunkRefused,
@@ -91,14 +81,15 @@ from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
-    Digests,
     FileInfo,
     FileStore,
-    digest_name,
     is_disk_full,
 )
+from uploadmeter.resumable.chunked._cancel import Cancels, cancelled
+from uploadmeter.resumable.chunked._instant import Completions, InstantUpload
+from uploadmeter.resumable.chunked._layout import Upload
+from uploadmeter.resumable.chunked._merge import join_chunks
 from uploadmeter.resumable.chunked._params import (
-    SHA256,
     ChunkBody,
     ChunkParams,
     disk_full,
@@ -106,6 +97,7 @@ from uploadmeter.resumable.chunked._params import (
     param,
     parse_params,
 )
+from uploadmeter.resumable.chunked._progress import PROGRESS_LOCK_WAIT, write_progress
 from uploadmeter.wsgi._requests import session_of
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
@@ -116,26 +108,6 @@ log = logging.getLogger("uploadmeter")
 
 __all__ = ["ChunkParams", "ChunkUploads"]
 
-_MD5 = re.compile(r"[0-9a-fA-F]{32}")
-_CHUNK_FILE = re.compile(r"(\d{1,9})\.chunk")
-# How long a chunk's progress write waits for the upload's lock: far longer than another
-# chunk's write holds it, far shorter than a merge does.
-_PROGRESS_LOCK_WAIT = 1.0
-# What meta.json keeps of the first chunk's parameters: the file, not one chunk.
-_META_FIELDS = (
-    "identifier",
-    "filename",
-    "relative_path",
-    "total_size",
-    "chunk_size",
-    "total_chunks",
-    "sha256",
-)
-
-
-def _cancelled() -> ChunkRefused:
-    return ChunkRefused("cancelled", "The upload was cancelled.")
-
 
 def _as_refusal(exc: Exception) -> ChunkRefused:
     """The answer to a chunk request that raised ``exc``: every error response is built
@@ -143,7 +115,7 @@ def _as_refusal(exc: Exception) -> ChunkRefused:
     if isinstance(exc, ChunkRefused):
         return exc
     if isinstance(exc, ProcessingCancelled):
-        return _cancelled()
+        return cancelled()
     if isinstance(exc, (StoreError, LockTimeout, LockLost)):
         log.warning("uploadmeter: chunk request deferred: %s", exc)
         return ChunkRefused(
@@ -154,46 +126,6 @@ def _as_refusal(exc: Exception) -> ChunkRefused:
         return disk_full()
     log.exception("uploadmeter: chunk request failed")
     return ChunkRefused("server_error", "The server failed.", status=500)
-
-
-@dataclass(frozen=True)
-class _Upload:
-    """Where one upload of one session lives: its folder and its keys in the store."""
-
-    session: str
-    identifier: str
-    upload_id: str
-    directory: str
-    key: str
-
-    def chunk_path(self, number: int) -> str:
-        return os.path.join(self.directory, f"{number}.chunk")
-
-    @property
-    def meta_path(self) -> str:
-        return os.path.join(self.directory, "meta.json")
-
-    @property
-    def done_key(self) -> str:
-        return "chunks-done:" + self.key
-
-    @property
-    def told_key(self) -> str:
-        """When the client learnt of a cancel (the moment a request was refused for it)."""
-        return "chunks-told:" + self.key
-
-    @property
-    def lock_name(self) -> str:
-        return "chunks:" + self.key
-
-    def stored(self, total_chunks: int) -> list[int]:
-        """Chunk numbers on disk, ascending (numerically: 2 before 10)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        numbers = (int(m.group(1)) for m in map(_CHUNK_FILE.fullmatch, names) if m)
-        return sorted(n for n in numbers if 1 <= n <= total_chunks)
 
 
 class ChunkUploads(ResumableEndpoint):
@@ -234,7 +166,7 @@ class ChunkUploads(ResumableEndpoint):
         max_chunk_size: int = 64 * 1024**2,
         max_chunks: int = 10_000,
         auto_merge: bool = True,
-        instant_upload: Literal["session", "global"] | None = "session",
+        instant_upload: InstantUpload = "session",
         hash_identifiers: bool = True,
         file_field: str = "file",
         lock_ttl: float = 30.0,
@@ -244,9 +176,22 @@ class ChunkUploads(ResumableEndpoint):
         self.max_chunk_size = max_chunk_size
         self.max_chunks = max_chunks
         self.auto_merge = auto_merge
-        self.instant_upload = instant_upload
-        self.hash_identifiers = hash_identifiers
         self.file_field = file_field
+        self.completions = Completions(
+            self.context,
+            self.files,
+            instant_upload=instant_upload,
+            hash_identifiers=hash_identifiers,
+        )
+        self.cancels = Cancels(self.context, self.files, self.completions)
+
+    @property
+    def instant_upload(self) -> InstantUpload:
+        return self.completions.instant_upload
+
+    @property
+    def hash_identifiers(self) -> bool:
+        return self.completions.hash_identifiers
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -304,15 +249,8 @@ class ChunkUploads(ResumableEndpoint):
             )
         return session
 
-    def _upload(self, session: str, identifier: str) -> _Upload:
-        key = digest_name("chunks", session, identifier)
-        return _Upload(
-            session=session,
-            identifier=identifier,
-            upload_id=identifier if valid_upload_id(identifier) else "chunks-" + key[:32],
-            directory=self.files.upload_dir("partial", session, key),
-            key=key,
-        )
+    def _upload(self, session: str, identifier: str) -> Upload:
+        return Upload.of(self.files, session, identifier)
 
     def _params(self, values: MultiDict[str, str], *, chunk: bool) -> ChunkParams:
         return parse_params(
@@ -331,12 +269,12 @@ class ChunkUploads(ResumableEndpoint):
         """Report what is stored; change nothing (only POST and DELETE do)."""
         params = self._params(Request(environ).args, chunk=False)
         up = self._upload(self._session(environ), params.identifier)
-        self._check_cancelled(up, arrived, write=False)
-        mark = self._done_mark(up)
-        if mark is not None and self._covers(up, mark, arrived):
+        self.cancels.check(up, arrived, write=False)
+        mark = self.completions.mark(up)
+        if mark is not None and self.completions.covers(up, mark, arrived):
             return self._answer(up, params, extra, done=mark)
         # The chunks of a finished upload whose folder is not removed yet are not this one's.
-        meta = self._read_meta(up, newer_than=None if mark is None else mark.get("at", 0.0))
+        meta = up.read_meta(self.files, newer_than=None if mark is None else mark.get("at", 0.0))
         stored: list[int] = []
         if meta is not None:
             _check_same_split(meta, params)
@@ -361,8 +299,8 @@ class ChunkUploads(ResumableEndpoint):
         # upload costs no disk, and the declared size bounds the read.
         params = self._params(body.parameters(), chunk=True)
         up = self._upload(session, params.identifier)
-        self._check_cancelled(up, arrived)
-        done = self._done(up, arrived) or self._instant(up, params)
+        self.cancels.check(up, arrived)
+        done = self.completions.done(up, arrived) or self._instant(up, params)
         if done is not None:  # a late duplicate of a finished upload, or an instant upload
             return self._answer(up, params, extra, done=done)
         assert params.chunk_number is not None
@@ -380,9 +318,9 @@ class ChunkUploads(ResumableEndpoint):
                     f"{params.expected_size(number)}.",
                 )
             up = self._upload(session, params.identifier)
-            self._check_cancelled(up, arrived)
-            mark = self._done_mark(up)
-            done = mark if mark is not None and self._covers(up, mark, arrived) else None
+            self.cancels.check(up, arrived)
+            mark = self.completions.mark(up)
+            done = mark if mark is not None and self.completions.covers(up, mark, arrived) else None
             done = done or self._instant(up, params)
             if done is None and mark is not None:
                 self._wait_for_previous(up)
@@ -390,8 +328,9 @@ class ChunkUploads(ResumableEndpoint):
         finally:
             self.files.discard(received)  # a no-op once the chunk was renamed into place
         if meta is None:  # a late duplicate of a finished upload, or an instant upload
-            return self._answer(up, params, extra, done=done or self._done(up, arrived) or {})
-        self._write_progress(up, meta, arrived)
+            done = done or self.completions.done(up, arrived) or {}
+            return self._answer(up, params, extra, done=done)
+        write_progress(self.cancels, up, meta, arrived, lock_ttl=self.lock_ttl)
         # Listed after the progress write let go of the lock: if the last chunk's merge
         # found it taken by this write, this request sees every chunk and merges.
         stored = up.stored(meta.total_chunks)
@@ -400,13 +339,13 @@ class ChunkUploads(ResumableEndpoint):
         return self._answer(up, params, extra, stored)
 
     def _store_chunk(
-        self, up: _Upload, params: ChunkParams, received: str, arrived: float
+        self, up: Upload, params: ChunkParams, received: str, arrived: float
     ) -> ChunkParams | None:
         """Rename a received chunk into place; return the upload's declared sizes, or
         ``None`` when the upload was merged meanwhile (a late duplicate)."""
         assert params.chunk_number is not None
         for _ in range(2):
-            meta = self._read_meta(up) or self._create_meta(up, params, arrived)
+            meta = up.read_meta(self.files) or self._create_meta(up, params, arrived)
             if meta is None:
                 return None
             _check_same_split(meta, params)
@@ -416,159 +355,38 @@ class ChunkUploads(ResumableEndpoint):
             except FileNotFoundError:
                 # The folder went away meanwhile: merged (the done mark is written before
                 # the folder is removed), cancelled or expired.
-                if self._done(up, arrived) is not None:
+                if self.completions.done(up, arrived) is not None:
                     return None
-                self._check_cancelled(up, arrived)
+                self.cancels.check(up, arrived)
         raise ChunkRefused("busy", "The upload changed meanwhile; try again.", status=503)
 
     # -- per-upload state ----------------------------------------------------------------
 
-    def _read_meta(self, up: _Upload, newer_than: float | None = None) -> ChunkParams | None:
-        """The upload's declared file (``meta.json``), or ``None`` before its first chunk
-        (or when it was created before ``newer_than``)."""
-        data = self.files.read_json(up.meta_path)
-        if data is None:
-            return None
-        if newer_than is not None and float(data.get("created", 0.0)) <= newer_than:
-            return None
-        fields: dict[str, Any] = {name: data.get(name) for name in _META_FIELDS}
-        return ChunkParams(**fields, chunk_number=None, current_chunk_size=None)
-
-    def _create_meta(self, up: _Upload, params: ChunkParams, arrived: float) -> ChunkParams | None:
+    def _create_meta(self, up: Upload, params: ChunkParams, arrived: float) -> ChunkParams | None:
         """Start an upload on its first chunk (quota checked).  ``None`` if it was merged."""
         try:
             with self.files.session_lock(self.store, up.session):
-                meta = self._read_meta(up)
+                meta = up.read_meta(self.files)
                 if meta is not None:
                     return meta  # a parallel first chunk was quicker
-                if self._done(up, arrived) is not None:
+                if self.completions.done(up, arrived) is not None:
                     return None  # merged since we looked: a late duplicate
-                self._check_cancelled(up, arrived)  # DELETE takes this lock too
+                self.cancels.check(up, arrived)  # DELETE takes this lock too
                 self.files.check_room(up.session, params.total_size, self.session_quota)
-                os.makedirs(up.directory, exist_ok=True)
-                data = {name: getattr(params, name) for name in _META_FIELDS}
-                self.files.write_json(up.meta_path, dict(data, created=time.time()))
-                return dataclasses.replace(params, chunk_number=None, current_chunk_size=None)
+                return up.write_meta(self.files, params)
         except QuotaExceeded as exc:
             raise ChunkRefused("quota", str(exc)) from None
         except DiskFull:
             raise disk_full() from None
 
-    def _record(self, up: _Upload) -> UploadRecord | None:
-        return self.records.load(up.session, up.upload_id, stale=False)
-
-    def _check_cancelled(self, up: _Upload, arrived: float, *, write: bool = True) -> None:
-        """Refuse a request of a cancelled upload; let a later attempt start afresh.
-
-        A request the client sent before it learnt of the cancel (it *arrived* before
-        that moment) is refused, so chunks in flight do not bring the upload back.  The
-        client learns at ``DELETE``; after ``{prefix}/cancel`` it learns from the first
-        request refused here.  Requests that arrive later belong to a new attempt.
-        ``write=False`` (a test GET): refuse or let pass the same way, writing nothing.
-        """
-        flagged = self.records.cancel_requested(up.session, up.upload_id)
-        record = self._record(up)
-        if not flagged and (record is None or record.state != CANCELLED):
-            return
-        told = self.store.get(up.told_key)
-        if told is None:
-            if write:
-                self._tell_cancelled(up, record)
-                self._forget(up)
-        elif arrived > float(told):
-            if write:
-                self.records.forget(up.session, up.upload_id)
-                for key in (up.told_key, up.done_key):
-                    self.store.delete(key)
-            return
-        raise _cancelled()
-
-    def _tell_cancelled(self, up: _Upload, record: UploadRecord | None) -> None:
-        """Mark ``up`` cancelled now: the record, the cancel flag (stops a merge or a
-        processing task at its next write) and the moment the client was told."""
-        # As long as the flag: it tells the requests sent before it from later ones.
-        self.store.set(up.told_key, repr(time.time()), self.records.in_flight_ttl)
-        self.records.cancel(up.session, up.upload_id, record)
-
-    def _forget(self, up: _Upload) -> None:
-        """Drop the chunks and the completion mark of ``up``."""
-        self.files.remove_tree(up.directory)
-        self.store.delete(up.done_key)
-
-    def _write_progress(self, up: _Upload, meta: ChunkParams, arrived: float) -> None:
-        """Record the bytes stored so far.
-
-        Under the upload's lock, waited for briefly.  Another chunk's request holds it for
-        the moment its own write takes; that write may have counted the chunks before
-        this one was stored, so this one must still write after it (skipping it left the
-        bar behind what the server had until the next chunk came).  A merge holds it for
-        long: then this write is dropped, the merge's record being the one that counts.
-        """
-        lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT)
-        try:
-            lock.acquire()
-        except LockTimeout:
-            return
-        with lock:
-            if self._done(up, arrived) is not None or self.records.cancel_requested(
-                up.session, up.upload_id
-            ):
-                return
-            stored = up.stored(meta.total_chunks)
-            record = self._record(up)
-            if record is None or record.state in FINISHED:
-                # The clock starts when the first chunk request arrived, not when its body
-                # was stored: otherwise a few parallel chunks look instantaneous.
-                record = UploadRecord(id=up.upload_id, started_at=arrived)
-            received = sum(meta.expected_size(n) for n in stored)
-            record.state = UPLOADING
-            record.content_length = meta.total_size
-            record.bytes_received = received
-            record.updated_at = time.time()
-            state = DONE if len(stored) == meta.total_chunks else UPLOADING
-            record.fields = [FieldProgress("file", meta.filename, None, received, state)]
-            record.field_count = 1
-            self.records.save(up.session, record)
-
     # -- merge ---------------------------------------------------------------------------
 
-    def _done_mark(self, up: _Upload) -> dict[str, Any] | None:
-        """The completion mark of ``up``: ``{"upload_id", "result", "at"}``."""
-        text = self.store.get(up.done_key)
-        return None if text is None else dict(json.loads(text))
-
-    def _covers(self, up: _Upload, mark: dict[str, Any], arrived: float | None) -> bool:
-        """Whether a request that ``arrived`` then belongs to the completed upload.
-
-        A verified hash is that file whenever it comes back.  Another identifier names one
-        upload: a request that arrived after it completed is a new upload (an edited file
-        of the same name and size), one that arrived before is a late duplicate.
-        """
-        if arrived is None or self._hash_kind(up.identifier) is not None:
-            return True
-        return arrived <= float(mark.get("at", 0.0))
-
-    def _done(self, up: _Upload, arrived: float | None = None) -> dict[str, Any] | None:
-        """The completion mark, if the request that ``arrived`` then belongs to it."""
-        mark = self._done_mark(up)
-        return mark if mark is not None and self._covers(up, mark, arrived) else None
-
-    def _wait_for_previous(self, up: _Upload) -> None:
+    def _wait_for_previous(self, up: Upload) -> None:
         """Before a new upload reuses the identifier of a completed one (not a verified
         hash), let the completing request finish: it removes the old chunks under the
         upload's lock (LockTimeout: 503, the client retries)."""
-        with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=_PROGRESS_LOCK_WAIT):
+        with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=PROGRESS_LOCK_WAIT):
             pass
-
-    def _hash_kind(self, identifier: str) -> Literal["md5", "sha256"] | None:
-        """``"md5"``/``"sha256"`` when the merge verifies ``identifier`` as that hash."""
-        if not self.hash_identifiers:
-            return None
-        if _MD5.fullmatch(identifier):
-            return "md5"
-        if SHA256.fullmatch(identifier):
-            return "sha256"
-        return None
 
     def _merge_request(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
@@ -576,11 +394,11 @@ class ChunkUploads(ResumableEndpoint):
         session = self._session(environ)  # before a byte of the body
         params = self._params(merge_values(environ), chunk=False)
         up = self._upload(session, params.identifier)
-        self._check_cancelled(up, arrived)
-        done = self._done(up, arrived) or self._instant(up, params)
+        self.cancels.check(up, arrived)
+        done = self.completions.done(up, arrived) or self._instant(up, params)
         if done is not None:
             return self._answer(up, params, extra, done=done)
-        meta = self._read_meta(up)
+        meta = up.read_meta(self.files)
         if meta is None:
             raise ChunkRefused("not_found", "No such upload (it may have expired).", status=404)
         missing = sorted(set(meta.numbers) - set(up.stored(meta.total_chunks)))
@@ -591,7 +409,7 @@ class ChunkUploads(ResumableEndpoint):
         return self._merge(up, meta, extra, arrived)
 
     def _merge(
-        self, up: _Upload, meta: ChunkParams, extra: list[tuple[str, str]], arrived: float
+        self, up: Upload, meta: ChunkParams, extra: list[tuple[str, str]], arrived: float
     ) -> Response:
         lock = StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=0)
         if not lock.try_acquire():
@@ -601,30 +419,22 @@ class ChunkUploads(ResumableEndpoint):
             body["merging"] = True
             return json_response(body, 200, extra)
         with lock:
-            done = self._done(up, arrived)
+            done = self.completions.done(up, arrived)
             if done is not None:
                 return self._answer(up, meta, extra, done=done)
             stored = up.stored(meta.total_chunks)
             if len(stored) != meta.total_chunks:
                 return self._answer(up, meta, extra, stored)
             task = self.start_task(up.session, up.upload_id, "merging", meta.total_size)
-            temp, out = self.files.temp_file()
             try:
-                with out:
-                    chunks = (up.chunk_path(n) for n in meta.numbers)
-                    digests = self.hash_files(task, lock, chunks, out)
-                problem = self._verify(meta, digests)
-                if problem is not None:
-                    task.fail(problem, 415)
-                    raise ChunkRefused("checksum_mismatch", problem)
-                path, created = self.files.adopt(temp, digests.sha256)
+                path, created, digests = join_chunks(
+                    self, up, meta, task, lock, hash_identifiers=self.hash_identifiers
+                )
             except (ChunkRefused, ProcessingCancelled, FileNotFoundError) as exc:
                 # A mismatch, or cancelled meanwhile (a DELETE may have taken the chunks).
-                self.files.discard(temp)
-                self._forget(up)
-                raise exc if isinstance(exc, ChunkRefused) else _cancelled() from None
+                self.cancels.forget(up)
+                raise exc if isinstance(exc, ChunkRefused) else cancelled() from None
             except BaseException as exc:
-                self.files.discard(temp)
                 if is_disk_full(exc):
                     # The record says so; the chunks stay, and the client's retry merges
                     # again once space returns.
@@ -649,21 +459,8 @@ class ChunkUploads(ResumableEndpoint):
                 self.files.remove_tree(up.directory)
             return self._answer(up, meta, extra, done=done)
 
-    def _verify(self, meta: ChunkParams, digests: Digests) -> str | None:
-        if digests.size != meta.total_size:
-            return f"The merged file has {digests.size} bytes, not {meta.total_size}."
-        if meta.sha256 and meta.sha256 != digests.sha256:
-            return "The merged file does not match its declared SHA-256; upload it again."
-        if self.hash_identifiers:
-            ident = meta.identifier
-            if _MD5.fullmatch(ident) and ident.lower() != digests.md5:
-                return "The merged file does not match its MD5 identifier; upload it again."
-            if SHA256.fullmatch(ident) and ident.lower() != digests.sha256:
-                return "The merged file does not match its SHA-256 identifier; upload it again."
-        return None
-
     def _complete(
-        self, up: _Upload, info: FileInfo, task: ProcessingTask, *, new_file: bool
+        self, up: Upload, info: FileInfo, task: ProcessingTask, *, new_file: bool
     ) -> dict[str, Any]:
         """Hand the file to the app, remember it, and end (or hand over) the record."""
         # "at": requests that arrive later may be a new upload (see _covers).
@@ -671,10 +468,7 @@ class ChunkUploads(ResumableEndpoint):
 
         def mark_done(result: dict[str, Any] | None) -> None:
             done["result"] = result
-            # As long as the finished record.
-            self.store.set(
-                up.done_key, json.dumps(done, ensure_ascii=False), self.records.finished_ttl
-            )
+            self.completions.set_done(up, done)
 
         # Marked before the hook runs: however long it takes (the merge lock may expire),
         # a late chunk or test request finds the upload complete instead of merging again.
@@ -682,55 +476,27 @@ class ChunkUploads(ResumableEndpoint):
         try:
             self.hand_over(info, task, mark_done, new_file=new_file)
         except (UploadRejected, CompletionFailed) as exc:
-            self.store.delete(up.done_key)
+            self.completions.clear_done(up)
             if isinstance(exc, UploadRejected):
                 raise ChunkRefused("rejected", exc.message) from None
             raise ChunkRefused(
                 "server_error", "The server could not take the file.", status=500
             ) from None
-        self._remember(up.session, info)
+        self.completions.remember(up.session, info)
         return done
 
     # -- instant upload ------------------------------------------------------------------
 
-    def _have_key(self, scope: str, algorithm: str, digest: str) -> str:
-        return f"chunks-have:{scope}:{algorithm}:{digest}"
-
-    def _remember(self, session: str, info: FileInfo) -> None:
-        if self.instant_upload is None:
-            return
-        value = json.dumps({"sha256": info.sha256, "md5": info.md5, "size": info.size})
-        keep = self.files.keep_completed
-        ttl = keep if keep is not None else 30 * 24 * 3600.0
-        scope = self.files.session_key(session)
-        self.store.set(self._have_key(scope, "md5", info.md5), value, ttl)
-        self.store.set(self._have_key(scope, "sha256", info.sha256), value, ttl)
-        if self.instant_upload == "global":
-            self.store.set(self._have_key("global", "sha256", info.sha256), value, ttl)
-
-    def _instant(self, up: _Upload, params: ChunkParams) -> dict[str, Any] | None:
+    def _instant(self, up: Upload, params: ChunkParams) -> dict[str, Any] | None:
         """Complete an upload without its bytes when the file is already stored (POST only:
         the first chunk, or ``/merge`` before any chunk)."""
-        kind = self._hash_kind(params.identifier)
-        if self.instant_upload is None or kind is None:
+        stored = self.completions.find(up, params)
+        if stored is None:
             return None
-        ident = params.identifier.lower()
-        scope = self.files.session_key(up.session)
-        keys = [self._have_key(scope, kind, ident)]
-        if kind == "sha256" and self.instant_upload == "global":
-            keys.append(self._have_key("global", "sha256", ident))
-        texts = (self.store.get(key) for key in keys)
-        found = next((json.loads(text) for text in texts if text is not None), None)
-        if found is None or found["size"] != params.total_size:
-            return None
-        if params.sha256 and params.sha256 != found["sha256"]:
-            return None
-        path = self.files.existing(found["sha256"], found["size"])
-        if path is None:
-            return None
+        found, path = stored
         # The first chunks arrive at once: one of them completes the upload.
         with StoreLock(self.store, up.lock_name, ttl=self.lock_ttl, wait=5):
-            done = self._done(up)
+            done = self.completions.done(up)
             if done is not None:
                 return done
             task = self.start_task(up.session, up.upload_id, "instant", 0)
@@ -760,16 +526,16 @@ class ChunkUploads(ResumableEndpoint):
         # Under the session's lock: a chunk cannot start the upload again meanwhile.
         with self.files.session_lock(self.store, up.session):
             existed = os.path.isdir(up.directory)
-            record = self._record(up)
+            record = self.cancels.record(up)
             if record is None or record.state not in (DONE, ERROR):
                 # Cancel it (again, after {prefix}/cancel: the client knows from now on).
-                self._tell_cancelled(up, record)
-            self._forget(up)
+                self.cancels.tell(up, record)
+            self.cancels.forget(up)
         return json_response({"upload_id": up.upload_id, "deleted": existed}, 200, extra)
 
     # -- answers -------------------------------------------------------------------------
 
-    def _body(self, up: _Upload, params: ChunkParams, stored: list[int]) -> dict[str, Any]:
+    def _body(self, up: Upload, params: ChunkParams, stored: list[int]) -> dict[str, Any]:
         return {
             "upload_id": up.upload_id,
             "skipUpload": False,
@@ -783,7 +549,7 @@ class ChunkUploads(ResumableEndpoint):
 
     def _answer(
         self,
-        up: _Upload,
+        up: Upload,
         params: ChunkParams,
         extra: list[tuple[str, str]],
         stored: list[int] | None = None,

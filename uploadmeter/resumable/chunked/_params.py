@@ -34,6 +34,12 @@ from werkzeug.sansio.multipart import (
 from werkzeug.wrappers import Request
 from werkzeug.wsgi import get_content_length, get_input_stream
 
+from uploadmeter.core._limits import (
+    CHUNK_FORM_OVERHEAD,
+    SMALL_BODY,
+    chunk_body_cap,
+    chunk_request_cap,
+)
 from uploadmeter.exceptions import ChunkRefused, InvalidName
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
@@ -43,14 +49,13 @@ from uploadmeter.resumable._storage import (
     clean_relative_path,
     is_disk_full,
 )
-from uploadmeter.wsgi._endpoints import SMALL_BODY, SmallBodyRequest
+from uploadmeter.wsgi._endpoints import SmallBodyRequest
 
 __all__ = ["ChunkBody", "ChunkParams", "disk_full", "merge_values", "param", "parse_params"]
 
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _INT = re.compile(r"\d{1,18}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FORM_OVERHEAD = 64 * 1024  # a multipart chunk's parameters and part headers
 _MAX_PARTS = 32
 _BLOCK = 64 * 1024
 _DECODER_BUFFER = 2 * _BLOCK  # what the decoder may hold at once (a read and its rest)
@@ -192,7 +197,8 @@ class ChunkBody:
     The parameters are the query's when it has them (``method: "octet"`` always, and
     resumable.js's multipart too): then not a byte is read before they are checked.  A
     multipart body without them in the query is read up to its chunk's part (the three
-    clients send the fields first), in memory and within :data:`_FORM_OVERHEAD`.
+    clients send the fields first), in memory and within
+    :data:`~uploadmeter.core._limits.CHUNK_FORM_OVERHEAD`.
     """
 
     def __init__(self, environ: dict[str, Any], *, file_field: str, max_chunk_size: int) -> None:
@@ -204,7 +210,7 @@ class ChunkBody:
         self._declared = get_content_length(environ)
         self._stream = get_input_stream(environ)  # Content-Length or the server's framing
         self._read_bytes = 0
-        self._cap = 2 * max_chunk_size + _FORM_OVERHEAD  # until the chunk's size is known
+        self._cap = chunk_request_cap(max_chunk_size)  # until the chunk's size is known
         self._set_cap(self._cap)
         self._events: Iterator[Event] | None = None
         self._at_chunk = False  # the chunk's part has begun; its data is next
@@ -226,7 +232,7 @@ class ChunkBody:
         """
         ok = False
         with self._reading():
-            self._set_cap(expected + (_FORM_OVERHEAD if self.multipart else 0))
+            self._set_cap(chunk_body_cap(expected, multipart=self.multipart))
             if self.multipart:
                 self._find_chunk()
             path, out = files.temp_file()
@@ -339,7 +345,8 @@ class ChunkBody:
 
     def _fields_until_chunk(self) -> bool:
         """Read parts into :attr:`values` until the chunk's part begins (``True``) or the
-        body ends (``False``).  What is not the chunk is at most :data:`_FORM_OVERHEAD`."""
+        body ends (``False``).  What is not the chunk is at most
+        :data:`~uploadmeter.core._limits.CHUNK_FORM_OVERHEAD`."""
         name = ""
         value: list[bytes] = []
         other = 0
@@ -350,8 +357,8 @@ class ChunkBody:
                 name, value = (event.name if isinstance(event, Field) else ""), []
             elif isinstance(event, Data):
                 other += len(event.data)
-                if other > _FORM_OVERHEAD:
-                    message = f"The form fields may hold at most {_FORM_OVERHEAD} bytes."
+                if other > CHUNK_FORM_OVERHEAD:
+                    message = f"The form fields may hold at most {CHUNK_FORM_OVERHEAD} bytes."
                     raise ChunkRefused("too_large", message, status=413)
                 if name:  # a field (another file part has no name here: not kept)
                     value.append(event.data)
