@@ -6,6 +6,7 @@ threaded server, remote sources come from a second loopback server (download_sup
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -15,6 +16,8 @@ import subprocess
 import threading
 import time
 import tracemalloc
+import urllib.error
+import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -1108,6 +1111,12 @@ def test_streaming_a_large_zip_uses_constant_memory(h: Harness, tmp_path: Path) 
     sampler = threading.Thread(target=sample)
     # Requests of earlier tests must be over: a werkzeug handler whose client went away
     # drains the socket with rfile.read(10_000_000), a 10 MB buffer that is not the zip's.
+    # A connection an earlier test closed may still wait in a server's accept queue, so
+    # one request to each server first: each accepts in order, so once ours is answered
+    # every earlier connection has its handler, and those are waited for.
+    for base in (h.base, h.remote):
+        with contextlib.suppress(urllib.error.HTTPError):  # any answer will do
+            urllib.request.urlopen(base + "/nothing-here").close()
     wait_until(lambda: not request_threads())
     tracemalloc.start()
     sampler.start()

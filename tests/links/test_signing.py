@@ -60,8 +60,10 @@ def test_an_expired_link_is_refused_with_410(store: ProgressStore) -> None:
 
 
 def tampered(token: str) -> list[str]:
-    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
     payload, _, signature = token.rpartition(".")
+    # The signature's first character: all six of its bits are signature (the last one's
+    # low bits are base64 padding, so changing it can leave the token valid).
+    flipped = f"{payload}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
     return [flipped, payload, token + "x", "." + signature, "", "not a token", token[::-1]]
 
 
