@@ -17,16 +17,16 @@ import pytest
 
 from demo_app.views import filesize
 from tests.support.browser_support import (
-    launch_chromium,
     make_file,
     run_demo,
+    running_chromium,
     screenshot,
     sha256_of,
 )
 from tests.support.servers import run_gunicorn, serve_in_thread, wait_until
 from uploadmeter.core import PROCESSING, UploadRecord
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.browser
 
@@ -55,10 +55,8 @@ STAGES_JS = """(id) => ["_stage1", "_stage2", "_stage3", "_error"]
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        chromium = launch_chromium(p)
+    with running_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

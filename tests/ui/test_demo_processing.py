@@ -24,9 +24,9 @@ import pytest
 from tests.support.browser_support import (
     ARTIFACTS,
     Demo,
-    launch_chromium,
     make_file,
     run_demo,
+    running_chromium,
     sha256_of,
 )
 from tests.support.servers import Client, multipart_body, new_upload_id, wait_until
@@ -326,11 +326,8 @@ class ChunkLog:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = launch_chromium(p)
+    with running_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
