@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from uploadmeter.core._config import MIDDLEWARE_SETTINGS, middleware_options
 from uploadmeter.core._context import MeterContext
 from uploadmeter.exceptions import ConfigurationError, MissingDependency
 
@@ -62,23 +63,9 @@ EXTENSION_KEY = "uploadmeter"
 #: ``SECRET_KEY`` (with ``SECRET_KEY_FALLBACKS`` accepted for rotation);
 #: ``MAX_CONTENT_LENGTH`` to the app's ``MAX_CONTENT_LENGTH``.
 CONFIG_DEFAULTS: dict[str, Any] = {
-    "UPLOADMETER_SECRET_KEY": None,
-    "UPLOADMETER_STORE": None,  # URL or ProgressStore; None: SQLite file in the temp dir
-    "UPLOADMETER_PREFIX": "/uploadmeter",
-    "UPLOADMETER_MAX_CONTENT_LENGTH": None,
-    "UPLOADMETER_TTL": 300.0,
-    "UPLOADMETER_UPDATE_INTERVAL": 0.2,
-    "UPLOADMETER_STALE_AFTER": 120.0,
-    "UPLOADMETER_MAX_TRACKED_FIELDS": 256,
+    **{f"UPLOADMETER_{name}": value for name, value in MIDDLEWARE_SETTINGS.items()},
     "UPLOADMETER_POLL_INTERVAL": DEFAULT_POLL_INTERVAL,
     "UPLOADMETER_FIRST_POLL": DEFAULT_FIRST_POLL,
-    "UPLOADMETER_SESSION_ID": None,  # hook(environ) -> str | None, instead of the cookie
-    "UPLOADMETER_COOKIE_NAME": "uploadmeter_session",
-    "UPLOADMETER_COOKIE_PATH": "/",
-    "UPLOADMETER_COOKIE_DOMAIN": None,
-    "UPLOADMETER_COOKIE_SAMESITE": "Lax",
-    "UPLOADMETER_COOKIE_SECURE": None,  # None: Secure when the request came over https
-    "UPLOADMETER_SET_COOKIE_ON_PAGES": True,
     # resolver(target) -> what to download, for signed links (uploadmeter.links); None: off
     "UPLOADMETER_DOWNLOAD_RESOLVER": None,
 }
@@ -119,38 +106,21 @@ class UploadMeter:
             app.config.setdefault(key, value)
         config = app.config
 
-        secret_key = config["UPLOADMETER_SECRET_KEY"]
-        if not secret_key and config.get("SECRET_KEY"):
+        app_key = config.get("SECRET_KEY")
+        options = middleware_options(
+            {
+                key[len("UPLOADMETER_") :]: value
+                for key, value in config.items()
+                if key.startswith("UPLOADMETER_")
+            },
             # Old keys first: itsdangerous signs with the last key and accepts them all.
-            secret_key = [*(config.get("SECRET_KEY_FALLBACKS") or []), config["SECRET_KEY"]]
-        if not secret_key:
-            raise ConfigurationError(
-                "uploadmeter signs its session cookie: set app.config['SECRET_KEY'] "
-                "(or UPLOADMETER_SECRET_KEY) before UploadMeter.init_app(app)."
-            )
-        max_length = config["UPLOADMETER_MAX_CONTENT_LENGTH"]
-        if max_length is None:
-            max_length = config.get("MAX_CONTENT_LENGTH")
-        store: str | ProgressStore | None = config["UPLOADMETER_STORE"]
-
-        middleware = UploadMeterMiddleware(
-            app.wsgi_app,
-            secret_key,
-            store,
-            prefix=config["UPLOADMETER_PREFIX"],
-            max_content_length=max_length,
-            ttl=float(config["UPLOADMETER_TTL"]),
-            update_interval=float(config["UPLOADMETER_UPDATE_INTERVAL"]),
-            stale_after=float(config["UPLOADMETER_STALE_AFTER"]),
-            max_tracked_fields=int(config["UPLOADMETER_MAX_TRACKED_FIELDS"]),
-            session_id=config["UPLOADMETER_SESSION_ID"],
-            cookie_name=config["UPLOADMETER_COOKIE_NAME"],
-            cookie_path=config["UPLOADMETER_COOKIE_PATH"],
-            cookie_domain=config["UPLOADMETER_COOKIE_DOMAIN"],
-            cookie_samesite=config["UPLOADMETER_COOKIE_SAMESITE"],
-            cookie_secure=config["UPLOADMETER_COOKIE_SECURE"],
-            set_cookie_on_pages=bool(config["UPLOADMETER_SET_COOKIE_ON_PAGES"]),
+            secret_keys=[*(config.get("SECRET_KEY_FALLBACKS") or []), app_key] if app_key else None,
+            max_content_length=config.get("MAX_CONTENT_LENGTH"),
+            missing_secret="uploadmeter signs its session cookie: set app.config['SECRET_KEY'] "
+            "(or UPLOADMETER_SECRET_KEY) before UploadMeter.init_app(app).",
         )
+        middleware = UploadMeterMiddleware(app.wsgi_app, **options)
+        secret_key = options["secret_key"]
         app.wsgi_app = middleware  # type: ignore[method-assign]
         state = UploadMeterState(
             meter=self,

@@ -45,12 +45,16 @@ def sha(data: bytes) -> str:
 
 
 def throttled_upload(
-    client: Client, upload_id: str, body: bytes = BODY, ctype: str = CTYPE
+    client: Client,
+    upload_id: str,
+    body: bytes = BODY,
+    ctype: str = CTYPE,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[int, dict[str, str], bytes]]:
     """Send ``body`` in pieces, polling after each until the server has read more."""
     # Also fetches the session cookie.  An id may be reused once its last upload ended.
     assert client.progress(upload_id)["state"] in ("unknown", "done", "error", "cancelled")
-    upload = RawUpload(client, f"/upload?uploadmeter_id={upload_id}", body, ctype)
+    upload = RawUpload(client, f"/upload?uploadmeter_id={upload_id}", body, ctype, headers=headers)
     seen: list[dict[str, Any]] = []
     last = 0
     while upload.sent < len(body):

@@ -7,8 +7,17 @@ Flask apps get the macros through :class:`uploadmeter.flask.UploadMeter`; other 
 from uploadmeter.ui._render import (
     component_settings,
     render_assets,
+    render_chunked_assets,
+    render_chunked_upload,
     render_file_upload,
     template_environment,
 )
 
-__all__ = ["component_settings", "render_assets", "render_file_upload", "template_environment"]
+__all__ = [
+    "component_settings",
+    "render_assets",
+    "render_chunked_assets",
+    "render_chunked_upload",
+    "render_file_upload",
+    "template_environment",
+]

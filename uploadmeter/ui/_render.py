@@ -27,9 +27,17 @@ from markupsafe import Markup
 
 from uploadmeter.core._context import HasContext, MeterContext, context_of
 
-__all__ = ["component_settings", "render_assets", "render_file_upload", "template_environment"]
+__all__ = [
+    "component_settings",
+    "render_assets",
+    "render_chunked_assets",
+    "render_chunked_upload",
+    "render_file_upload",
+    "template_environment",
+]
 
 TEMPLATE = "uploadmeter/macros.html"
+CHUNKED_TEMPLATE = "uploadmeter/chunked.html"
 DEFAULT_PREFIX = "/uploadmeter"
 DEFAULT_POLL_INTERVAL = 0.4  # seconds between polls while uploading (the JSF design's 400 ms)
 DEFAULT_FIRST_POLL = 0.5  # seconds from submit to the first poll (the JSF design's 500 ms)
@@ -91,8 +99,8 @@ def template_environment() -> Environment:
     )
 
 
-def _module(settings: dict[str, Any]) -> Any:
-    template = template_environment().get_template(TEMPLATE)
+def _module(settings: dict[str, Any], name: str = TEMPLATE) -> Any:
+    template = template_environment().get_template(name)
     return template.make_module({"uploadmeter_settings": lambda: settings})
 
 
@@ -168,3 +176,41 @@ def render_assets(
         middleware, prefix, script_name, DEFAULT_POLL_INTERVAL, DEFAULT_FIRST_POLL, None
     )
     return Markup(_module(settings).assets())
+
+
+def render_chunked_upload(
+    id: str,
+    uploader_js: str,
+    *,
+    middleware: MeterContext | HasContext | None = None,
+    prefix: str | None = None,
+    script_name: str = "",
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    **options: Any,
+) -> Markup:
+    """The resumable uploader's HTML (``uploadmeter/chunked.html``'s ``chunked_upload``).
+
+    :param uploader_js: the URL of simple-uploader.js, which the page serves.
+    :param options: the macro's other keyword arguments (``target``, ``chunk_size``,
+        ``simultaneous_uploads``, ``multiple``, ``accept``, ``hash_limit``, the style
+        classes, the labels, ``include_assets``); the rest as for :func:`render_file_upload`.
+    """
+    settings = _settings_for(
+        middleware, prefix, script_name, poll_interval, DEFAULT_FIRST_POLL, None
+    )
+    return Markup(_module(settings, CHUNKED_TEMPLATE).chunked_upload(id, uploader_js, **options))
+
+
+def render_chunked_assets(
+    uploader_js: str,
+    *,
+    middleware: MeterContext | HasContext | None = None,
+    prefix: str | None = None,
+    script_name: str = "",
+) -> Markup:
+    """The resumable uploader's ``<link>`` and ``<script>`` tags, for pages that load them
+    once and render their uploaders with ``include_assets=False``."""
+    settings = _settings_for(
+        middleware, prefix, script_name, DEFAULT_POLL_INTERVAL, DEFAULT_FIRST_POLL, None
+    )
+    return Markup(_module(settings, CHUNKED_TEMPLATE).chunked_assets(uploader_js))

@@ -1,0 +1,3 @@
+"""Django's template tag libraries of uploadmeter: ``{% load uploadmeter %}``."""
+
+__all__: list[str] = []
