@@ -15,6 +15,7 @@ from django.core.wsgi import get_wsgi_application
 from django.template import Context, Template
 from django.test import override_settings
 from flask import Flask, render_template_string
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import uploadmeter.django
 from tests.integration.test_e2e import (
@@ -219,6 +220,24 @@ def test_the_session_id_hook_keys_progress_by_djangos_session(store: str) -> Non
         assert "uploadmeter_session" not in owner.cookies  # the upload issued no cookie
 
 
+def test_django_session_id_reads_a_wsgi_environ_or_an_asgi_scope() -> None:
+    from django.contrib.sessions.backends.cache import SessionStore
+
+    session = SessionStore()
+    session["user"] = "ada"
+    session.save()
+    key = session.session_key
+    assert key
+    cookie = f"other=1; sessionid={key}"
+    assert uploadmeter.django.django_session_id({"HTTP_COOKIE": cookie}) == key
+    scope = {"type": "http", "headers": [(b"host", b"x"), (b"cookie", cookie.encode())]}
+    assert uploadmeter.django.django_session_id(scope) == key
+    assert uploadmeter.django.django_session_id({"HTTP_COOKIE": "sessionid=" + "k" * 32}) is None
+    assert uploadmeter.django.django_session_id({"HTTP_COOKIE": ""}) is None
+    session.delete()
+    assert uploadmeter.django.django_session_id({"HTTP_COOKIE": cookie}) is None
+
+
 # -- settings and wrap() --------------------------------------------------------------------
 
 
@@ -296,6 +315,31 @@ def test_wrap_gives_an_asgi_application_the_asgi_shell() -> None:
             else:
                 assert isinstance(uploadmeter.django.wrap(app), shell.UploadMeterMiddleware)
         assert isinstance(uploadmeter.django.wrap(get_wsgi_application()), UploadMeterMiddleware)
+
+
+def test_widget_urls_follow_the_mount_point(store: str) -> None:
+    """Django mounted under /site (SCRIPT_NAME): the widget posts, polls and loads its
+    assets under it, and the meter answers there."""
+
+    def elsewhere(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not here"]
+
+    with override_settings(UPLOADMETER={"STORE": store}):
+        site = DispatcherMiddleware(
+            elsewhere, {"/site": uploadmeter.django.wrap(get_wsgi_application())}
+        )
+        with serve_in_thread(site) as url:
+            client = Client(url)
+            status, _, page = client.request("GET", "/site/")
+            assert status == 200
+            html = page.decode()
+            assert '<form action="/site/upload"' in html
+            assert 'data-endpoint="/site/uploadmeter"' in html
+            assert 'src="/site/uploadmeter/static/uploadmeter.js?v=' in html
+            status, headers, _ = client.request("GET", "/site/uploadmeter/static/uploadmeter.js")
+            assert (status, headers["content-type"].split(";")[0]) == (200, "text/javascript")
+            assert client.progress("a" * 16, prefix="/site/uploadmeter")["state"] == "unknown"
 
 
 # -- the template tags render the Jinja macros' markup -----------------------------------------

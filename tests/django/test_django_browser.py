@@ -13,6 +13,8 @@ from django.test import override_settings
 
 import uploadmeter.django
 from tests.support.browser_support import make_file, running_chromium, sha256_of
+from tests.support.chunked_app import completion_log, read_completions
+from tests.support.django_project.views import UPLOADER_JS
 from tests.support.servers import serve_in_thread
 from tests.ui.test_browser import (
     RECORD_JS,
@@ -22,6 +24,7 @@ from tests.ui.test_browser import (
     stages,
     wait_percent,
 )
+from uploadmeter.resumable import ChunkUploads, FileStore
 
 pytestmark = pytest.mark.browser
 
@@ -30,7 +33,7 @@ MB = 1_000_000
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with running_chromium() as chromium:
+    with running_chromium([UPLOADER_JS]) as chromium:
         yield chromium
 
 
@@ -92,3 +95,30 @@ def test_template_tag_goes_through_three_stages_with_csrf(
     assert page.text_content("#document_errorMessage") == (
         "The application rejected the upload (403 Forbidden)."
     )
+
+
+def test_chunked_uploader_tag_uploads_in_chunks(page: Any, tmp_path: Any) -> None:
+    """``{% uploadmeter_chunked_upload %}`` on a Django page, its chunks to ChunkUploads
+    mounted on the middleware ``wrap()`` returned, as the docs' wsgi.py does."""
+    files = str(tmp_path / "files")
+    settings = {"STORE": f"sqlite://{tmp_path}/um.sqlite3", "UPDATE_INTERVAL": 0}
+    with override_settings(UPLOADMETER=settings):
+        application = uploadmeter.django.wrap(get_wsgi_application())
+        application.mount(
+            "/chunks",
+            ChunkUploads(application, FileStore(files), on_complete=completion_log(files)),
+        )
+        source = make_file(tmp_path / "clip.bin", 1_500_000)  # six 256 KiB chunks
+        with serve_in_thread(application) as url:
+            page.goto(url + "/large")
+            page.wait_for_function("() => !!(window.UploadMeterChunked && window.Uploader)")
+            page.set_input_files("#videos", source)
+            page.wait_for_function(
+                "() => document.querySelector('.uploadmeter-chunked-file')"
+                "?.getAttribute('data-state') === 'done'",
+                timeout=STAGE_TIMEOUT_MS,
+            )
+            assert page.inner_text(".uploadmeter-chunked-file .uploadmeter-label") == "100%"
+    [completed] = read_completions(files)
+    assert (completed["filename"], completed["size"]) == ("clip.bin", 1_500_000)
+    assert completed["sha256"] == sha256_of(source) == sha256_of(completed["path"])

@@ -7,4 +7,6 @@ urlpatterns = [
     path("upload", views.upload, name="upload"),
     path("process", views.process, name="process"),
     path("login", views.login, name="login"),
+    path("large", views.large, name="large"),
+    path("js/uploader.js", views.uploader_js, name="uploader_js"),
 ]

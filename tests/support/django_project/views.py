@@ -4,17 +4,24 @@ a view that processes its upload in a thread, and a login that starts a Django s
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 import uploadmeter.django
 from uploadmeter.django import current_upload
+
+# simple-uploader.js from npm (tests/js/node_modules), for the resumable uploader's page.
+UPLOADER_JS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "js/node_modules/simple-uploader.js/dist/uploader.js",
+)
 
 # The processing view's thread advances one block per permit: tests release them.
 PROCESSING_STEPS = threading.Semaphore(0)
@@ -86,3 +93,11 @@ def login(request: HttpRequest) -> HttpResponse:
     request.session["user"] = "ada"
     request.session.save()
     return JsonResponse({"session": request.session.session_key})
+
+
+def large(request: HttpRequest) -> HttpResponse:
+    return render(request, "large.html")
+
+
+def uploader_js(request: HttpRequest) -> FileResponse:
+    return FileResponse(open(UPLOADER_JS, "rb"), content_type="text/javascript")
