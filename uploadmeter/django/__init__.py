@@ -188,6 +188,8 @@ def wrap(application: Any) -> Any:
         try:
             asgi = importlib.import_module("uploadmeter.asgi")
         except ModuleNotFoundError as exc:
+            if exc.name != "uploadmeter.asgi":
+                raise  # the shell is there; something it needs is not
             raise ConfigurationError(
                 "wrap() of an ASGI application needs the ASGI shell, uploadmeter.asgi, "
                 "which this version of uploadmeter lacks."
