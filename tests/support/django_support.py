@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 
-from tests.support.servers import ROOT, Client, free_port, wait_for_port
+from tests.support.servers import ROOT, Client, free_port, stop_server, wait_for_port
 
 SETTINGS = "tests.support.django_project.settings"
 WSGI_APP = "tests.support.django_project.wsgi:application"
@@ -51,9 +50,4 @@ def run_uvicorn(
         wait_for_port(port, proc=proc, timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
