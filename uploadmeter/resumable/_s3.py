@@ -89,6 +89,7 @@ from uploadmeter.resumable._storage import (
     Storage,
     digest_name,
 )
+from uploadmeter.stores._base import ProgressStore
 
 log = logging.getLogger("uploadmeter")
 
@@ -149,6 +150,8 @@ class S3Storage(Storage):
     :param cleanup_interval: :meth:`maybe_cleanup` runs at most this often (all processes).
     :param temp_ttl: seconds after which a local spool file left by a crash is deleted.
     :param lock_ttl: seconds a part's or a hash's lock outlives a crashed holder.
+    :param store: the progress store its locks live in; the endpoints it is given to set
+        it, so pass it only to use :meth:`release` apart from them.
     """
 
     keep_completed: float | None = None  # finished files live as long as references do
@@ -165,8 +168,10 @@ class S3Storage(Storage):
         cleanup_interval: float = 300.0,
         temp_ttl: float = 6 * 3600.0,
         lock_ttl: float = 60.0,
+        store: ProgressStore | None = None,
     ) -> None:
         super().__init__()
+        self._store = store
         if part_size < MIN_PART:
             raise ValueError(f"part_size must be at least {MIN_PART} bytes")
         if prefix.startswith("/") or ".." in prefix.split("/"):
