@@ -5,7 +5,7 @@ endpoints on an :class:`~uploadmeter.S3Storage`.
 ``make_s3_app()`` reads its settings from the environment, so gunicorn can start it:
 ``UPLOADMETER_TEST_STORE`` (redis URL), ``S3_ENDPOINT_URL``, ``S3_BUCKET``, ``S3_SPOOL``
 (this instance's local temp directory) and ``UPLOADMETER_TEST_FILES`` (where
-``completed.jsonl`` logs every ``on_complete``).
+``completed.jsonl`` logs every ``on_complete``), ``S3_TUS_LOCK_TTL`` (seconds).
 """
 
 from __future__ import annotations
@@ -143,5 +143,6 @@ def make_s3_app(env: dict[str, str] | None = None, **storage_options: Any) -> Up
     on_complete = completion_log(env["UPLOADMETER_TEST_FILES"])
     chunks = ChunkUploads(meter, storage, on_complete=on_complete, instant_upload=None)
     meter.mount("/chunks", chunks)
-    meter.mount("/tus", TusUploads(meter, storage, on_complete=on_complete))
+    tus = {"lock_ttl": float(env.get("S3_TUS_LOCK_TTL", "15")), "lock_wait": 20.0}
+    meter.mount("/tus", TusUploads(meter, storage, on_complete=on_complete, **tus))
     return meter
