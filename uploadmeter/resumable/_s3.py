@@ -64,6 +64,8 @@ plain HTTP: create the client with ``botocore.config.Config(request_checksum_cal
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -190,6 +192,8 @@ class S3Storage(Storage):
         os.makedirs(self.spool_dir, exist_ok=True)
         self.partial_root = prefix + "partial"
         self.tus_root = prefix + "tus"
+        # Hashes of tus uploads this process received from their first byte, by location.
+        self._hashes: dict[str, _Hashes] = {}
 
     @property
     def cleanup_name(self) -> str:
@@ -253,7 +257,11 @@ class S3Storage(Storage):
                 return parts
             marker = int(page["NextPartNumberMarker"])
 
-    def _upload_part(self, state: Mapping[str, Any], number: int, path: str) -> None:
+    def _upload_part(
+        self, state: Mapping[str, Any], number: int, path: str, md5: str | None = None
+    ) -> None:
+        """Upload a part from a local file (with its Content-MD5: the store checks it)."""
+        extra = {"ContentMD5": md5} if md5 else {}
         with open(path, "rb") as f:
             self._call(
                 "upload_part",
@@ -262,6 +270,7 @@ class S3Storage(Storage):
                 PartNumber=number,
                 Body=f,
                 ContentLength=os.fstat(f.fileno()).st_size,
+                **extra,
             )
 
     def _complete(self, state: Mapping[str, Any]) -> None:
@@ -438,16 +447,27 @@ class S3Storage(Storage):
         return self._finish_multipart(location, state, progress)
 
     def _finish_multipart(
-        self, location: str, state: Mapping[str, Any], progress: Callable[[int], None] | None
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        progress: Callable[[int], None] | None,
+        known: _Hashes | None = None,
     ) -> tuple[str, Digests]:
         """Complete the multipart upload (idempotent: a retry after a fault finds the
-        object) and hash the object."""
+        object) and hash the object -- or, with the ``known`` hashes of every byte as it
+        was sent (each part checked by its Content-MD5), check only its size."""
         # _Missing: completed by an earlier attempt; the object is there (checked next).
         with contextlib.suppress(_Missing):
             self._complete(state)
         # The multipart upload is now the object: never abort it again (on Swift an abort
         # after the completion would delete the object's segments).
         self.write_json(f"{location}/{_MULTIPART}", dict(state, completed=True))
+        if known is not None:
+            head = self._call("head_object", Key=state["key"])
+            if int(head["ContentLength"]) == known.size:
+                if progress is not None:
+                    progress(known.size)
+                return state["key"], known.digests()
         return state["key"], self._hash_object(state["key"], progress)
 
     # -- tus data ------------------------------------------------------------------------
@@ -494,7 +514,8 @@ class S3Storage(Storage):
             raise FileNotFoundError(location)
         if state.get("completed"):
             return state["key"], self._hash_object(state["key"], progress)
-        return self._finish_multipart(location, state, progress)
+        known = self._hashes.pop(location, None)
+        return self._finish_multipart(location, state, progress, known)
 
     # -- finished files ------------------------------------------------------------------
 
@@ -624,9 +645,32 @@ class S3Storage(Storage):
         return stats
 
 
+class _Hashes:
+    """MD5 and SHA-256 of an upload's first ``size`` bytes, as they streamed through."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        self.md5.update(data)
+        self.sha256.update(data)
+
+    def digests(self) -> Digests:
+        return Digests(self.size, self.md5.hexdigest(), self.sha256.hexdigest())
+
+
 class _S3Writer:
-    """Appends a PATCH body: full parts uploaded as they fill, the rest kept as the
-    pending object when the body ends (see the module documentation)."""
+    """Appends a PATCH body: each full part is uploaded by a background thread (with its
+    Content-MD5, which the store checks) while the next one spools; what is left when
+    the body ends (less than a part) is kept as the pending object.  At most one part
+    uploads while one spools: two part files on disk, none in memory.
+
+    When this process saw every byte of the upload from the first (one PATCH, or PATCHes
+    that all reached it), the whole file's hashes are kept for :meth:`S3Storage.join_data`,
+    which then needs no second read."""
 
     def __init__(
         self,
@@ -645,54 +689,95 @@ class _S3Writer:
         self.hold = hold
         parts = storage._parts(state)
         self.next_part = len(parts) + 1
-        self.base = sum(parts.values())  # bytes in parts
+        self.base = sum(parts.values())  # bytes in parts (stored or uploading)
         pending = storage._pending(location, parts)
         self.pending_key = pending[0] if pending else None
         self.committed = start
-        self.spool_path, self.spool = storage.temp_file()
+        # The whole file's hashes, when this process has them up to ``start``.
+        known = storage._hashes.pop(location, None)
+        self.hashes = known if known is not None and known.size == start else None
+        if start == 0:
+            self.hashes = _Hashes()
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.uploading: concurrent.futures.Future[int] | None = None
+        self._new_spool()
         try:
             if pending is not None:  # the bytes before ``start``: the next part begins there
                 body = storage._call("get_object", Key=pending[0])["Body"]
                 with _reading(pending[0]), contextlib.closing(body):
-                    shutil.copyfileobj(body, self.spool, BLOCK)
+                    while block := body.read(BLOCK):
+                        self._spool(block)
             if self.base + self.spool.tell() != start:
                 raise FileNotFoundError(f"{location}: stored data changed")
         except BaseException:
             self.close()
             raise
 
-    def write(self, data: bytes) -> None:
-        self.spool.write(data)
-        if not self.hold and self.spool.tell() >= self.s3.part_size:
-            self._flush_part()
+    def _new_spool(self) -> None:
+        self.spool_path, self.spool = self.s3.temp_file()
+        self.part_md5 = hashlib.md5(usedforsecurity=False)
 
-    def _flush_part(self) -> None:
-        """Upload the spool as the next part; then the pending object is obsolete."""
-        self.spool.flush()
-        self.s3._upload_part(self.state, self.next_part, self.spool_path)
-        self.base += self.spool.tell()
-        self.committed = self.base
+    def _spool(self, data: bytes) -> None:
+        self.spool.write(data)
+        self.part_md5.update(data)
+
+    def write(self, data: bytes) -> None:
+        self._spool(data)
+        if self.hashes is not None:
+            self.hashes.update(data)
+        if not self.hold and self.spool.tell() >= self.s3.part_size:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Give the spool to the uploading thread (after the part before it is stored)."""
+        self._wait()
+        path, size, number = self.spool_path, self.spool.tell(), self.next_part
+        self.spool.close()
+        md5 = base64.b64encode(self.part_md5.digest()).decode()
         self.next_part += 1
-        if self.pending_key is not None:
+        self.base += size
+        self._new_spool()
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(1, "uploadmeter-s3-part")
+        self.uploading = self.pool.submit(self._upload, path, number, size, md5)
+
+    def _upload(self, path: str, number: int, size: int, md5: str) -> int:
+        try:
+            self.s3._upload_part(self.state, number, path, md5)
+        finally:
+            self.s3.discard(path)
+        if self.pending_key is not None:  # its bytes are in this part now
             self.s3._delete(self.pending_key)
             self.pending_key = None
-        self.spool.seek(0)
-        self.spool.truncate()
+        return size
+
+    def _wait(self) -> None:
+        """Until the part uploading is stored (its error raised here)."""
+        if self.uploading is not None:
+            future, self.uploading = self.uploading, None
+            future.result()
+            self.committed = self.base  # every part handed off is stored
 
     def truncate(self, size: int) -> int:
-        keep = max(size - self.base, 0)  # parts already stored stay
+        keep = max(size - self.base, 0)  # parts already handed off stay
         if keep < self.spool.tell():
-            self.spool.truncate(keep)
-            self.spool.seek(keep)
+            self.spool.seek(0)
+            kept = self.spool.read(keep)
+            self.spool.seek(0)
+            self.spool.truncate()
+            self.part_md5 = hashlib.md5(usedforsecurity=False)
+            self._spool(kept)
+            self.hashes = None  # it saw bytes that are not kept
         return self.base + self.spool.tell()
 
     def sync(self) -> None:
-        if self.hold and self.spool.tell() >= self.s3.part_size:
-            self._flush_whole_parts()
+        while self.hold and self.spool.tell() >= self.s3.part_size:
+            self._split_spool()
         size = self.base + self.spool.tell()
         if self.spool.tell() and size == self.length:
-            self._flush_part()  # the last part may be small
-        elif self.spool.tell():
+            self._hand_off()  # the last part may be small
+        self._wait()
+        if self.spool.tell():
             self.spool.flush()
             key = f"{self.location}/data.part.{self.next_part}"
             self.s3._put_file(key, self.spool_path)
@@ -700,35 +785,34 @@ class _S3Writer:
                 self.s3._delete(self.pending_key)
             self.pending_key = key
         self.committed = size
+        if self.hashes is not None and self.hashes.size == size:
+            self.s3._hashes[self.location] = self.hashes
+            self.hashes = None
 
-    def _flush_whole_parts(self) -> None:
-        """(``hold``) The spool grew past a part: upload it in part-sized pieces."""
+    def _split_spool(self) -> None:
+        """(``hold``) The spool grew past a part: hand off its first ``part_size`` bytes."""
         self.spool.flush()
-        total = self.spool.tell()
         with open(self.spool_path, "rb") as src:
-            offset = 0
-            while total - offset >= self.s3.part_size:
-                piece_path, piece = self.s3.temp_file()
-                try:
-                    with piece:
-                        src.seek(offset)
-                        piece.write(src.read(self.s3.part_size))
-                    self.s3._upload_part(self.state, self.next_part, piece_path)
-                finally:
-                    self.s3.discard(piece_path)
-                self.next_part += 1
-                self.base += self.s3.part_size
-                offset += self.s3.part_size
-            rest = src.read()
-        if self.pending_key is not None:
-            self.s3._delete(self.pending_key)
-            self.pending_key = None
+            first = src.read(self.s3.part_size)
+            rest_path, rest = self.s3.temp_file()
+            with rest:
+                shutil.copyfileobj(src, rest, BLOCK)
         self.spool.seek(0)
         self.spool.truncate()
-        self.spool.write(rest)
-        self.committed = self.base
+        self.part_md5 = hashlib.md5(usedforsecurity=False)
+        self._spool(first)
+        self._hand_off()
+        with open(rest_path, "rb") as src:
+            while block := src.read(BLOCK):
+                self._spool(block)
+        self.s3.discard(rest_path)
 
     def close(self) -> None:
+        if self.uploading is not None:
+            with contextlib.suppress(Exception):  # already answered: the offset tells
+                self.uploading.result()
+        if self.pool is not None:
+            self.pool.shutdown()
         self.spool.close()
         self.s3.discard(self.spool_path)
 
