@@ -110,7 +110,9 @@ def tus(url: str, data: bytes) -> float:
     c.start()
     v = {"Tus-Resumable": "1.0.0"}
     began = time.perf_counter()
-    status, h, _ = c.request("POST", "/uploadmeter/tus/", b"", {**v, "Upload-Length": str(len(data))})
+    status, h, _ = c.request(
+        "POST", "/uploadmeter/tus/", b"", {**v, "Upload-Length": str(len(data))}
+    )
     assert status == 201
     status, h, body = c.request(
         "PATCH",
@@ -136,9 +138,11 @@ def main() -> None:
     print(machine_info())
     print("load before:", load_average())
     data = os.urandom(size)
-    with tempfile.TemporaryDirectory() as tmp, running_swift(
-        os.path.join(tmp, "swift")
-    ) as swift, run_redis() as (redis_url, _):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_swift(os.path.join(tmp, "swift")) as swift,
+        run_redis() as (redis_url, _),
+    ):
         client = s3_client(swift.endpoint, attempts=3)
         bucket = "bench"
         client.create_bucket(Bucket=bucket)

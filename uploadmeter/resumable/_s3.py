@@ -72,9 +72,11 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -194,6 +196,7 @@ class S3Storage(Storage):
         self.tus_root = prefix + "tus"
         # Hashes of tus uploads this process received from their first byte, by location.
         self._hashes: dict[str, _Hashes] = {}
+        self._chunk_states: dict[str, dict[str, Any]] = {}
 
     @property
     def cleanup_name(self) -> str:
@@ -286,18 +289,39 @@ class S3Storage(Storage):
         )
 
     def _hash_object(self, key: str, progress: Callable[[int], None] | None) -> Digests:
-        """One streaming GET: MD5, SHA-256 and size, in 1 MiB blocks."""
-        md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        size = 0
+        """One streaming GET: MD5, SHA-256 and size.  A thread reads 1 MiB blocks (at most
+        8 ahead) while this one hashes them (hashlib lets go of the GIL)."""
+        hashes = _Hashes()
+        blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
         body = self._call("get_object", Key=key)["Body"]
-        with _reading(key), contextlib.closing(body):
-            while block := body.read(BLOCK):
-                md5.update(block)
-                sha.update(block)
-                size += len(block)
-                if progress is not None:
-                    progress(size)
-        return Digests(size, md5.hexdigest(), sha.hexdigest())
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                with contextlib.closing(body):
+                    while not stop.is_set() and (block := body.read(BLOCK)):
+                        blocks.put(block)
+                blocks.put(None)
+            except BaseException as exc:  # handed to the hashing thread
+                blocks.put(exc)
+
+        reader = threading.Thread(target=read, name="uploadmeter-s3-read", daemon=True)
+        reader.start()
+        try:
+            with _reading(key):
+                while (item := blocks.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    hashes.update(item)
+                    if progress is not None:
+                        progress(hashes.size)
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:  # let a blocked reader finish
+                    blocks.get_nowait()
+            reader.join(5)
+        return hashes.digests()
 
     # -- temp files (local spool) --------------------------------------------------------
 
@@ -333,6 +357,20 @@ class S3Storage(Storage):
     def _state(self, location: str) -> dict[str, Any] | None:
         return self.read_json(f"{location}/{_MULTIPART}")
 
+    def _chunk_state(self, location: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """:meth:`_state`, remembered by this process for the chunks that follow.  A
+        remembered state can be stale only when another process removed the upload (and
+        maybe began it again): its multipart upload is then gone, S3 says so
+        (:class:`_Missing`), and the caller asks again with ``fresh``."""
+        state = None if fresh else self._chunk_states.get(location)
+        if state is None:
+            state = self._state(location)
+            if state is not None and not state.get("completed"):
+                if len(self._chunk_states) > 1000:
+                    self._chunk_states.clear()
+                self._chunk_states[location] = state
+        return state
+
     def begin(self, location: str, *, data: bool = False) -> None:
         """Start the upload's multipart upload (its key: a new blob)."""
         key = f"{self.prefix}blobs/{uuid.uuid4().hex}"
@@ -349,6 +387,7 @@ class S3Storage(Storage):
 
     def remove_tree(self, location: str) -> None:
         """Abort the upload's multipart upload, delete its objects."""
+        self._chunk_states.pop(location, None)
         state = self._state(location)
         if state is not None and not state.get("completed"):
             with contextlib.suppress(_Missing):
@@ -365,9 +404,25 @@ class S3Storage(Storage):
     def put_chunk(
         self, location: str, number: int, received: str, *, chunk_size: int, total_chunks: int
     ) -> bool:
-        state = self._state(location)
-        if state is None:
-            return False
+        for fresh in (False, True):
+            state = self._chunk_state(location, fresh=fresh)
+            if state is None:
+                return False
+            try:
+                return self._put_chunk(location, state, number, received, chunk_size, total_chunks)
+            except _Missing:  # the multipart upload is gone: removed (and begun again?)
+                self._chunk_states.pop(location, None)
+        return False
+
+    def _put_chunk(
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        number: int,
+        received: str,
+        chunk_size: int,
+        total_chunks: int,
+    ) -> bool:
         g = self._group(chunk_size)
         part = (number - 1) // g + 1
         if g == 1:
@@ -412,14 +467,22 @@ class S3Storage(Storage):
         return found
 
     def chunk_numbers(self, location: str, *, chunk_size: int, total_chunks: int) -> list[int]:
-        state = self._state(location)
-        if state is None:
-            return []
         g = self._group(chunk_size)
-        numbers = set(self._chunk_objects(location))
-        for part in self._parts(state):
-            numbers.update(range((part - 1) * g + 1, part * g + 1))
-        return sorted(n for n in numbers if 1 <= n <= total_chunks)
+        for fresh in (False, True):
+            state = self._chunk_state(location, fresh=fresh)
+            if state is None:
+                return []
+            try:
+                parts = self._parts(state)
+            except _Missing:
+                self._chunk_states.pop(location, None)
+                continue
+            # With one chunk per part no chunk waits as an object.
+            numbers = set(self._chunk_objects(location)) if g > 1 else set()
+            for part in parts:
+                numbers.update(range((part - 1) * g + 1, part * g + 1))
+            return sorted(n for n in numbers if 1 <= n <= total_chunks)
+        return []
 
     def join_chunks(
         self,
