@@ -26,6 +26,7 @@ import argparse
 import concurrent.futures
 import hashlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -90,8 +91,6 @@ def chunked(url: str, data: bytes, chunk: int, concurrency: int, name: str) -> f
                 {"Content-Type": "application/octet-stream"},
             )
             if status == 200:
-                import json
-
                 return dict(json.loads(body))
             if status != 503:
                 raise RuntimeError(f"chunk {n}: {status} {body[:200]!r}")
