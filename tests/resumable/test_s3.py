@@ -268,3 +268,13 @@ def test_a_stopped_object_store_means_retry_later_then_the_uploads_complete(app:
         assert app.object_sha256(d["path"].removeprefix(f"s3://{app.bucket}/")) == d["sha256"]
         assert c.progress(d["upload_id"])["state"] == "done"
     assert app.multipart_uploads() == []
+
+
+def test_an_empty_file_completes_through_both_protocols(app: S3App) -> None:
+    c = app.client()
+    status, h, body = c.request("POST", TUS, b"", {**V, "Upload-Length": "0"})
+    assert status == 201 and h["upload-offset"] == "0", body
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(b"").hexdigest() and done["size"] == 0
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
+    assert app.multipart_uploads() == []

@@ -75,6 +75,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -281,6 +282,10 @@ class S3Storage(Storage):
         listed = [
             {"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts.get("Parts", [])
         ]
+        if not listed:  # an empty file: S3 completes no multipart upload without parts
+            self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+            self._call("put_object", Key=state["key"], Body=b"")
+            return
         self._call(
             "complete_multipart_upload",
             Key=state["key"],
@@ -655,7 +660,10 @@ class S3Storage(Storage):
     # -- quota and cleanup ---------------------------------------------------------------
 
     def free_space(self) -> int:
-        return shutil.disk_usage(self.spool_dir).free  # the spool is what can fill up
+        """The bucket's room is not known here; what can fill up is the local spool,
+        which holds a request's body (a chunk, a part or two) at a time."""
+        free = shutil.disk_usage(self.spool_dir).free
+        return sys.maxsize if free >= 4 * self.part_size else free
 
     def upload_states(self, session_key: str) -> Iterable[dict[str, Any]]:
         for root, name in ((self.partial_root, "meta.json"), (self.tus_root, "info.json")):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.chunked_app import completion_log, page
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import wait_for_port
 from uploadmeter import S3Storage, UploadMeterMiddleware
 from uploadmeter.resumable import ChunkUploads, TusUploads
 
@@ -102,14 +104,23 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def running_swift(directory: str) -> Iterator[Swift]:
-    """Start Swift under ``directory`` on a free port; stop it (by PID) afterwards."""
-    port = free_port()
-    while any(not _port_free(p) for p in range(port + 1, port + 5)):
-        port = free_port()
-    out = subprocess.run(
-        ["bash", START, str(port), directory], check=True, capture_output=True, text=True
-    ).stdout
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    """Start Swift under ``directory``; stop it (by PID) afterwards.
+
+    Swift takes five consecutive ports (proxy, account, container, object, memcached):
+    they are picked below the kernel's ephemeral range, where no outgoing connection can
+    hold one, and checked by binding them."""
+    errors = []
+    for _ in range(3):
+        port = _free_port_run(5)
+        done = subprocess.run(
+            ["bash", START, str(port), directory], check=False, capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            break
+        errors.append(done.stderr[-2000:])
+    else:
+        raise RuntimeError("start_swift.sh failed:\n" + "\n".join(errors))
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     swift = Swift(values["S3_ENDPOINT_URL"], directory)
     with open(os.path.join(directory, "pids")) as f:
         swift.pids = [int(p) for p in f.read().split()]
@@ -121,11 +132,26 @@ def running_swift(directory: str) -> Iterator[Swift]:
         subprocess.run(["bash", START, "stop", directory], check=False, capture_output=True)
 
 
-def _port_free(port: int) -> bool:
-    import socket
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports nobody uses, below the ephemeral
+    range (``/proc/sys/net/ipv4/ip_local_port_range``)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(max(low - 12000, 1024), low - count)
+        if all(_bindable(p) for p in range(base, base + count)):
+            return base
+    raise RuntimeError("no free port run for Swift")
 
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def make_s3_app(env: dict[str, str] | None = None, **storage_options: Any) -> UploadMeterMiddleware:
