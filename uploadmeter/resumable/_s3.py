@@ -154,6 +154,8 @@ class S3Storage(Storage):
     :param expire_after: seconds an unfinished upload may stay idle before cleanup.
     :param cleanup_interval: :meth:`maybe_cleanup` runs at most this often (all processes).
     :param temp_ttl: seconds after which a local spool file left by a crash is deleted.
+    :param upload_concurrency: parts one tus PATCH uploads at once while it reads on (each
+        spooled on local disk: at most ``part_size x (upload_concurrency + 1)`` there).
     :param lock_ttl: seconds a part's or a hash's lock outlives a crashed holder.
     :param store: the progress store its locks live in; the endpoints it is given to set
         it, so pass it only to use :meth:`release` apart from them.
@@ -172,6 +174,7 @@ class S3Storage(Storage):
         expire_after: float = 24 * 3600.0,
         cleanup_interval: float = 300.0,
         temp_ttl: float = 6 * 3600.0,
+        upload_concurrency: int = 3,
         lock_ttl: float = 60.0,
         store: ProgressStore | None = None,
     ) -> None:
@@ -185,6 +188,7 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
+        self.upload_concurrency = max(1, upload_concurrency)
         self.expire_after = expire_after
         self.cleanup_interval = cleanup_interval
         self.temp_ttl = temp_ttl
@@ -736,8 +740,9 @@ class _Hashes:
 class _S3Writer:
     """Appends a PATCH body: each full part is uploaded by a background thread (with its
     Content-MD5, which the store checks) while the next one spools; what is left when
-    the body ends (less than a part) is kept as the pending object.  At most one part
-    uploads while one spools: two part files on disk, none in memory.
+    the body ends (less than a part) is kept as the pending object.  At most
+    ``upload_concurrency`` parts upload while one spools, all on local disk (not in
+    memory); their reads stream in botocore's 1 MiB-ish buffers.
 
     When this process saw every byte of the upload from the first (one PATCH, or PATCHes
     that all reached it), the whole file's hashes are kept for :meth:`S3Storage.join_data`,
@@ -770,7 +775,9 @@ class _S3Writer:
         if start == 0:
             self.hashes = _Hashes()
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.uploading: concurrent.futures.Future[int] | None = None
+        # Parts uploading, oldest first: (future, the offset at the part's end).
+        self.uploading: list[tuple[concurrent.futures.Future[None], int]] = []
+        self.pending_part = self.next_part  # the part that takes in the pending bytes
         self._new_spool()
         try:
             if pending is not None:  # the bytes before ``start``: the next part begins there
@@ -800,8 +807,10 @@ class _S3Writer:
             self._hand_off()
 
     def _hand_off(self) -> None:
-        """Give the spool to the uploading thread (after the part before it is stored)."""
-        self._wait()
+        """Give the spool to an uploading thread (once fewer than ``upload_concurrency``
+        parts are uploading)."""
+        while len(self.uploading) >= self.s3.upload_concurrency:
+            self._wait_oldest()
         path, size, number = self.spool_path, self.spool.tell(), self.next_part
         self.spool.close()
         md5 = base64.b64encode(self.part_md5.digest()).decode()
@@ -809,25 +818,29 @@ class _S3Writer:
         self.base += size
         self._new_spool()
         if self.pool is None:
-            self.pool = concurrent.futures.ThreadPoolExecutor(1, "uploadmeter-s3-part")
-        self.uploading = self.pool.submit(self._upload, path, number, size, md5)
+            workers = self.s3.upload_concurrency
+            self.pool = concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-part")
+        future = self.pool.submit(self._upload, path, number, md5)
+        self.uploading.append((future, self.base))
 
-    def _upload(self, path: str, number: int, size: int, md5: str) -> int:
+    def _upload(self, path: str, number: int, md5: str) -> None:
         try:
             self.s3._upload_part(self.state, number, path, md5)
         finally:
             self.s3.discard(path)
-        if self.pending_key is not None:  # its bytes are in this part now
-            self.s3._delete(self.pending_key)
+        if number == self.pending_part and self.pending_key is not None:
+            self.s3._delete(self.pending_key)  # its bytes are in this part now
             self.pending_key = None
-        return size
+
+    def _wait_oldest(self) -> None:
+        future, end = self.uploading.pop(0)
+        future.result()  # its error is raised here
+        self.committed = max(self.committed, end)
 
     def _wait(self) -> None:
-        """Until the part uploading is stored (its error raised here)."""
-        if self.uploading is not None:
-            future, self.uploading = self.uploading, None
-            future.result()
-            self.committed = self.base  # every part handed off is stored
+        """Until every part uploading is stored (the first error raised here)."""
+        while self.uploading:
+            self._wait_oldest()
 
     def truncate(self, size: int) -> int:
         keep = max(size - self.base, 0)  # parts already handed off stay
@@ -879,9 +892,10 @@ class _S3Writer:
         self.s3.discard(rest_path)
 
     def close(self) -> None:
-        if self.uploading is not None:
+        for future, _ in self.uploading:
             with contextlib.suppress(Exception):  # already answered: the offset tells
-                self.uploading.result()
+                future.result()
+        self.uploading.clear()
         if self.pool is not None:
             self.pool.shutdown()
         self.spool.close()
