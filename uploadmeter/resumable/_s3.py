@@ -737,6 +737,30 @@ class _Hashes:
         return Digests(self.size, self.md5.hexdigest(), self.sha256.hexdigest())
 
 
+class _Hasher:
+    """Feeds :class:`_Hashes` from a thread, in order, at most ``ahead`` blocks behind
+    (hashlib lets go of the GIL: the request thread reads on meanwhile)."""
+
+    def __init__(self, hashes: _Hashes, ahead: int = 32) -> None:
+        self.hashes = hashes
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
+        self.thread = threading.Thread(target=self._run, name="uploadmeter-s3-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (block := self.blocks.get()) is not None:
+            self.hashes.update(block)
+
+    def update(self, data: bytes) -> None:
+        self.blocks.put(data)
+
+    def finish(self) -> _Hashes:
+        """Every block hashed; the thread ends."""
+        self.blocks.put(None)
+        self.thread.join()
+        return self.hashes
+
+
 class _S3Writer:
     """Appends a PATCH body: each full part is uploaded by a background thread (with its
     Content-MD5, which the store checks) while the next one spools; what is left when
@@ -771,9 +795,9 @@ class _S3Writer:
         self.committed = start
         # The whole file's hashes, when this process has them up to ``start``.
         known = storage._hashes.pop(location, None)
-        self.hashes = known if known is not None and known.size == start else None
         if start == 0:
-            self.hashes = _Hashes()
+            known = _Hashes()
+        self.hasher = _Hasher(known) if known is not None and known.size == start else None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         # Parts uploading, oldest first: (future, the offset at the part's end).
         self.uploading: list[tuple[concurrent.futures.Future[None], int]] = []
@@ -793,16 +817,14 @@ class _S3Writer:
 
     def _new_spool(self) -> None:
         self.spool_path, self.spool = self.s3.temp_file()
-        self.part_md5 = hashlib.md5(usedforsecurity=False)
 
     def _spool(self, data: bytes) -> None:
         self.spool.write(data)
-        self.part_md5.update(data)
 
     def write(self, data: bytes) -> None:
         self._spool(data)
-        if self.hashes is not None:
-            self.hashes.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         if not self.hold and self.spool.tell() >= self.s3.part_size:
             self._hand_off()
 
@@ -813,19 +835,23 @@ class _S3Writer:
             self._wait_oldest()
         path, size, number = self.spool_path, self.spool.tell(), self.next_part
         self.spool.close()
-        md5 = base64.b64encode(self.part_md5.digest()).decode()
         self.next_part += 1
         self.base += size
         self._new_spool()
         if self.pool is None:
             workers = self.s3.upload_concurrency
             self.pool = concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-part")
-        future = self.pool.submit(self._upload, path, number, md5)
+        future = self.pool.submit(self._upload, path, number)
         self.uploading.append((future, self.base))
 
-    def _upload(self, path: str, number: int, md5: str) -> None:
+    def _upload(self, path: str, number: int) -> None:
+        """(An uploading thread) the part's MD5 from its file, then the part."""
         try:
-            self.s3._upload_part(self.state, number, path, md5)
+            md5 = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as f:
+                while block := f.read(BLOCK):
+                    md5.update(block)
+            self.s3._upload_part(self.state, number, path, base64.b64encode(md5.digest()).decode())
         finally:
             self.s3.discard(path)
         if number == self.pending_part and self.pending_key is not None:
@@ -849,9 +875,8 @@ class _S3Writer:
             kept = self.spool.read(keep)
             self.spool.seek(0)
             self.spool.truncate()
-            self.part_md5 = hashlib.md5(usedforsecurity=False)
             self._spool(kept)
-            self.hashes = None  # it saw bytes that are not kept
+            self._drop_hasher()  # it saw bytes that are not kept
         return self.base + self.spool.tell()
 
     def sync(self) -> None:
@@ -869,9 +894,16 @@ class _S3Writer:
                 self.s3._delete(self.pending_key)
             self.pending_key = key
         self.committed = size
-        if self.hashes is not None and self.hashes.size == size:
-            self.s3._hashes[self.location] = self.hashes
-            self.hashes = None
+        if self.hasher is not None:
+            hashes = self.hasher.finish()
+            self.hasher = None
+            if hashes.size == size:
+                self.s3._hashes[self.location] = hashes
+
+    def _drop_hasher(self) -> None:
+        if self.hasher is not None:
+            self.hasher.finish()
+            self.hasher = None
 
     def _split_spool(self) -> None:
         """(``hold``) The spool grew past a part: hand off its first ``part_size`` bytes."""
@@ -883,7 +915,6 @@ class _S3Writer:
                 shutil.copyfileobj(src, rest, BLOCK)
         self.spool.seek(0)
         self.spool.truncate()
-        self.part_md5 = hashlib.md5(usedforsecurity=False)
         self._spool(first)
         self._hand_off()
         with open(rest_path, "rb") as src:
@@ -892,6 +923,7 @@ class _S3Writer:
         self.s3.discard(rest_path)
 
     def close(self) -> None:
+        self._drop_hasher()
         for future, _ in self.uploading:
             with contextlib.suppress(Exception):  # already answered: the offset tells
                 future.result()
