@@ -174,3 +174,29 @@ def test_a_tus_upload_resumes_after_its_instance_is_killed_mid_body(cluster: Clu
     assert h["upload-offset"] == str(len(data))
     (done,) = read_completions(cluster.log_dir)
     assert done["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_chunked_upload_resumes_after_one_instance_is_killed(cluster: Cluster) -> None:
+    f = ChunkedFile.random(12 * MiB + 3, MiB)
+    c = cluster.client()
+
+    def send(n: int) -> tuple[int, dict[str, str], bytes]:
+        return c.request(
+            "POST",
+            CHUNKS + "?" + urlencode(f.params(n)),
+            f.piece(n),
+            {"Content-Type": "application/octet-stream"},
+        )
+
+    for n in range(1, 7):  # alternating, half the file
+        status, _, body = send(n)
+        assert status == 200, body
+    cluster.kill(1)
+    # As a reloaded page does: ask what is stored, send the rest (through the survivor).
+    status, test = c.test(f.params())
+    assert status == 200 and test is not None and test["uploaded"] == [1, 2, 3, 4, 5, 6]
+    for n in range(7, f.total_chunks + 1):
+        status, _, body = _retrying(lambda n=n: send(n))  # type: ignore[misc]
+        assert status == 200, body
+    (done,) = read_completions(cluster.log_dir)
+    assert done["sha256"] == f.sha256

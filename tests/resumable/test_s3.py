@@ -6,6 +6,7 @@ completion."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from collections.abc import Iterator
@@ -278,3 +279,25 @@ def test_an_empty_file_completes_through_both_protocols(app: S3App) -> None:
     assert done["sha256"] == hashlib.sha256(b"").hexdigest() and done["size"] == 0
     assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
     assert app.multipart_uploads() == []
+
+
+def test_cleanup_keeps_referenced_files_and_deletes_unreferenced_ones(app: S3App) -> None:
+    data = os.urandom(6 * MiB)
+    c = app.client()
+    c.upload(ChunkedFile(data, MiB, identifier="kept"))
+    (done,) = read_completions(app.log_dir)
+    kept = done["path"].removeprefix(f"s3://{app.bucket}/")
+    # What a crash leaves: a blob nothing names, and a filed blob without references.
+    app.s3.put_object(Bucket=app.bucket, Key="um/blobs/orphan", Body=b"x")
+    sha = "ab" * 32
+    app.s3.put_object(Bucket=app.bucket, Key="um/blobs/unreferenced", Body=b"y")
+    body = json.dumps({"key": "um/blobs/unreferenced", "sha256": sha}).encode()
+    app.s3.put_object(Bucket=app.bucket, Key=f"um/files/{sha}.json", Body=body)
+    storage = app.storage()
+    assert storage.cleanup().files == 0  # all young: nothing goes
+    assert storage.cleanup(now=2e10).files == 1
+    keys = app.object_keys()
+    assert kept in keys and f"um/files/{done['sha256']}.json" in keys
+    assert "um/blobs/orphan" not in keys and "um/blobs/unreferenced" not in keys
+    assert f"um/files/{sha}.json" not in keys
+    assert app.object_sha256(kept) == hashlib.sha256(data).hexdigest()

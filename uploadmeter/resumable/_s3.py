@@ -679,7 +679,9 @@ class S3Storage(Storage):
 
     def cleanup(self, now: float | None = None) -> CleanupStats:
         """Delete abandoned chunked uploads, expired tus uploads (objects and multipart
-        uploads), multipart uploads no upload refers to, and stray spool files."""
+        uploads), multipart uploads no upload refers to, files no upload references, blobs
+        nothing names, and stray spool files (the last four only past ``temp_ttl``).
+        Needs the progress store (for the locks)."""
         now = time.time() if now is None else now
         stats = CleanupStats()
         for entry in os.scandir(self.spool_dir):
@@ -687,7 +689,8 @@ class S3Storage(Storage):
                 if entry.stat().st_mtime < now - self.temp_ttl:
                     os.unlink(entry.path)
                     stats.temp += 1
-        live: set[str] = set()
+        live: set[str] = set()  # multipart upload ids of live uploads
+        live_keys: set[str] = set()  # their blobs
         for root, kind in ((self.partial_root, "partial"), (self.tus_root, "tus")):
             uploads: dict[str, float] = {}
             for obj in self._list(root + "/"):
@@ -707,6 +710,7 @@ class S3Storage(Storage):
                     state = self._state(location)
                     if state is not None:
                         live.add(state["id"])
+                        live_keys.add(state["key"])
         # Multipart uploads whose state was lost (a crash between create and write).
         page = self._call("list_multipart_uploads", Prefix=f"{self.prefix}blobs/")
         for upload in page.get("Uploads", []):
@@ -716,6 +720,28 @@ class S3Storage(Storage):
                     self._call(
                         "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
                     )
+                stats.temp += 1
+        # Files no upload references (a crash between filing and handing over), and blobs
+        # no index names (a crash between completing and filing), once they are old.
+        indexed: set[str] = set()
+        for obj in list(self._list(f"{self.prefix}files/")):
+            sha256 = obj["Key"].rsplit("/", 1)[1].removesuffix(".json")
+            index = self.read_json(obj["Key"])
+            if index is None:
+                continue
+            if obj["LastModified"].timestamp() < now - self.temp_ttl and not self._refs(sha256):
+                with self._lock("file:" + sha256):
+                    if not self._refs(sha256):
+                        self._delete(str(index["key"]))
+                        self._delete(obj["Key"])
+                        stats.files += 1
+                        continue
+            indexed.add(str(index["key"]))
+        for obj in list(self._list(f"{self.prefix}blobs/")):
+            key = obj["Key"]
+            old = obj["LastModified"].timestamp() < now - self.temp_ttl
+            if old and key not in indexed and key not in live_keys:
+                self._delete(key)
                 stats.temp += 1
         return stats
 
