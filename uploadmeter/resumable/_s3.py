@@ -35,14 +35,17 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   request that completes the group (under a store lock per part) reads the group in order,
   uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
   or its part exists.
-* **tus.**  A PATCH appends to a local spool; each full ``part_size`` is uploaded as the
-  next part.  What is left when the body ends (less than a part) is kept as the object
-  ``data.part.<N>`` (``N``: the part it will start), read back by the next PATCH on any
-  server.  The offset is the parts' sizes plus that object's.
+* **tus.**  A PATCH spools to local disk; each full ``part_size`` is uploaded as the next
+  part by a background thread (up to ``upload_concurrency`` at once, each with its
+  Content-MD5, which the store checks) while the PATCH reads on.  What is left when the
+  body ends (less than a part) is kept as the object ``data.part.<N>`` (``N``: the part it
+  will start), read back by the next PATCH on any server.  The offset is the parts' sizes
+  plus that object's; a PATCH answers only once its parts and that object are stored.
 * **Merge / verification.**  ``complete_multipart_upload`` makes the object, then one
   streaming GET (1 MiB blocks, never the whole file in memory) computes MD5 and SHA-256.
-  Verification costs one read of the file; small chunks cost one more write and read
-  (chunk object, then part).
+  Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
+  one more write: chunk objects, then parts); a tus upload whose every byte reached one
+  process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads, 1.
 * **Dedupe with reference counts.**  ``files/<sha256>.json`` names the one blob with those
   bytes; a second upload of them deletes its own blob.  Every upload handed to
   ``on_complete`` adds a marker under ``refs/<sha256>/``; :meth:`S3Storage.release` removes
