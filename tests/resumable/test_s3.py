@@ -301,3 +301,19 @@ def test_cleanup_keeps_referenced_files_and_deletes_unreferenced_ones(app: S3App
     assert "um/blobs/orphan" not in keys and "um/blobs/unreferenced" not in keys
     assert f"um/files/{sha}.json" not in keys
     assert app.object_sha256(kept) == hashlib.sha256(data).hexdigest()
+
+
+def test_tus_js_client_in_node_on_default_options_uploads_into_s3(
+    app: S3App, tmp_path: Any
+) -> None:
+    from tests.integration.test_tus_clients import node_upload
+
+    data = os.urandom(21 * MiB + 11)  # one PATCH: three parts (8 + 8 + 5 MiB)
+    path = tmp_path / "node.bin"
+    path.write_bytes(data)
+    events = node_upload(app.url, str(path))
+    assert events[-1]["success"] is True, events
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
+    assert app.multipart_uploads() == []
