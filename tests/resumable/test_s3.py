@@ -317,3 +317,36 @@ def test_tus_js_client_in_node_on_default_options_uploads_into_s3(
     assert done["sha256"] == hashlib.sha256(data).hexdigest()
     assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
     assert app.multipart_uploads() == []
+
+
+def test_a_tus_checksum_mismatch_keeps_nothing_of_the_patch(app: S3App) -> None:
+    import base64
+
+    data = os.urandom(19 * MiB)
+    c = app.client()
+    status, h, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": str(len(data))})
+    url = h["location"]
+    octet = {**V, "Content-Type": "application/offset+octet-stream"}
+
+    def sha1(b: bytes) -> str:
+        return "sha1 " + base64.b64encode(hashlib.sha1(b).digest()).decode()
+
+    first = data[: 3 * MiB]
+    status, h, _ = c.request("PATCH", url, first, {**octet, "Upload-Offset": "0"})
+    assert status == 204
+    rest = data[3 * MiB : 18 * MiB]  # more than a part: held until the checksum is known
+    bad = {**octet, "Upload-Offset": str(3 * MiB), "Upload-Checksum": sha1(b"other")}
+    status, _, _ = c.request("PATCH", url, rest, bad)
+    assert status == 460
+    status, h, _ = c.request("HEAD", url, None, V)
+    assert h["upload-offset"] == str(3 * MiB)  # nothing of the refused body counts
+    good = {**octet, "Upload-Offset": str(3 * MiB), "Upload-Checksum": sha1(rest)}
+    status, h, _ = c.request("PATCH", url, rest, good)
+    assert status == 204 and h["upload-offset"] == str(18 * MiB)
+    status, h, _ = c.request(
+        "PATCH", url, data[18 * MiB :], {**octet, "Upload-Offset": str(18 * MiB)}
+    )
+    assert status == 204
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
