@@ -40,3 +40,12 @@ def dirs(tmp_path: Any) -> tuple[str, str]:
     upload_dir.mkdir()
     spool_dir.mkdir()
     return str(upload_dir), str(spool_dir)
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory: Any) -> Iterator[Any]:
+    """A real S3 endpoint (Swift's s3api, tests/support/s3/start_swift.sh) for the session."""
+    from tests.support.s3 import running_swift
+
+    with running_swift(str(tmp_path_factory.mktemp("swift"))) as server:
+        yield server

@@ -24,6 +24,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ProcessingTask",
         "ProgressStore",
         "RedisStore",
+        "S3Storage",
         "SQLiteStore",
         "State",
         "StoreError",
@@ -133,6 +134,8 @@ PUBLIC_API: dict[str, list[str]] = {
         "ChunkUploads",
         "FileInfo",
         "FileStore",
+        "S3Storage",
+        "Storage",
         "TusUploads",
         "UploadRejected",
     ],
@@ -209,3 +212,13 @@ def test_modules_inside_subpackages_are_private() -> None:
         if parent != uploadmeter.__name__ and not info.ispkg and not leaf.startswith("_"):
             public.append(info.name)
     assert sorted(public) == sorted(DJANGO_NAMED)
+
+
+def test_importing_uploadmeter_does_not_import_boto3() -> None:
+    """``S3Storage`` is exported, boto3 stays an extra (``uploadmeter[s3]``)."""
+    import subprocess
+    import sys
+
+    code = "import sys, uploadmeter; print(sorted(m for m in sys.modules if 'boto' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

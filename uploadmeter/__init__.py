@@ -22,6 +22,7 @@ from uploadmeter.exceptions import (
     UploadTooLarge,
 )
 from uploadmeter.processing import ProcessingTask
+from uploadmeter.resumable._s3 import S3Storage
 from uploadmeter.resumable._storage import FileInfo
 from uploadmeter.resumable.chunked._app import ChunkUploads
 from uploadmeter.resumable.tus._app import TusUploads
@@ -40,6 +41,7 @@ __all__ = [
     "ProcessingTask",
     "ProgressStore",
     "RedisStore",
+    "S3Storage",
     "SQLiteStore",
     "State",
     "StoreError",

@@ -78,6 +78,7 @@ __all__ = [
     "LockLost",
     "LockTimeout",
     "MissingDependency",
+    "ObjectStoreUnavailable",
     "ProcessingCancelled",
     "ProcessingFailed",
     "QuotaExceeded",
@@ -134,6 +135,11 @@ class StoreError(UploadMeterError):
     """The progress store could not be reached or answered with an error (temporary)."""
 
     status = 503
+
+
+class ObjectStoreUnavailable(StoreError):
+    """The object store (S3) could not be reached, throttled, or failed (5xx): temporary,
+    answered 503 + ``Retry-After``."""
 
 
 class UnsafeStorePath(UploadMeterError, PermissionError):

@@ -37,6 +37,7 @@ def completion_log(directory: str) -> Callable[[FileInfo], dict[str, Any]]:
     def on_complete(info: FileInfo) -> dict[str, Any]:
         line = {
             "upload_id": info.upload_id,
+            "session": info.session,
             "protocol": info.protocol,
             "filename": info.filename,
             "size": info.size,

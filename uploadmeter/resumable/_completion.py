@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._locks import StoreLock
@@ -21,7 +21,7 @@ from uploadmeter.core._record import shown_text
 from uploadmeter.core._records import Records
 from uploadmeter.exceptions import CompletionFailed, UploadRejected
 from uploadmeter.processing import ProcessingTask
-from uploadmeter.resumable._storage import Digests, FileInfo, FileStore, copy_and_hash
+from uploadmeter.resumable._storage import FileInfo, FileStore, Storage
 from uploadmeter.stores._base import ProgressStore
 
 log = logging.getLogger("uploadmeter")
@@ -86,13 +86,14 @@ class ResumableEndpoint:
     def __init__(
         self,
         meter: MeterContext | HasContext,
-        files: FileStore | str | os.PathLike[str],
+        files: Storage | str | os.PathLike[str],
         on_complete: OnComplete | None,
         session_quota: int,
         lock_ttl: float,
     ) -> None:
         self.context = context_of(meter)
-        self.files = files if isinstance(files, FileStore) else FileStore(files)
+        self.files = files if isinstance(files, Storage) else FileStore(files)
+        self.files.bind(self.context.store)
         self.on_complete = on_complete
         self.session_quota = session_quota
         self.lock_ttl = lock_ttl
@@ -111,17 +112,14 @@ class ResumableEndpoint:
         ).start()
 
     @staticmethod
-    def hash_files(
-        task: ProcessingTask, lock: StoreLock, paths: Iterable[str], out: IO[bytes] | None = None
-    ) -> Digests:
-        """Read ``paths`` once (copying them into ``out``) for their hashes, reporting the
-        bytes read as ``task``'s progress and keeping ``lock``."""
+    def progress(task: ProcessingTask, lock: StoreLock) -> Callable[[int], None]:
+        """Reports the bytes read of a join as ``task``'s progress, keeping ``lock``."""
 
         def progress(done: int) -> None:
             task.update(done)
             lock.refresh(every=lock.ttl / 3)
 
-        return copy_and_hash(paths, out, progress)
+        return progress
 
     def hand_over(
         self,
@@ -133,9 +131,9 @@ class ResumableEndpoint:
     ) -> dict[str, Any]:
         """:func:`deliver` the file.  When the application refuses a file this upload put
         into the store (``new_file``), it leaves the store again."""
+        self.files.retain(info)
         try:
             return deliver(info, task, self.on_complete, before_finish)
         except (UploadRejected, CompletionFailed):
-            if new_file:
-                self.files.discard(info.path)
+            self.files.release(info, new_file=new_file)
             raise

@@ -22,6 +22,7 @@ when it can, the hash, so a chunk torn by a power cut is caught there.)
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import hashlib
@@ -35,7 +36,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.exceptions import DiskFull, InvalidName, QuotaExceeded, StoreError
@@ -47,9 +48,11 @@ __all__ = [
     "DISK_FULL_MESSAGE",
     "DISK_FULL_RETRY_AFTER",
     "CleanupStats",
+    "DataWriter",
     "Digests",
     "FileInfo",
     "FileStore",
+    "Storage",
     "clean_filename",
     "clean_relative_path",
     "copy_and_hash",
@@ -70,6 +73,10 @@ class FileInfo:
     other uploads of the same bytes and is kept ``keep_completed`` seconds for instant
     uploads.  Keep the file with :meth:`link_to` (or copy it); do not move or modify it.
     A hard link shares those bytes too: treat it as read-only, or copy it to change it.
+    On an :class:`~uploadmeter.S3Storage` the file is the object ``key`` in ``bucket``
+    (``path`` is then ``s3://<bucket>/<key>``, not a local file): :meth:`open` streams it,
+    :meth:`link_to` downloads it, and the upload holds a reference on it until
+    :meth:`S3Storage.release <uploadmeter.S3Storage.release>`.
     ``filename`` and ``relative_path`` are the client's names, checked but only for
     display: never join them to a directory.
     """
@@ -85,6 +92,9 @@ class FileInfo:
     relative_path: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     instant: bool = False  # no bytes were sent: the server already had this file
+    bucket: str | None = None  # object storage: where the file is
+    key: str | None = None
+    storage: Storage | None = field(default=None, repr=False, compare=False)
 
     def link_to(self, destination: str | os.PathLike[str]) -> str:
         """Hard-link (or, where links are impossible, copy) the file to ``destination``.
@@ -92,6 +102,10 @@ class FileInfo:
         Raises :class:`FileExistsError` when ``destination`` exists.
         """
         dest = os.fspath(destination)
+        if self.key is not None:  # an object: download it
+            with self.open() as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out, BLOCK)
+            return dest
         try:
             os.link(self.path, dest)
         except OSError as exc:
@@ -102,6 +116,9 @@ class FileInfo:
         return dest
 
     def open(self) -> IO[bytes]:
+        """The file's bytes (a local file, or the object's streamed body)."""
+        if self.storage is not None:
+            return self.storage.open_file(self.path)
         return open(self.path, "rb")
 
 
@@ -217,10 +234,236 @@ def digest_name(*parts: str) -> str:
     return h.hexdigest()[:40]
 
 
-# -- the store -----------------------------------------------------------------------------
+# -- the storage interface -----------------------------------------------------------------
 
 
-class FileStore:
+class DataWriter(Protocol):
+    """Appends a tus PATCH body to an upload's data (:meth:`Storage.open_data`)."""
+
+    committed: int  # the data's size as :meth:`Storage.data_size` shows it now
+
+    def write(self, data: bytes) -> None: ...
+
+    def truncate(self, size: int) -> int:
+        """Keep only the first ``size`` bytes; returns the size kept (an object store
+        cannot take back parts it already stored)."""
+        ...
+
+    def sync(self) -> None:
+        """Make what was written durable (an answered offset is a promise)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> DataWriter: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Storage(abc.ABC):
+    """Where resumable uploads keep their bytes: one interface, two implementations.
+
+    :class:`FileStore` (a local directory, the default) and
+    :class:`~uploadmeter.S3Storage` (an S3-compatible object store, for several machines).
+    The chunk and tus endpoints only ever call these methods.  ``location`` arguments are
+    the storage's own names (paths or object keys built by :meth:`upload_dir`), never
+    the client's.  Small state documents (``meta.json``, ``info.json``) go through
+    :meth:`read_json` / :meth:`write_json`; partial bytes through :meth:`put_chunk` (chunks)
+    and :meth:`open_data` (tus); :meth:`join_chunks` / :meth:`join_data` make the whole
+    file and hash it in one streaming read, :meth:`adopt` files it under its SHA-256
+    (stored once), :meth:`release` lets go of it.  (A future ``concat`` -- tus
+    concatenation, S3 ``UploadPartCopy`` -- is one more method here.)
+    """
+
+    partial_root: str
+    tus_root: str
+    expire_after: float
+    keep_completed: float | None
+    cleanup_interval: float
+
+    def __init__(self) -> None:
+        self._next_cleanup = 0.0
+        self._store: ProgressStore | None = None
+
+    def bind(self, store: ProgressStore) -> None:
+        """The progress store, for locks across machines (the endpoints call this)."""
+        self._store = store
+
+    # -- names -------------------------------------------------------------------------
+
+    @staticmethod
+    def session_key(session: str) -> str:
+        return digest_name("session", session)[:32]
+
+    def upload_dir(self, kind: Literal["partial", "tus"], session: str, name: str) -> str:
+        """``partial/<session>/<name>`` or ``tus/<session>/<name>``; ``name`` must be ours."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ValueError(f"not a storage name: {name!r}")
+        base = {"partial": self.partial_root, "tus": self.tus_root}[kind]
+        return os.path.join(base, self.session_key(session), name)
+
+    # -- local temp files (bodies being received) ------------------------------------------
+
+    @abc.abstractmethod
+    def temp_file(self, suffix: str = ".part") -> tuple[str, IO[bytes]]:
+        """A new local file, open for writing: ``(path, file)``."""
+
+    @abc.abstractmethod
+    def discard(self, path: str) -> None:
+        """Delete a temp file (or a joined file :meth:`adopt` did not take)."""
+
+    # -- state documents ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def read_json(self, path: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def write_json(self, path: str, data: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def begin(self, location: str, *, data: bool = False) -> None:
+        """Make room for a new upload at ``location`` (``data``: a tus upload's data)."""
+
+    @abc.abstractmethod
+    def exists(self, location: str) -> bool: ...
+
+    @abc.abstractmethod
+    def remove_tree(self, location: str) -> None:
+        """Delete an upload's state and partial bytes (parts, multipart uploads)."""
+
+    # -- chunks ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_chunk(
+        self, location: str, number: int, received: str, *, chunk_size: int, total_chunks: int
+    ) -> bool:
+        """Store the received temp file as chunk ``number``; ``False`` when the upload at
+        ``location`` is gone (merged, cancelled, expired)."""
+
+    @abc.abstractmethod
+    def chunk_numbers(self, location: str, *, chunk_size: int, total_chunks: int) -> list[int]:
+        """The chunk numbers stored, ascending."""
+
+    @abc.abstractmethod
+    def join_chunks(
+        self,
+        location: str,
+        numbers: list[int],
+        *,
+        chunk_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, Digests]:
+        """Join the chunks in order into one file, hashing it: ``(joined, digests)``.
+        ``joined`` goes to :meth:`adopt` or :meth:`discard`."""
+
+    # -- tus data ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def data_size(self, location: str) -> int:
+        """Bytes of a tus upload's data stored; :class:`FileNotFoundError` when gone."""
+
+    @abc.abstractmethod
+    def open_data(self, location: str, start: int, *, length: int, hold: bool) -> DataWriter:
+        """A writer appending at ``start`` (the current size).  ``hold``: keep every byte
+        takeable back (:meth:`DataWriter.truncate`) until :meth:`DataWriter.sync`."""
+
+    @abc.abstractmethod
+    def join_data(
+        self, location: str, progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        """The whole data of a tus upload, hashed: ``(joined, digests)``."""
+
+    # -- finished files ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def adopt(self, path: str, sha256: str) -> tuple[str, bool]:
+        """File a verified joined file under its hash: ``(its location, whether new)``;
+        an identical file already there wins (``path`` is deleted)."""
+
+    @abc.abstractmethod
+    def existing(self, sha256: str, size: int) -> str | None:
+        """The stored file with this hash and size, or ``None``."""
+
+    @abc.abstractmethod
+    def file_fields(self, location: str) -> dict[str, Any]:
+        """:class:`FileInfo` fields naming the stored file at ``location``."""
+
+    @abc.abstractmethod
+    def open_file(self, location: str) -> IO[bytes]: ...
+
+    def retain(self, info: FileInfo) -> None:  # noqa: B027 (most storages count nothing)
+        """The upload ``info`` references its file (before ``on_complete`` sees it)."""
+
+    @abc.abstractmethod
+    def release(self, info: FileInfo, *, new_file: bool = False) -> None:
+        """The upload ``info`` no longer references its file (refused by the
+        application; ``new_file``: this upload stored it)."""
+
+    # -- quota ---------------------------------------------------------------------------
+
+    def session_lock(self, store: ProgressStore, session: str) -> StoreLock:
+        """The lock under which a session's uploads are created or deleted (in ``store``,
+        so across processes): parallel first requests cannot both pass the quota check."""
+        return StoreLock(store, "files-session:" + self.session_key(session), wait=10)
+
+    def check_room(self, session: str, size: int, quota: int) -> None:
+        """Raise :class:`QuotaExceeded` or :class:`DiskFull` unless a new upload of
+        ``size`` bytes fits (call it under :meth:`session_lock`)."""
+        reserved = self.reserved_bytes(session)
+        if reserved + size > quota:
+            raise QuotaExceeded(reserved, quota)
+        if self.free_space() < size:
+            raise DiskFull("The server has no room for this file now.")
+
+    @abc.abstractmethod
+    def free_space(self) -> int: ...
+
+    @abc.abstractmethod
+    def upload_states(self, session_key: str) -> Iterable[dict[str, Any]]:
+        """The state documents of one session's uploads (``meta.json``, ``info.json``)."""
+
+    def reserved_bytes(self, session: str) -> int:
+        """Declared sizes of this session's unfinished uploads (chunked and tus)."""
+        total = 0
+        for meta in self.upload_states(self.session_key(session)):
+            if not meta.get("complete"):
+                total += int(meta.get("total_size") or meta.get("length") or 0)
+        return total
+
+    # -- cleanup -------------------------------------------------------------------------
+
+    @property
+    def cleanup_name(self) -> str:
+        """Names this storage among all processes (one cleanup at a time)."""
+        return self.partial_root
+
+    def maybe_cleanup(self, store: ProgressStore | None = None) -> CleanupStats | None:
+        """Run :meth:`cleanup` if this process, and (given a store) every process, has not
+        for ``cleanup_interval`` seconds.  Never raises: requests call this on the way."""
+        now = time.time()
+        if now < self._next_cleanup:
+            return None
+        self._next_cleanup = now + self.cleanup_interval
+        try:
+            if store is not None and not store.add(
+                "filestore-cleanup:" + digest_name(self.cleanup_name), "1", self.cleanup_interval
+            ):
+                return None
+            return self.cleanup(now)
+        except (OSError, StoreError) as exc:
+            log.warning("uploadmeter: cleanup of %s failed: %s", self.cleanup_name, exc)
+            return None
+
+    @abc.abstractmethod
+    def cleanup(self, now: float | None = None) -> CleanupStats: ...
+
+
+# -- the local store -----------------------------------------------------------------------
+
+_CHUNK_FILE = re.compile(r"(\d{1,9})\.chunk")
+
+
+class FileStore(Storage):
     """The directory tree of resumable uploads.
 
     :param directory: root of the tree; created if missing.  Keep it on one file system.
@@ -242,6 +485,7 @@ class FileStore:
         cleanup_interval: float = 300.0,
         temp_ttl: float = 6 * 3600.0,
     ) -> None:
+        super().__init__()
         self.root = os.path.abspath(os.fspath(directory))
         self.expire_after = expire_after
         self.keep_completed = keep_completed
@@ -253,20 +497,10 @@ class FileStore:
         self.files_root = os.path.join(self.root, "files")
         for path in (self.tmp_dir, self.partial_root, self.tus_root, self.files_root):
             os.makedirs(path, exist_ok=True)
-        self._next_cleanup = 0.0
 
-    # -- names ---------------------------------------------------------------------------
-
-    @staticmethod
-    def session_key(session: str) -> str:
-        return digest_name("session", session)[:32]
-
-    def upload_dir(self, kind: Literal["partial", "tus"], session: str, name: str) -> str:
-        """``partial/<session>/<name>`` or ``tus/<session>/<name>``; ``name`` must be ours."""
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
-            raise ValueError(f"not a storage name: {name!r}")
-        base = {"partial": self.partial_root, "tus": self.tus_root}[kind]
-        return os.path.join(base, self.session_key(session), name)
+    @property
+    def cleanup_name(self) -> str:
+        return self.root
 
     def complete_path(self, sha256: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -294,8 +528,7 @@ class FileStore:
         finally:
             self.discard(tmp)
 
-    @staticmethod
-    def read_json(path: str) -> dict[str, Any] | None:
+    def read_json(self, path: str) -> dict[str, Any] | None:
         try:
             with open(path, "rb") as f:
                 data = json.loads(f.read())
@@ -306,9 +539,72 @@ class FileStore:
             return None
         return data if isinstance(data, dict) else None
 
-    @staticmethod
-    def remove_tree(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+    def begin(self, location: str, *, data: bool = False) -> None:
+        os.makedirs(location, exist_ok=not data)
+        if data:
+            open(os.path.join(location, "data"), "wb").close()
+
+    def exists(self, location: str) -> bool:
+        return os.path.isdir(location)
+
+    def remove_tree(self, location: str) -> None:
+        shutil.rmtree(location, ignore_errors=True)
+
+    # -- chunks --------------------------------------------------------------------------
+
+    def put_chunk(
+        self, location: str, number: int, received: str, *, chunk_size: int, total_chunks: int
+    ) -> bool:
+        try:
+            os.replace(received, os.path.join(location, f"{number}.chunk"))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def chunk_numbers(self, location: str, *, chunk_size: int, total_chunks: int) -> list[int]:
+        """Chunk numbers on disk, ascending (numerically: 2 before 10)."""
+        try:
+            names = os.listdir(location)
+        except FileNotFoundError:
+            return []
+        numbers = (int(m.group(1)) for m in map(_CHUNK_FILE.fullmatch, names) if m)
+        return sorted(n for n in numbers if 1 <= n <= total_chunks)
+
+    def join_chunks(
+        self,
+        location: str,
+        numbers: list[int],
+        *,
+        chunk_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, Digests]:
+        """One pass: the chunks copied into a temp file and hashed (each byte read once
+        and written once)."""
+        temp, out = self.temp_file()
+        try:
+            with out:
+                chunks = (os.path.join(location, f"{n}.chunk") for n in numbers)
+                digests = copy_and_hash(chunks, out, progress)
+        except BaseException:
+            self.discard(temp)
+            raise
+        return temp, digests
+
+    # -- tus data ------------------------------------------------------------------------
+
+    def data_size(self, location: str) -> int:
+        return os.path.getsize(os.path.join(location, "data"))
+
+    def open_data(self, location: str, start: int, *, length: int, hold: bool) -> DataWriter:
+        return _LocalWriter(os.path.join(location, "data"), start)
+
+    def join_data(
+        self, location: str, progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        path = os.path.join(location, "data")
+        return path, copy_and_hash([path], None, progress)
+
+    # -- finished files ------------------------------------------------------------------
 
     def adopt(self, path: str, sha256: str) -> tuple[str, bool]:
         """Move a verified file into ``files/``: ``(its new path, whether it is new)``.
@@ -338,6 +634,18 @@ class FileStore:
         self.touch(path)
         return path
 
+    def file_fields(self, location: str) -> dict[str, Any]:
+        return {"path": location}
+
+    def open_file(self, location: str) -> IO[bytes]:
+        return open(location, "rb")
+
+    def release(self, info: FileInfo, *, new_file: bool = False) -> None:
+        """Files are kept ``keep_completed`` seconds from their last use; one this upload
+        stored and the application refused goes at once."""
+        if new_file:
+            self.discard(info.path)
+
     @staticmethod
     def touch(path: str) -> None:
         with contextlib.suppress(OSError):
@@ -346,58 +654,14 @@ class FileStore:
     def free_space(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    # -- quota ---------------------------------------------------------------------------
-
-    def session_lock(self, store: ProgressStore, session: str) -> StoreLock:
-        """The lock under which a session's uploads are created or deleted (in ``store``,
-        so across processes): parallel first requests cannot both pass the quota check."""
-        return StoreLock(store, "files-session:" + self.session_key(session), wait=10)
-
-    def check_room(self, session: str, size: int, quota: int) -> None:
-        """Raise :class:`QuotaExceeded` or :class:`DiskFull` unless a new upload of
-        ``size`` bytes fits (call it under :meth:`session_lock`)."""
-        reserved = self.reserved_bytes(session)
-        if reserved + size > quota:
-            raise QuotaExceeded(reserved, quota)
-        if self.free_space() < size:
-            raise DiskFull("The server has no room for this file now.")
-
-    def reserved_bytes(self, session: str) -> int:
-        """Declared sizes of this session's unfinished uploads (chunked and tus)."""
-        key = self.session_key(session)
-        total = 0
-        for base, meta_name, size_key in (
-            (self.partial_root, "meta.json", "total_size"),
-            (self.tus_root, "info.json", "length"),
-        ):
-            try:
-                entries = list(os.scandir(os.path.join(base, key)))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
+    def upload_states(self, session_key: str) -> Iterable[dict[str, Any]]:
+        for base, meta_name in ((self.partial_root, "meta.json"), (self.tus_root, "info.json")):
+            for entry in _scan(os.path.join(base, session_key)):
                 meta = self.read_json(os.path.join(entry.path, meta_name))
-                if meta and not meta.get("complete"):
-                    total += int(meta.get(size_key) or 0)
-        return total
+                if meta:
+                    yield meta
 
     # -- cleanup -------------------------------------------------------------------------
-
-    def maybe_cleanup(self, store: ProgressStore | None = None) -> CleanupStats | None:
-        """Run :meth:`cleanup` if this process, and (given a store) every process, has not
-        for ``cleanup_interval`` seconds.  Never raises: requests call this on the way."""
-        now = time.time()
-        if now < self._next_cleanup:
-            return None
-        self._next_cleanup = now + self.cleanup_interval
-        try:
-            if store is not None and not store.add(
-                "filestore-cleanup:" + digest_name(self.root), "1", self.cleanup_interval
-            ):
-                return None
-            return self.cleanup(now)
-        except (OSError, StoreError) as exc:
-            log.warning("uploadmeter: cleanup of %s failed: %s", self.root, exc)
-            return None
 
     def cleanup(self, now: float | None = None) -> CleanupStats:
         """Delete abandoned chunks, expired tus uploads, old finished files, stray temps."""
@@ -430,6 +694,46 @@ class FileStore:
                         stats.files += 1
                 _rmdir_if_empty(bucket.path)
         return stats
+
+
+class _LocalWriter:
+    """Appends to a tus upload's data file, unbuffered: every byte counted as written is
+    in the file, and a HEAD meanwhile sees the offset grow."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self._f = open(path, "r+b", buffering=0)  # noqa: SIM115 (closed by close())
+        self._f.seek(start)
+        self.committed = start
+
+    def write(self, data: bytes) -> None:
+        """All of ``data``, or (disk full) none of it."""
+        view = memoryview(data)  # unbuffered writes may be short
+        try:
+            while view:
+                view = view[self._f.write(view) or 0 :]
+        except OSError:
+            self._f.truncate(self.committed)  # drop the part that fitted
+            self._f.seek(self.committed)
+            raise
+        self.committed += len(data)
+
+    def truncate(self, size: int) -> int:
+        self._f.truncate(size)
+        self._f.seek(size)
+        self.committed = size
+        return size
+
+    def sync(self) -> None:
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _LocalWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _scan(path: str) -> list[os.DirEntry[str]]:

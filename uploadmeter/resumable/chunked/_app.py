@@ -82,7 +82,7 @@ from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     FileInfo,
-    FileStore,
+    Storage,
     is_disk_full,
 )
 from uploadmeter.resumable.chunked._cancel import Cancels, cancelled
@@ -133,8 +133,9 @@ class ChunkUploads(ResumableEndpoint):
 
     :param meter: the meter (the middleware, the Flask extension) or its
         :class:`~uploadmeter.core.MeterContext`: store, settings, sessions.
-    :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory; share one
-        with :class:`~uploadmeter.resumable.TusUploads` to share quota and finished files.
+    :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory, or an
+        :class:`~uploadmeter.S3Storage`; share one with
+        :class:`~uploadmeter.resumable.TusUploads` to share quota and finished files.
     :param on_complete: ``on_complete(FileInfo)`` once a file is merged and verified (or
         found already stored).  Return a dict to show to the client (e.g. ``{"url": ...}``),
         or a started :class:`~uploadmeter.processing.ProcessingTask` when processing
@@ -158,7 +159,7 @@ class ChunkUploads(ResumableEndpoint):
     def __init__(
         self,
         meter: MeterContext | HasContext,
-        files: FileStore | str | os.PathLike[str],
+        files: Storage | str | os.PathLike[str],
         *,
         on_complete: OnComplete | None = None,
         max_file_size: int = 4 * 1024**3,
@@ -278,7 +279,7 @@ class ChunkUploads(ResumableEndpoint):
         stored: list[int] = []
         if meta is not None:
             _check_same_split(meta, params)
-            stored = up.stored(meta.total_chunks)
+            stored = up.stored(meta)
             if len(stored) == meta.total_chunks and self.auto_merge:
                 # All there but not merged (the merging worker died, or it merges now):
                 # the last chunk reads as missing, so the client sends it again and that
@@ -333,7 +334,7 @@ class ChunkUploads(ResumableEndpoint):
         write_progress(self.cancels, up, meta, arrived, lock_ttl=self.lock_ttl)
         # Listed after the progress write let go of the lock: if the last chunk's merge
         # found it taken by this write, this request sees every chunk and merges.
-        stored = up.stored(meta.total_chunks)
+        stored = up.stored(meta)
         if len(stored) == meta.total_chunks and self.auto_merge:
             return self._merge(up, meta, extra, arrived)
         return self._answer(up, params, extra, stored)
@@ -349,15 +350,13 @@ class ChunkUploads(ResumableEndpoint):
             if meta is None:
                 return None
             _check_same_split(meta, params)
-            try:
-                os.replace(received, up.chunk_path(params.chunk_number))
+            if up.put_chunk(meta, params.chunk_number, received):
                 return meta
-            except FileNotFoundError:
-                # The folder went away meanwhile: merged (the done mark is written before
-                # the folder is removed), cancelled or expired.
-                if self.completions.done(up, arrived) is not None:
-                    return None
-                self.cancels.check(up, arrived)
+            # The folder went away meanwhile: merged (the done mark is written before
+            # the folder is removed), cancelled or expired.
+            if self.completions.done(up, arrived) is not None:
+                return None
+            self.cancels.check(up, arrived)
         raise ChunkRefused("busy", "The upload changed meanwhile; try again.", status=503)
 
     # -- per-upload state ----------------------------------------------------------------
@@ -401,7 +400,7 @@ class ChunkUploads(ResumableEndpoint):
         meta = up.read_meta(self.files)
         if meta is None:
             raise ChunkRefused("not_found", "No such upload (it may have expired).", status=404)
-        missing = sorted(set(meta.numbers) - set(up.stored(meta.total_chunks)))
+        missing = sorted(set(meta.numbers) - set(up.stored(meta)))
         if missing:
             raise ChunkRefused(
                 "incomplete", "Some chunks are missing.", status=409, missing=missing[:1000]
@@ -422,7 +421,7 @@ class ChunkUploads(ResumableEndpoint):
             done = self.completions.done(up, arrived)
             if done is not None:
                 return self._answer(up, meta, extra, done=done)
-            stored = up.stored(meta.total_chunks)
+            stored = up.stored(meta)
             if len(stored) != meta.total_chunks:
                 return self._answer(up, meta, extra, stored)
             task = self.start_task(up.session, up.upload_id, "merging", meta.total_size)
@@ -442,7 +441,7 @@ class ChunkUploads(ResumableEndpoint):
                     raise disk_full() from None
                 raise
             info = FileInfo(
-                path=path,
+                **self.files.file_fields(path),
                 filename=meta.filename,
                 size=digests.size,
                 sha256=digests.sha256,
@@ -501,7 +500,7 @@ class ChunkUploads(ResumableEndpoint):
                 return done
             task = self.start_task(up.session, up.upload_id, "instant", 0)
             info = FileInfo(
-                path=path,
+                **self.files.file_fields(path),
                 filename=params.filename,
                 size=found["size"],
                 sha256=found["sha256"],
@@ -525,7 +524,7 @@ class ChunkUploads(ResumableEndpoint):
         up = self._upload(self._session(environ), identifier)
         # Under the session's lock: a chunk cannot start the upload again meanwhile.
         with self.files.session_lock(self.store, up.session):
-            existed = os.path.isdir(up.directory)
+            existed = self.files.exists(up.directory)
             record = self.cancels.record(up)
             if record is None or record.state not in (DONE, ERROR):
                 # Cancel it (again, after {prefix}/cancel: the client knows from now on).

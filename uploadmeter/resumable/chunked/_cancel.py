@@ -12,7 +12,7 @@ from uploadmeter.exceptions import ChunkRefused
 
 if TYPE_CHECKING:
     from uploadmeter.core._context import MeterContext
-    from uploadmeter.resumable._storage import FileStore
+    from uploadmeter.resumable._storage import Storage
     from uploadmeter.resumable.chunked._instant import Completions
     from uploadmeter.resumable.chunked._layout import Upload
 
@@ -25,7 +25,7 @@ def cancelled() -> ChunkRefused:
 class Cancels:
     """The cancel rules of one chunk endpoint."""
 
-    def __init__(self, context: MeterContext, files: FileStore, completions: Completions) -> None:
+    def __init__(self, context: MeterContext, files: Storage, completions: Completions) -> None:
         self.context = context
         self.files = files
         self.completions = completions

@@ -11,7 +11,7 @@ from uploadmeter.resumable.chunked._merge import hash_kind
 
 if TYPE_CHECKING:
     from uploadmeter.core._context import MeterContext
-    from uploadmeter.resumable._storage import FileInfo, FileStore
+    from uploadmeter.resumable._storage import FileInfo, Storage
     from uploadmeter.resumable.chunked._layout import Upload
     from uploadmeter.resumable.chunked._params import ChunkParams
 
@@ -24,7 +24,7 @@ class Completions:
     def __init__(
         self,
         context: MeterContext,
-        files: FileStore,
+        files: Storage,
         *,
         instant_upload: InstantUpload,
         hash_identifiers: bool,

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from uploadmeter.core._ids import valid_upload_id
-from uploadmeter.resumable._storage import FileStore, digest_name
+from uploadmeter.resumable._storage import Storage, digest_name
 from uploadmeter.resumable.chunked._params import ChunkParams
 
-_CHUNK_FILE = re.compile(r"(\d{1,9})\.chunk")
 # What meta.json keeps of the first chunk's parameters: the file, not one chunk.
 _META_FIELDS = (
     "identifier",
@@ -36,9 +34,10 @@ class Upload:
     upload_id: str
     directory: str
     key: str
+    files: Storage
 
     @classmethod
-    def of(cls, files: FileStore, session: str, identifier: str) -> Upload:
+    def of(cls, files: Storage, session: str, identifier: str) -> Upload:
         """The upload ``identifier`` of ``session`` in ``files``."""
         key = digest_name("chunks", session, identifier)
         return cls(
@@ -47,10 +46,8 @@ class Upload:
             upload_id=identifier if valid_upload_id(identifier) else "chunks-" + key[:32],
             directory=files.upload_dir("partial", session, key),
             key=key,
+            files=files,
         )
-
-    def chunk_path(self, number: int) -> str:
-        return os.path.join(self.directory, f"{number}.chunk")
 
     @property
     def meta_path(self) -> str:
@@ -69,16 +66,24 @@ class Upload:
     def lock_name(self) -> str:
         return "chunks:" + self.key
 
-    def stored(self, total_chunks: int) -> list[int]:
-        """Chunk numbers on disk, ascending (numerically: 2 before 10)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        numbers = (int(m.group(1)) for m in map(_CHUNK_FILE.fullmatch, names) if m)
-        return sorted(n for n in numbers if 1 <= n <= total_chunks)
+    def stored(self, meta: ChunkParams) -> list[int]:
+        """Chunk numbers stored, ascending (numerically: 2 before 10)."""
+        return self.files.chunk_numbers(
+            self.directory, chunk_size=meta.chunk_size, total_chunks=meta.total_chunks
+        )
 
-    def read_meta(self, files: FileStore, newer_than: float | None = None) -> ChunkParams | None:
+    def put_chunk(self, meta: ChunkParams, number: int, received: str) -> bool:
+        """Store the received temp file as chunk ``number``; ``False`` when the upload is
+        gone (merged, cancelled or expired meanwhile)."""
+        return self.files.put_chunk(
+            self.directory,
+            number,
+            received,
+            chunk_size=meta.chunk_size,
+            total_chunks=meta.total_chunks,
+        )
+
+    def read_meta(self, files: Storage, newer_than: float | None = None) -> ChunkParams | None:
         """The upload's declared file (``meta.json``), or ``None`` before its first chunk
         (or when it was created before ``newer_than``)."""
         data = files.read_json(self.meta_path)
@@ -89,10 +94,10 @@ class Upload:
         fields: dict[str, Any] = {name: data.get(name) for name in _META_FIELDS}
         return ChunkParams(**fields, chunk_number=None, current_chunk_size=None)
 
-    def write_meta(self, files: FileStore, params: ChunkParams) -> ChunkParams:
+    def write_meta(self, files: Storage, params: ChunkParams) -> ChunkParams:
         """Create the folder and its ``meta.json`` from the first chunk's ``params``;
         return the declared file."""
-        os.makedirs(self.directory, exist_ok=True)
+        files.begin(self.directory)
         data = {name: getattr(params, name) for name in _META_FIELDS}
         files.write_json(self.meta_path, dict(data, created=time.time()))
         return dataclasses.replace(params, chunk_number=None, current_chunk_size=None)

@@ -55,23 +55,25 @@ def join_chunks(
     *,
     hash_identifiers: bool,
 ) -> tuple[str, bool, Digests]:
-    """Join the chunks of ``up`` into the file store: ``(path, created, digests)``.
+    """Join the chunks of ``up`` into the storage: ``(location, created, digests)``.
 
     ``task`` shows the bytes read, ``lock`` is kept meanwhile.  A mismatch fails the task
-    (415) and raises :class:`ChunkRefused`; on any error no temp file is left.
+    (415) and raises :class:`ChunkRefused`; on any error no joined file is left.
     """
     files = endpoint.files
-    temp, out = files.temp_file()
+    joined, digests = files.join_chunks(
+        up.directory,
+        meta.numbers,
+        chunk_size=meta.chunk_size,
+        progress=endpoint.progress(task, lock),
+    )
     try:
-        with out:
-            chunks = (up.chunk_path(n) for n in meta.numbers)
-            digests = endpoint.hash_files(task, lock, chunks, out)
         problem = verify(meta, digests, hash_identifiers=hash_identifiers)
         if problem is not None:
             task.fail(problem, 415)
             raise ChunkRefused("checksum_mismatch", problem)
-        path, created = files.adopt(temp, digests.sha256)
+        path, created = files.adopt(joined, digests.sha256)
     except BaseException:
-        files.discard(temp)
+        files.discard(joined)
         raise
     return path, created, digests

@@ -44,7 +44,7 @@ from uploadmeter.exceptions import ChunkRefused, InvalidName
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     DISK_FULL_RETRY_AFTER,
-    FileStore,
+    Storage,
     clean_filename,
     clean_relative_path,
     is_disk_full,
@@ -223,7 +223,7 @@ class ChunkBody:
                 self._find_chunk()
         return self.values
 
-    def save(self, files: FileStore, expected: int) -> tuple[str, int]:
+    def save(self, files: Storage, expected: int) -> tuple[str, int]:
         """Read the chunk of ``expected`` bytes into a temp file: ``(its path, its size)``.
 
         A body that holds more than that chunk needs is refused with 413 -- at once when

@@ -42,7 +42,7 @@ def write_progress(
             return
         if context.records.cancel_requested(up.session, up.upload_id):
             return
-        stored = up.stored(meta.total_chunks)
+        stored = up.stored(meta)
         record = cancels.record(up)
         if record is None or record.state in FINISHED:
             # The clock starts when the first chunk request arrived, not when its body

@@ -41,7 +41,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
@@ -74,8 +74,9 @@ from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     DISK_FULL_RETRY_AFTER,
+    DataWriter,
     FileInfo,
-    FileStore,
+    Storage,
     clean_filename,
     is_disk_full,
 )
@@ -131,10 +132,6 @@ class _Upload:
     info: dict[str, Any]
 
     @property
-    def data_path(self) -> str:
-        return os.path.join(self.directory, "data")
-
-    @property
     def info_path(self) -> str:
         return os.path.join(self.directory, "info.json")
 
@@ -146,11 +143,11 @@ class _Upload:
     def complete(self) -> bool:
         return bool(self.info.get("complete"))
 
-    def offset(self) -> int:
+    def offset(self, files: Storage) -> int:
         if self.complete:
             return self.length
         try:
-            return os.path.getsize(self.data_path)
+            return files.data_size(self.directory)
         except FileNotFoundError:
             raise tus.not_found() from None
 
@@ -160,8 +157,8 @@ class TusUploads(ResumableEndpoint):
 
     :param meter: the meter (the middleware, the Flask extension) or its
         :class:`~uploadmeter.core.MeterContext`: store, settings, sessions.
-    :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory (its
-        ``expire_after`` is the uploads' expiration).
+    :param files: a :class:`~uploadmeter.resumable.FileStore` or its directory, or an
+        :class:`~uploadmeter.S3Storage` (its ``expire_after`` is the uploads' expiration).
     :param on_complete: ``on_complete(FileInfo)``, as for
         :class:`~uploadmeter.resumable.ChunkUploads`; ``FileInfo.metadata`` holds the
         decoded ``Upload-Metadata``.
@@ -176,7 +173,7 @@ class TusUploads(ResumableEndpoint):
     def __init__(
         self,
         meter: MeterContext | HasContext,
-        files: FileStore | str | os.PathLike[str],
+        files: Storage | str | os.PathLike[str],
         *,
         on_complete: OnComplete | None = None,
         max_size: int = 4 * 1024**3,
@@ -303,8 +300,7 @@ class TusUploads(ResumableEndpoint):
         try:
             with self.files.session_lock(self.store, session):
                 self.files.check_room(session, length, self.session_quota)
-                os.makedirs(upload.directory)
-                open(upload.data_path, "wb").close()
+                self.files.begin(upload.directory, data=True)
                 self.files.write_json(upload.info_path, upload.info)
         except QuotaExceeded as exc:
             raise TusError(exc.message, status=exc.status) from None
@@ -340,7 +336,7 @@ class TusUploads(ResumableEndpoint):
 
     def _head(self, request: Request, upload_id: str) -> Response:
         upload = self._find(upload_id)
-        if not upload.complete and upload.offset() == upload.length:
+        if not upload.complete and upload.offset(self.files) == upload.length:
             # Every byte is here but the worker that received the last ones stopped
             # before handing the file over: do it now (unless another request is).
             lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=0)
@@ -350,7 +346,7 @@ class TusUploads(ResumableEndpoint):
                     if not upload.complete:
                         self._finish(upload, self._load_record(upload), lock)
         headers = tus.head_headers(
-            upload.offset(),
+            upload.offset(self.files),
             upload.length,
             float(upload.info["expires_at"]),
             upload.info.get("metadata"),
@@ -366,7 +362,7 @@ class TusUploads(ResumableEndpoint):
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
             upload = self._find(upload_id)
-            current = upload.offset()
+            current = upload.offset(self.files)
             tus.check_offset(patch.offset, current)
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
@@ -398,14 +394,17 @@ class TusUploads(ResumableEndpoint):
         record = self._load_record(upload)
         record.bytes_received = start
         tracker = UploadTracker(self.store, upload.session, record, self.context.settings)
-        # Unbuffered: every byte counted as written is in the file, and a HEAD meanwhile
-        # sees the offset grow.
-        with open(upload.data_path, "r+b", buffering=0) as f:
-            f.seek(start)
+        try:
+            writer = self.files.open_data(
+                upload.directory, start, length=upload.length, hold=hasher is not None
+            )
+        except FileNotFoundError:
+            raise tus.not_found() from None
+        with writer as f:
             try:
                 written, failure = self._append(request, f, upload, start, hasher, lock, tracker)
                 # Still ours?  Otherwise another PATCH writes this file now: leave it be.
-                self._keep_lock(lock, upload, start + written)
+                self._keep_lock(lock, upload, f.committed)
             except LockLost:
                 raise TusError("The upload's lock was lost; retry.", status=423) from None
             if failure is not None and (
@@ -413,23 +412,22 @@ class TusUploads(ResumableEndpoint):
                 or failure.status == 413
                 or (failure.status == 507 and written == 0)
             ):
-                f.truncate(start)  # a checksum covers the whole body, or nothing is kept
-                written = 0
+                # a checksum covers the whole body, or nothing is kept
+                written = f.truncate(start) - start
             elif checksum is not None and hasher is not None:
                 try:
                     checksum.verify(hasher.digest())
                 except TusError as mismatch:
-                    f.truncate(start)
-                    written = 0
+                    written = f.truncate(start) - start
                     failure = mismatch
             if written:
                 try:
-                    os.fsync(f.fileno())
+                    f.sync()
                 except OSError as exc:
                     if not is_disk_full(exc):
                         raise
-                    f.truncate(start)  # which bytes reached the disk is unknown: none count
-                    written = 0
+                    # which bytes reached the disk is unknown: none count
+                    written = f.truncate(start) - start
                     failure = _disk_full()
         offset = start + written
         upload.info["expires_at"] = time.time() + self.files.expire_after
@@ -445,7 +443,7 @@ class TusUploads(ResumableEndpoint):
     def _append(
         self,
         request: Request,
-        f: IO[bytes],
+        f: DataWriter,
         upload: _Upload,
         start: int,
         hasher: Any,
@@ -474,13 +472,12 @@ class TusUploads(ResumableEndpoint):
                     break
                 if written + len(block) > remaining:
                     raise RequestEntityTooLarge()
-                self._keep_lock(lock, upload, start + written)
+                self._keep_lock(lock, upload, f.committed)
                 try:
-                    _write_all(f, block)
+                    f.write(block)  # all of it or (disk full) none
                 except OSError as exc:
                     if not is_disk_full(exc):
                         raise
-                    f.truncate(start + written)  # drop the piece's part that fitted
                     log.warning("uploadmeter: tus PATCH of %s: disk full", upload.id)
                     return written, _disk_full()
                 written += len(block)
@@ -513,7 +510,7 @@ class TusUploads(ResumableEndpoint):
             if not lock.try_acquire():
                 raise
         try:
-            unchanged = os.path.getsize(upload.data_path) == offset
+            unchanged = self.files.data_size(upload.directory) == offset
         except FileNotFoundError:  # terminated meanwhile
             unchanged = False
         if not unchanged:
@@ -553,15 +550,15 @@ class TusUploads(ResumableEndpoint):
 
         try:
             task = self.start_task(upload.session, upload.id, "verifying", upload.length)
-            digests = self.hash_files(task, lock, [upload.data_path])
+            joined, digests = self.files.join_data(upload.directory, self.progress(task, lock))
         except ProcessingCancelled:
             self._terminate(upload)
             raise tus.cancelled() from None
-        path, created = self.files.adopt(upload.data_path, digests.sha256)
+        path, created = self.files.adopt(joined, digests.sha256)
         upload.info.update(complete=True, sha256=digests.sha256, md5=digests.md5)
         self.files.write_json(upload.info_path, upload.info)
         info = FileInfo(
-            path=path,
+            **self.files.file_fields(path),
             filename=str(upload.info.get("filename") or "upload"),
             size=digests.size,
             sha256=digests.sha256,
@@ -594,13 +591,6 @@ class TusUploads(ResumableEndpoint):
         record = self.records.load(upload.session, upload.id, stale=False)
         if record is None or record.state not in FINISHED:
             self.records.cancel(upload.session, upload.id, record, message=_TERMINATED)
-
-
-def _write_all(f: IO[bytes], data: bytes) -> None:
-    """Write ``data`` to an unbuffered file (whose writes may be short)."""
-    view = memoryview(data)
-    while view:
-        view = view[f.write(view) or 0 :]
 
 
 def _next_read_size(size: int, got: int, took: float, ttl: float) -> int:

@@ -1,0 +1,352 @@
+"""Chunked and tus uploads into a real S3 server (Swift's s3api) through the public
+endpoints: the merged object is exact, nothing is left behind, identical files are stored
+once with reference counts, and a stopped object store means temporary errors, then
+completion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.chunked_app import read_completions
+from tests.support.chunked_support import ChunkClient, ChunkedFile, serve_fast
+from tests.support.s3 import Swift, make_s3_app
+from uploadmeter import FileInfo, S3Storage
+from uploadmeter.stores import open_store
+
+TUS = "/uploadmeter/tus/"
+V = {"Tus-Resumable": "1.0.0"}
+MiB = 1024 * 1024
+
+
+class S3App:
+    def __init__(self, swift: Swift, url: str, bucket: str, log_dir: str, redis: str) -> None:
+        self.swift, self.url, self.bucket, self.log_dir = swift, url, bucket, log_dir
+        self.redis = redis
+        self.s3 = swift.client()
+
+    def client(self) -> ChunkClient:
+        c = ChunkClient(self.url)
+        c.start()
+        return c
+
+    def object_keys(self, prefix: str = "um/") -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def multipart_uploads(self) -> list[Any]:
+        return list(self.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads", []))
+
+    def object_sha256(self, key: str) -> str:
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        h = hashlib.sha256()
+        while block := body.read(MiB):
+            h.update(block)
+        return h.hexdigest()
+
+    def storage(self) -> S3Storage:
+        return S3Storage(self.s3, bucket=self.bucket, prefix="um/", store=open_store(self.redis))
+
+
+def s3_env(swift: Swift, redis: str, bucket: str, log_dir: str, spool: str) -> dict[str, str]:
+    return {
+        "UPLOADMETER_TEST_STORE": redis,
+        "S3_ENDPOINT_URL": swift.endpoint,
+        "S3_BUCKET": bucket,
+        "S3_SPOOL": spool,
+        "UPLOADMETER_TEST_FILES": log_dir,
+    }
+
+
+@pytest.fixture
+def app(swift: Swift, redis_url: str, tmp_path: Any) -> Iterator[S3App]:
+    bucket = swift.new_bucket()
+    (tmp_path / "spool").mkdir()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path / "spool"))
+    with serve_fast(make_s3_app(env)) as url:
+        yield S3App(swift, url, bucket, str(tmp_path), redis_url)
+
+
+def tus_upload(c: ChunkClient, data: bytes, piece: int) -> str:
+    status, h, body = c.request("POST", TUS, b"", {**V, "Upload-Length": str(len(data))})
+    assert status == 201, body
+    url = h["location"]
+    offset = 0
+    while offset < len(data):
+        status, h, body = c.request(
+            "PATCH",
+            url,
+            data[offset : offset + piece],
+            {**V, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset)},
+        )
+        assert status == 204, (status, body)
+        offset = int(h["upload-offset"])
+        status, h, _ = c.request("HEAD", url, None, V)  # the offset as any server sees it
+        assert int(h["upload-offset"]) == offset
+    return url
+
+
+# -- chunks ------------------------------------------------------------------------------------
+
+
+def test_1_mib_chunks_in_any_order_with_duplicates_become_one_exact_object(app: S3App) -> None:
+    f = ChunkedFile.random(13 * MiB + 12345, MiB)  # 13 chunks: parts of 8 + 5 chunks
+    c = app.client()
+    order = list(range(1, f.total_chunks + 1))
+    random.Random(7).shuffle(order)
+    order[3:3] = [order[0], order[1]]  # two chunks sent twice
+    body = c.upload(f, order[:-1])
+    assert body["complete"] is False
+    status, test = c.test(f.params())
+    assert sorted(test["uploaded"]) == sorted(set(order[:-1]))  # type: ignore[index]
+    status, body = c.post_chunk(f, order[-1])
+    assert status == 200 and body["complete"] is True, body
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == f.sha256 and done["size"] == len(f.data)
+    key = done["path"].removeprefix(f"s3://{app.bucket}/")
+    assert app.object_sha256(key) == f.sha256
+    etag = app.s3.head_object(Bucket=app.bucket, Key=key)["ETag"]
+    assert etag.endswith('-2"')  # a multipart object of two parts (13 chunks: 8 + 5)
+    assert app.multipart_uploads() == []
+    assert [k for k in app.object_keys() if "/partial/" in k or k.startswith("um/partial")] == []
+
+
+def test_a_declared_sha256_mismatch_is_refused_and_leaves_nothing(app: S3App) -> None:
+    f = ChunkedFile.random(6 * MiB, MiB, identifier="not-a-hash")
+    c = app.client()
+    for n in range(1, f.total_chunks):
+        assert c.post_chunk(f, n, sha256="0" * 64)[0] == 200
+    status, body = c.post_chunk(f, f.total_chunks, sha256="0" * 64)
+    assert status == 415 and body["error"]["reason"] == "checksum_mismatch", body
+    assert app.multipart_uploads() == []
+    assert app.object_keys() == []
+
+
+def test_a_cancelled_chunked_upload_leaves_no_part_and_no_multipart_upload(app: S3App) -> None:
+    f = ChunkedFile.random(12 * MiB, MiB)
+    c = app.client()
+    c.upload(f, list(range(1, 10)))  # one whole part (8 chunks) and a waiting chunk
+    assert len(app.multipart_uploads()) == 1
+    assert any("/chunks/" in k for k in app.object_keys())
+    status, _, _ = c.request("DELETE", "/uploadmeter/chunks?identifier=" + f.identifier)
+    assert status == 200
+    assert app.multipart_uploads() == []
+    assert app.object_keys() == []
+
+
+# -- tus ---------------------------------------------------------------------------------------
+
+
+def test_a_tus_upload_in_3_mib_patches_becomes_one_exact_object(app: S3App) -> None:
+    data = os.urandom(17 * MiB + 3)
+    c = app.client()
+    tus_upload(c, data, 3 * MiB)
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    key = done["path"].removeprefix(f"s3://{app.bucket}/")
+    assert app.object_sha256(key) == done["sha256"]
+    assert app.multipart_uploads() == []
+    assert not [k for k in app.object_keys() if "data.part" in k]
+
+
+def test_a_terminated_tus_upload_leaves_nothing(app: S3App) -> None:
+    c = app.client()
+    data = os.urandom(10 * MiB)
+    status, h, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": str(len(data))})
+    url = h["location"]
+    headers = {**V, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    status, h, _ = c.request("PATCH", url, data[: 9 * MiB], headers)
+    assert status == 204 and h["upload-offset"] == str(9 * MiB)
+    assert len(app.multipart_uploads()) == 1 and any("data.part" in k for k in app.object_keys())
+    assert c.request("DELETE", url, None, V)[0] == 204
+    assert app.multipart_uploads() == []
+    assert app.object_keys() == []
+
+
+def test_expired_uploads_are_cleaned_up(app: S3App) -> None:
+    c = app.client()
+    f = ChunkedFile.random(6 * MiB, MiB)
+    c.upload(f, [1, 2])
+    status, _, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": "100"})
+    assert status == 201
+    assert len(app.multipart_uploads()) == 2
+    stats = app.storage().cleanup(now=2e10)
+    assert (stats.partial, stats.tus) == (1, 1)
+    assert app.multipart_uploads() == []
+    assert app.object_keys() == []
+
+
+# -- dedupe ------------------------------------------------------------------------------------
+
+
+def test_identical_files_are_stored_once_and_deleted_with_the_last_reference(
+    app: S3App,
+) -> None:
+    data = os.urandom(7 * MiB)
+    c = app.client()
+    for name in ("a", "b"):  # not hash identifiers: two uploads of the same bytes
+        c.upload(ChunkedFile(data, MiB, identifier=f"upload-{name}"))
+    tus_upload(c, data, 4 * MiB)
+    done = read_completions(app.log_dir)
+    assert len(done) == 3 and {d["path"] for d in done} == {done[0]["path"]}
+    blobs = [k for k in app.object_keys() if k.startswith("um/blobs/")]
+    assert len(blobs) == 1
+    storage = app.storage()
+    sha = hashlib.sha256(data).hexdigest()
+    assert storage.references(sha) == 3
+    infos = [
+        FileInfo(
+            **storage.file_fields(blobs[0]),
+            filename="x",
+            size=len(data),
+            sha256=sha,
+            md5=d["md5"],
+            session=d["session"],
+            upload_id=d["upload_id"],
+            protocol=d["protocol"],
+        )
+        for d in done
+    ]
+    with infos[0].open() as body:
+        assert hashlib.sha256(body.read()).hexdigest() == sha
+    storage.release(infos[0])
+    storage.release(infos[1])
+    assert storage.references(sha) == 1
+    assert [k for k in app.object_keys() if k.startswith("um/blobs/")] == blobs
+    storage.release(infos[2])
+    assert storage.references(sha) == 0
+    # Only the tus upload's state is left (its HEAD answers until it expires).
+    assert [k for k in app.object_keys() if not k.startswith("um/tus/")] == []
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+def test_a_stopped_object_store_means_retry_later_then_the_uploads_complete(app: S3App) -> None:
+    f = ChunkedFile.random(11 * MiB, MiB)
+    c = app.client()
+    c.upload(f, list(range(1, 6)))
+    data = os.urandom(9 * MiB)
+    status, h, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": str(len(data))})
+    url = h["location"]
+    octet = {**V, "Content-Type": "application/offset+octet-stream"}
+    status, h, _ = c.request("PATCH", url, data[: 2 * MiB], {**octet, "Upload-Offset": "0"})
+    assert status == 204
+    app.swift.stop_proxy()
+    try:
+        status, body = c.post_chunk(f, 6)
+        assert status == 503 and body["error"]["reason"] == "busy", body
+        status, h, raw = c.request(
+            "PATCH", url, data[2 * MiB :], {**octet, "Upload-Offset": str(2 * MiB)}
+        )
+        assert status == 503 and int(h["retry-after"]) > 0, raw
+        status, h, raw = c.request("HEAD", url, None, V)
+        assert status == 503 and int(h["retry-after"]) > 0
+        status, test = c.test(f.params(6))
+        assert status == 503 and test is not None and test["error"]["reason"] == "busy"
+    finally:
+        app.swift.start_proxy()
+    # Back: the client resumes from what the store kept, and everything completes.
+    status, h, _ = c.request("HEAD", url, None, V)
+    assert status == 200 and h["upload-offset"] == str(2 * MiB)
+    status, h, _ = c.request(
+        "PATCH", url, data[2 * MiB :], {**octet, "Upload-Offset": str(2 * MiB)}
+    )
+    assert status == 204 and h["upload-offset"] == str(len(data))
+    status, test = c.test(f.params())
+    assert test is not None and test["uploaded"] == [1, 2, 3, 4, 5]
+    body = c.upload(f, list(range(6, f.total_chunks + 1)))
+    assert body["complete"] is True
+    done = {d["sha256"]: d for d in read_completions(app.log_dir)}
+    assert set(done) == {f.sha256, hashlib.sha256(data).hexdigest()}
+    for d in done.values():
+        assert app.object_sha256(d["path"].removeprefix(f"s3://{app.bucket}/")) == d["sha256"]
+        assert c.progress(d["upload_id"])["state"] == "done"
+    assert app.multipart_uploads() == []
+
+
+def test_an_empty_file_completes_through_both_protocols(app: S3App) -> None:
+    c = app.client()
+    status, h, body = c.request("POST", TUS, b"", {**V, "Upload-Length": "0"})
+    assert status == 201 and h["upload-offset"] == "0", body
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(b"").hexdigest() and done["size"] == 0
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
+    assert app.multipart_uploads() == []
+
+
+def test_cleanup_keeps_referenced_files_and_deletes_unreferenced_ones(app: S3App) -> None:
+    data = os.urandom(6 * MiB)
+    c = app.client()
+    c.upload(ChunkedFile(data, MiB, identifier="kept"))
+    (done,) = read_completions(app.log_dir)
+    kept = done["path"].removeprefix(f"s3://{app.bucket}/")
+    # What a crash leaves: a blob nothing names, and a filed blob without references.
+    app.s3.put_object(Bucket=app.bucket, Key="um/blobs/orphan", Body=b"x")
+    sha = "ab" * 32
+    app.s3.put_object(Bucket=app.bucket, Key="um/blobs/unreferenced", Body=b"y")
+    body = json.dumps({"key": "um/blobs/unreferenced", "sha256": sha}).encode()
+    app.s3.put_object(Bucket=app.bucket, Key=f"um/files/{sha}.json", Body=body)
+    storage = app.storage()
+    assert storage.cleanup().files == 0  # all young: nothing goes
+    assert storage.cleanup(now=2e10).files == 1
+    keys = app.object_keys()
+    assert kept in keys and f"um/files/{done['sha256']}.json" in keys
+    assert "um/blobs/orphan" not in keys and "um/blobs/unreferenced" not in keys
+    assert f"um/files/{sha}.json" not in keys
+    assert app.object_sha256(kept) == hashlib.sha256(data).hexdigest()
+
+
+def test_tus_js_client_in_node_on_default_options_uploads_into_s3(
+    app: S3App, tmp_path: Any
+) -> None:
+    from tests.integration.test_tus_clients import node_upload
+
+    data = os.urandom(21 * MiB + 11)  # one PATCH: three parts (8 + 8 + 5 MiB)
+    path = tmp_path / "node.bin"
+    path.write_bytes(data)
+    events = node_upload(app.url, str(path))
+    assert events[-1]["success"] is True, events
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
+    assert app.multipart_uploads() == []
+
+
+def test_a_tus_checksum_mismatch_keeps_nothing_of_the_patch(app: S3App) -> None:
+    import base64
+
+    data = os.urandom(19 * MiB)
+    c = app.client()
+    status, h, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": str(len(data))})
+    url = h["location"]
+    octet = {**V, "Content-Type": "application/offset+octet-stream"}
+
+    def sha1(b: bytes) -> str:
+        return "sha1 " + base64.b64encode(hashlib.sha1(b).digest()).decode()
+
+    first = data[: 3 * MiB]
+    status, h, _ = c.request("PATCH", url, first, {**octet, "Upload-Offset": "0"})
+    assert status == 204
+    rest = data[3 * MiB : 18 * MiB]  # more than a part: held until the checksum is known
+    bad = {**octet, "Upload-Offset": str(3 * MiB), "Upload-Checksum": sha1(b"other")}
+    status, _, _ = c.request("PATCH", url, rest, bad)
+    assert status == 460
+    status, h, _ = c.request("HEAD", url, None, V)
+    assert h["upload-offset"] == str(3 * MiB)  # nothing of the refused body counts
+    good = {**octet, "Upload-Offset": str(3 * MiB), "Upload-Checksum": sha1(rest)}
+    status, h, _ = c.request("PATCH", url, rest, good)
+    assert status == 204 and h["upload-offset"] == str(18 * MiB)
+    status, h, _ = c.request(
+        "PATCH", url, data[18 * MiB :], {**octet, "Upload-Offset": str(18 * MiB)}
+    )
+    assert status == 204
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]

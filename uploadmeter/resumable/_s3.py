@@ -1,0 +1,989 @@
+"""Resumable uploads on S3-compatible object storage, for several machines.
+
+::
+
+    import boto3
+    from uploadmeter import S3Storage
+    from uploadmeter.resumable import ChunkUploads, TusUploads
+
+    storage = S3Storage(boto3.client("s3", endpoint_url=...), bucket="uploads", prefix="um/")
+    meter.mount("/chunks", ChunkUploads(meter, storage, on_complete=on_complete))
+    meter.mount("/tus", TusUploads(meter, storage, on_complete=on_complete))
+
+``pip install 'uploadmeter[s3]'`` brings boto3; uploadmeter never imports it (you pass the
+client).  Every app server shares the bucket and the progress store (Redis): a chunk or a
+PATCH may reach any of them, and none needs a shared disk.  Each server only spools the
+request it is reading in a local temp directory (``spool_dir``).
+
+How uploads map onto S3 (the design of tusd's ``s3store``)::
+
+    <prefix>partial/<session>/<upload>/meta.json          a chunked upload's declared file
+    <prefix>partial/<session>/<upload>/.multipart.json    its multipart upload (key, id)
+    <prefix>partial/<session>/<upload>/chunks/<n>         small chunks waiting for their part
+    <prefix>tus/<session>/<upload>/info.json              a tus upload's state
+    <prefix>tus/<session>/<upload>/.multipart.json        its multipart upload
+    <prefix>tus/<session>/<upload>/data.part.<N>          bytes not yet a whole part (< part_size)
+    <prefix>blobs/<random>                                finished files (multipart targets)
+    <prefix>files/<sha256>.json                           the blob holding these bytes
+    <prefix>refs/<sha256>/<upload>                        one marker per upload referencing it
+
+* **Chunks.**  S3 parts must be >= 5 MiB except the last, chunks are often 1 MiB.  Chunk
+  ``n`` belongs to part ``(n - 1) // g + 1`` where ``g = ceil(part_size / chunk_size)``:
+  the part number is a function of the chunk number, so a chunk sent twice (a retry, another
+  server) lands in the same part, never in two.  With ``g == 1`` a chunk is uploaded as its
+  part directly; otherwise it waits as ``chunks/<n>`` until its group is complete, and the
+  request that completes the group (under a store lock per part) reads the group in order,
+  uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
+  or its part exists.
+* **tus.**  A PATCH spools to local disk; each full ``part_size`` is uploaded as the next
+  part by a background thread (up to ``upload_concurrency`` at once, each with its
+  Content-MD5, which the store checks) while the PATCH reads on.  What is left when the
+  body ends (less than a part) is kept as the object ``data.part.<N>`` (``N``: the part it
+  will start), read back by the next PATCH on any server.  The offset is the parts' sizes
+  plus that object's; a PATCH answers only once its parts and that object are stored.
+* **Merge / verification.**  ``complete_multipart_upload`` makes the object, then one
+  streaming GET (1 MiB blocks, never the whole file in memory) computes MD5 and SHA-256.
+  Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
+  one more write: chunk objects, then parts); a tus upload whose every byte reached one
+  process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads, 1.
+* **Dedupe with reference counts.**  ``files/<sha256>.json`` names the one blob with those
+  bytes; a second upload of them deletes its own blob.  Every upload handed to
+  ``on_complete`` adds a marker under ``refs/<sha256>/``; :meth:`S3Storage.release` removes
+  one, and the blob (and its index) is deleted when no marker is left.  Changes of one
+  hash's references run under a store lock.
+* **Clean-up.**  A cancelled, expired or abandoned upload's objects are deleted and its
+  multipart upload aborted (:meth:`S3Storage.remove_tree`, :meth:`S3Storage.cleanup`), so
+  ``list_multipart_uploads`` ends empty.
+* **Faults.**  Connection errors, throttling and 5xx answers raise
+  :class:`~uploadmeter.exceptions.ObjectStoreUnavailable` (a temporary
+  :class:`~uploadmeter.exceptions.StoreError`): the chunk endpoint answers ``503`` +
+  ``Retry-After``, tus ``503`` + ``Retry-After`` (tus-js-client retries), nothing is
+  recorded as stored that S3 did not keep, and a retry after the fault completes the upload.
+
+Swift's ``s3api`` and older S3 servers do not take boto3's default flexible checksums over
+plain HTTP: create the client with ``botocore.config.Config(request_checksum_calculation=
+"when_required", response_checksum_validation="when_required")``.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, Any
+
+from uploadmeter.core._locks import StoreLock
+from uploadmeter.exceptions import ObjectStoreUnavailable
+from uploadmeter.resumable._storage import (
+    BLOCK,
+    CleanupStats,
+    DataWriter,
+    Digests,
+    FileInfo,
+    Storage,
+    digest_name,
+)
+from uploadmeter.stores._base import ProgressStore
+
+log = logging.getLogger("uploadmeter")
+
+__all__ = ["S3Storage"]
+
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+_MULTIPART = ".multipart.json"
+_CHUNK_KEY = re.compile(r".*/chunks/(\d{1,9})")
+_PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
+# S3 error codes that mean "later": throttling and the server's own trouble.
+_TEMPORARY_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
+     "InternalError", "RequestTimeTooSkewed"}
+)  # fmt: skip
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchUpload", "404", "NotFound"})
+
+
+class _Missing(Exception):
+    """The object (or multipart upload) does not exist."""
+
+
+def _temporary(exc: BaseException) -> bool:
+    """Whether an error from boto3 is the store's temporary trouble (else a bug/config)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return code in _TEMPORARY_CODES or status >= 500
+    # botocore's connection errors (refused, reset, timeouts) and urllib3's mid-body ones.
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(
+        names
+        & {"HTTPClientError", "ConnectionError", "ProtocolError", "ReadTimeoutError",
+           "IncompleteRead", "ResponseStreamingError"}
+    ) or isinstance(exc, (ConnectionError, TimeoutError))  # fmt: skip
+
+
+def _missing(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return code in _MISSING_CODES or status == 404
+
+
+class S3Storage(Storage):
+    """Resumable uploads in an S3 bucket (see the module documentation).
+
+    :param client: a boto3 S3 client (``boto3.client("s3", endpoint_url=...)``).
+    :param bucket: the bucket (it must exist).
+    :param prefix: prepended to every key (``"uploads/"``).
+    :param part_size: bytes per multipart part (>= 5 MiB); a tus PATCH spools at most this
+        much locally before uploading it.
+    :param spool_dir: local directory for request bodies being received (default: a new
+        private temp directory).  Never shared between machines.
+    :param expire_after: seconds an unfinished upload may stay idle before cleanup.
+    :param cleanup_interval: :meth:`maybe_cleanup` runs at most this often (all processes).
+    :param temp_ttl: seconds after which a local spool file left by a crash is deleted.
+    :param upload_concurrency: parts one tus PATCH uploads at once while it reads on (each
+        spooled on local disk: at most ``part_size x (upload_concurrency + 1)`` there).
+    :param lock_ttl: seconds a part's or a hash's lock outlives a crashed holder.
+    :param store: the progress store its locks live in; the endpoints it is given to set
+        it, so pass it only to use :meth:`release` apart from them.
+    """
+
+    keep_completed: float | None = None  # finished files live as long as references do
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str = "",
+        part_size: int = 8 * 1024 * 1024,
+        spool_dir: str | os.PathLike[str] | None = None,
+        expire_after: float = 24 * 3600.0,
+        cleanup_interval: float = 300.0,
+        temp_ttl: float = 6 * 3600.0,
+        upload_concurrency: int = 3,
+        lock_ttl: float = 60.0,
+        store: ProgressStore | None = None,
+    ) -> None:
+        super().__init__()
+        self._store = store
+        if part_size < MIN_PART:
+            raise ValueError(f"part_size must be at least {MIN_PART} bytes")
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise ValueError(f"not a key prefix: {prefix!r}")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self.upload_concurrency = max(1, upload_concurrency)
+        self.expire_after = expire_after
+        self.cleanup_interval = cleanup_interval
+        self.temp_ttl = temp_ttl
+        self.lock_ttl = lock_ttl
+        self.spool_dir = os.path.abspath(
+            os.fspath(spool_dir) if spool_dir is not None else tempfile.mkdtemp("-uploadmeter")
+        )
+        os.makedirs(self.spool_dir, exist_ok=True)
+        self.partial_root = prefix + "partial"
+        self.tus_root = prefix + "tus"
+        # Hashes of tus uploads this process received from their first byte, by location.
+        self._hashes: dict[str, _Hashes] = {}
+        self._chunk_states: dict[str, dict[str, Any]] = {}
+
+    @property
+    def cleanup_name(self) -> str:
+        return f"s3:{self.bucket}/{self.prefix}"
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        """One S3 call: missing -> :class:`_Missing`, temporary trouble ->
+        :class:`ObjectStoreUnavailable`; anything else propagates (a 500: a bug)."""
+        try:
+            return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
+        except Exception as exc:
+            raise _translate(exc, operation) from exc
+
+    def _lock(self, name: str) -> StoreLock:
+        if self._store is None:
+            raise RuntimeError("S3Storage needs a progress store: pass it to an endpoint")
+        name = "s3:" + digest_name(self.cleanup_name, name)
+        return StoreLock(self._store, name, ttl=self.lock_ttl)
+
+    def _get_bytes(self, key: str) -> bytes | None:
+        try:
+            body = self._call("get_object", Key=key)["Body"]
+            with _reading(key):
+                return bytes(body.read())
+        except _Missing:
+            return None
+
+    def _put_file(self, key: str, path: str) -> None:
+        with open(path, "rb") as f:
+            self._call("put_object", Key=key, Body=f, ContentLength=os.fstat(f.fileno()).st_size)
+
+    def _delete(self, key: str) -> None:
+        with contextlib.suppress(_Missing):
+            self._call("delete_object", Key=key)
+
+    def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            yield from page.get("Contents", [])
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def _parts(self, state: Mapping[str, Any]) -> dict[int, int]:
+        """The parts stored: ``{part number: size}``."""
+        parts: dict[int, int] = {}
+        marker = 0
+        while True:
+            page = self._call(
+                "list_parts", Key=state["key"], UploadId=state["id"], PartNumberMarker=marker
+            )
+            for part in page.get("Parts", []):
+                parts[int(part["PartNumber"])] = int(part["Size"])
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page["NextPartNumberMarker"])
+
+    def _upload_part(
+        self, state: Mapping[str, Any], number: int, path: str, md5: str | None = None
+    ) -> None:
+        """Upload a part from a local file (with its Content-MD5: the store checks it)."""
+        extra = {"ContentMD5": md5} if md5 else {}
+        with open(path, "rb") as f:
+            self._call(
+                "upload_part",
+                Key=state["key"],
+                UploadId=state["id"],
+                PartNumber=number,
+                Body=f,
+                ContentLength=os.fstat(f.fileno()).st_size,
+                **extra,
+            )
+
+    def _complete(self, state: Mapping[str, Any]) -> None:
+        parts = self._call("list_parts", Key=state["key"], UploadId=state["id"], MaxParts=10000)
+        listed = [
+            {"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts.get("Parts", [])
+        ]
+        if not listed:  # an empty file: S3 completes no multipart upload without parts
+            self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+            self._call("put_object", Key=state["key"], Body=b"")
+            return
+        self._call(
+            "complete_multipart_upload",
+            Key=state["key"],
+            UploadId=state["id"],
+            MultipartUpload={"Parts": listed},
+        )
+
+    def _hash_object(self, key: str, progress: Callable[[int], None] | None) -> Digests:
+        """One streaming GET: MD5, SHA-256 and size.  A thread reads 1 MiB blocks (at most
+        8 ahead) while this one hashes them (hashlib lets go of the GIL)."""
+        hashes = _Hashes()
+        blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        body = self._call("get_object", Key=key)["Body"]
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                with contextlib.closing(body):
+                    while not stop.is_set() and (block := body.read(BLOCK)):
+                        blocks.put(block)
+                blocks.put(None)
+            except BaseException as exc:  # handed to the hashing thread
+                blocks.put(exc)
+
+        reader = threading.Thread(target=read, name="uploadmeter-s3-read", daemon=True)
+        reader.start()
+        try:
+            with _reading(key):
+                while (item := blocks.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    hashes.update(item)
+                    if progress is not None:
+                        progress(hashes.size)
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:  # let a blocked reader finish
+                    blocks.get_nowait()
+            reader.join(5)
+        return hashes.digests()
+
+    # -- temp files (local spool) --------------------------------------------------------
+
+    def temp_file(self, suffix: str = ".part") -> tuple[str, IO[bytes]]:
+        fd, path = tempfile.mkstemp(suffix=suffix, dir=self.spool_dir)
+        return path, os.fdopen(fd, "w+b")
+
+    def discard(self, path: str) -> None:
+        """Delete a local spool file (absolute path) or a joined object (key)."""
+        if os.path.isabs(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            self._delete(path)
+
+    # -- state documents -----------------------------------------------------------------
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        raw = self._get_bytes(path)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            log.warning("uploadmeter: unreadable s3://%s/%s", self.bucket, path)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_json(self, path: str, data: Mapping[str, Any]) -> None:
+        body = json.dumps(data, ensure_ascii=False).encode("utf-8")
+        self._call("put_object", Key=path, Body=body, ContentType="application/json")
+
+    def _state(self, location: str) -> dict[str, Any] | None:
+        return self.read_json(f"{location}/{_MULTIPART}")
+
+    def _chunk_state(self, location: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """:meth:`_state`, remembered by this process for the chunks that follow.  A
+        remembered state can be stale only when another process removed the upload (and
+        maybe began it again): its multipart upload is then gone, S3 says so
+        (:class:`_Missing`), and the caller asks again with ``fresh``."""
+        state = None if fresh else self._chunk_states.get(location)
+        if state is None:
+            state = self._state(location)
+            if state is not None and not state.get("completed"):
+                if len(self._chunk_states) > 1000:
+                    self._chunk_states.clear()
+                self._chunk_states[location] = state
+        return state
+
+    def begin(self, location: str, *, data: bool = False) -> None:
+        """Start the upload's multipart upload (its key: a new blob)."""
+        key = f"{self.prefix}blobs/{uuid.uuid4().hex}"
+        upload_id = self._call("create_multipart_upload", Key=key)["UploadId"]
+        try:
+            self.write_json(f"{location}/{_MULTIPART}", {"key": key, "id": upload_id})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+            raise
+
+    def exists(self, location: str) -> bool:
+        return next(iter(self._list(location + "/")), None) is not None
+
+    def remove_tree(self, location: str) -> None:
+        """Abort the upload's multipart upload, delete its objects."""
+        self._chunk_states.pop(location, None)
+        state = self._state(location)
+        if state is not None and not state.get("completed"):
+            with contextlib.suppress(_Missing):
+                self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+        for obj in list(self._list(location + "/")):
+            self._delete(obj["Key"])
+
+    # -- chunks --------------------------------------------------------------------------
+
+    def _group(self, chunk_size: int) -> int:
+        """Chunks per part."""
+        return max(1, math.ceil(self.part_size / max(chunk_size, 1)))
+
+    def put_chunk(
+        self, location: str, number: int, received: str, *, chunk_size: int, total_chunks: int
+    ) -> bool:
+        for fresh in (False, True):
+            state = self._chunk_state(location, fresh=fresh)
+            if state is None:
+                return False
+            try:
+                return self._put_chunk(location, state, number, received, chunk_size, total_chunks)
+            except _Missing:  # the multipart upload is gone: removed (and begun again?)
+                self._chunk_states.pop(location, None)
+        return False
+
+    def _put_chunk(
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        number: int,
+        received: str,
+        chunk_size: int,
+        total_chunks: int,
+    ) -> bool:
+        g = self._group(chunk_size)
+        part = (number - 1) // g + 1
+        if g == 1:
+            self._upload_part(state, part, received)  # the same part however often it comes
+            return True
+        with self._lock(f"{location}#{part}"):
+            if part in self._parts(state):
+                return True  # its group is already a part: this chunk is a duplicate
+            self._put_file(f"{location}/chunks/{number}", received)
+            self._assemble(location, state, part, g, total_chunks)
+        return True
+
+    def _assemble(
+        self, location: str, state: Mapping[str, Any], part: int, g: int, total_chunks: int
+    ) -> bool:
+        """Upload part ``part`` from its chunk objects when all are there (part's lock
+        held); delete them after.  Whether the part is stored."""
+        first, last = (part - 1) * g + 1, min(part * g, total_chunks)
+        have = self._chunk_objects(location)
+        if any(n not in have for n in range(first, last + 1)):
+            return False
+        path, out = self.temp_file()
+        try:
+            with out:
+                for n in range(first, last + 1):
+                    body = self._call("get_object", Key=have[n])["Body"]
+                    with _reading(have[n]), contextlib.closing(body):
+                        shutil.copyfileobj(body, out, BLOCK)
+            self._upload_part(state, part, path)
+        finally:
+            self.discard(path)
+        for n in range(first, last + 1):
+            self._delete(have[n])
+        return True
+
+    def _chunk_objects(self, location: str) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for obj in self._list(f"{location}/chunks/"):
+            m = _CHUNK_KEY.fullmatch(obj["Key"])
+            if m:
+                found[int(m.group(1))] = obj["Key"]
+        return found
+
+    def chunk_numbers(self, location: str, *, chunk_size: int, total_chunks: int) -> list[int]:
+        g = self._group(chunk_size)
+        for fresh in (False, True):
+            state = self._chunk_state(location, fresh=fresh)
+            if state is None:
+                return []
+            try:
+                parts = self._parts(state)
+            except _Missing:
+                self._chunk_states.pop(location, None)
+                continue
+            # With one chunk per part no chunk waits as an object.
+            numbers = set(self._chunk_objects(location)) if g > 1 else set()
+            for part in parts:
+                numbers.update(range((part - 1) * g + 1, part * g + 1))
+            return sorted(n for n in numbers if 1 <= n <= total_chunks)
+        return []
+
+    def join_chunks(
+        self,
+        location: str,
+        numbers: list[int],
+        *,
+        chunk_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, Digests]:
+        state = self._state(location)
+        if state is None:
+            raise FileNotFoundError(location)  # cancelled meanwhile
+        if state.get("completed"):  # an earlier attempt's hand-over failed after this
+            return state["key"], self._hash_object(state["key"], progress)
+        g = self._group(chunk_size)
+        total = max(numbers) if numbers else 0
+        parts = self._parts(state)
+        for part in range(1, math.ceil(total / g) + 1):
+            if part not in parts:  # its last chunk came, its assembly did not (yet)
+                with self._lock(f"{location}#{part}"):
+                    if part not in self._parts(state) and not self._assemble(
+                        location, state, part, g, total
+                    ):
+                        raise FileNotFoundError(f"{location}: part {part} is missing")
+        return self._finish_multipart(location, state, progress)
+
+    def _finish_multipart(
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        progress: Callable[[int], None] | None,
+        known: _Hashes | None = None,
+    ) -> tuple[str, Digests]:
+        """Complete the multipart upload (idempotent: a retry after a fault finds the
+        object) and hash the object -- or, with the ``known`` hashes of every byte as it
+        was sent (each part checked by its Content-MD5), check only its size."""
+        # _Missing: completed by an earlier attempt; the object is there (checked next).
+        with contextlib.suppress(_Missing):
+            self._complete(state)
+        # The multipart upload is now the object: never abort it again (on Swift an abort
+        # after the completion would delete the object's segments).
+        self.write_json(f"{location}/{_MULTIPART}", dict(state, completed=True))
+        if known is not None:
+            head = self._call("head_object", Key=state["key"])
+            if int(head["ContentLength"]) == known.size:
+                if progress is not None:
+                    progress(known.size)
+                return state["key"], known.digests()
+        return state["key"], self._hash_object(state["key"], progress)
+
+    # -- tus data ------------------------------------------------------------------------
+
+    def _pending(self, location: str, parts: Mapping[int, int]) -> tuple[str, int, int] | None:
+        """The bytes waiting to become the next part: ``(key, part number, size)``.
+        Stale ones (their part was uploaded, the delete did not happen) are deleted."""
+        found = None
+        for obj in self._list(f"{location}/data.part."):
+            m = _PENDING.fullmatch(obj["Key"])
+            if m is None:
+                continue
+            number = int(m.group(1))
+            if number in parts or number != len(parts) + 1:
+                self._delete(obj["Key"])
+            else:
+                found = (obj["Key"], number, int(obj["Size"]))
+        return found
+
+    def data_size(self, location: str) -> int:
+        state = self._state(location)
+        if state is None:
+            raise FileNotFoundError(location)
+        if state.get("completed"):
+            try:
+                return int(self._call("head_object", Key=state["key"])["ContentLength"])
+            except _Missing:  # adopted as another upload's identical file
+                return 0
+        parts = self._parts(state)
+        pending = self._pending(location, parts)
+        return sum(parts.values()) + (pending[2] if pending else 0)
+
+    def open_data(self, location: str, start: int, *, length: int, hold: bool) -> DataWriter:
+        state = self._state(location)
+        if state is None or state.get("completed"):
+            raise FileNotFoundError(location)
+        return _S3Writer(self, location, state, start, length, hold=hold)
+
+    def join_data(
+        self, location: str, progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        state = self._state(location)
+        if state is None:
+            raise FileNotFoundError(location)
+        if state.get("completed"):
+            return state["key"], self._hash_object(state["key"], progress)
+        known = self._hashes.pop(location, None)
+        return self._finish_multipart(location, state, progress, known)
+
+    # -- finished files ------------------------------------------------------------------
+
+    def _index_key(self, sha256: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        return f"{self.prefix}files/{sha256}.json"
+
+    def _refs(self, sha256: str) -> list[str]:
+        return [obj["Key"] for obj in self._list(f"{self.prefix}refs/{sha256}/")]
+
+    def adopt(self, path: str, sha256: str) -> tuple[str, bool]:
+        """Keep the blob ``path`` as the one copy of these bytes -- or, when one exists,
+        delete ``path`` and use that one."""
+        with self._lock("file:" + sha256):
+            index = self.read_json(self._index_key(sha256))
+            if index is not None and index["key"] != path:
+                self._delete(path)
+                return str(index["key"]), False
+            self.write_json(self._index_key(sha256), {"key": path, "sha256": sha256})
+            return path, True
+
+    def existing(self, sha256: str, size: int) -> str | None:
+        index = self.read_json(self._index_key(sha256))
+        if index is None:
+            return None
+        try:
+            head = self._call("head_object", Key=index["key"])
+        except _Missing:
+            return None
+        return str(index["key"]) if int(head["ContentLength"]) == size else None
+
+    def file_fields(self, location: str) -> dict[str, Any]:
+        return {
+            "path": f"s3://{self.bucket}/{location}",
+            "bucket": self.bucket,
+            "key": location,
+            "storage": self,
+        }
+
+    def open_file(self, location: str) -> IO[bytes]:
+        """The object's body, streamed (read it in blocks)."""
+        key = location.removeprefix(f"s3://{self.bucket}/")
+        body: IO[bytes] = self._call("get_object", Key=key)["Body"]
+        return body
+
+    def retain(self, info: FileInfo) -> None:
+        """Add the reference of upload ``info`` on its file."""
+        with self._lock("file:" + info.sha256):
+            self._call("put_object", Key=self._ref_key(info), Body=b"")
+
+    def release(self, info: FileInfo, *, new_file: bool = False) -> None:
+        """Drop the reference of upload ``info`` on its file; the last one deletes it.
+
+        Call this when the application deletes the file it kept from ``on_complete``.
+        """
+        with self._lock("file:" + info.sha256):
+            self._delete(self._ref_key(info))
+            if self._refs(info.sha256):
+                return
+            index = self.read_json(self._index_key(info.sha256))
+            if index is not None:
+                self._delete(str(index["key"]))
+            self._delete(self._index_key(info.sha256))
+
+    def references(self, sha256: str) -> int:
+        """How many uploads reference the file with these bytes."""
+        return len(self._refs(sha256))
+
+    def _ref_key(self, info: FileInfo) -> str:
+        self._index_key(info.sha256)  # checks the hash
+        return f"{self.prefix}refs/{info.sha256}/{digest_name(info.session, info.upload_id)}"
+
+    # -- quota and cleanup ---------------------------------------------------------------
+
+    def free_space(self) -> int:
+        """The bucket's room is not known here; what can fill up is the local spool,
+        which holds a request's body (a chunk, a part or two) at a time."""
+        free = shutil.disk_usage(self.spool_dir).free
+        return sys.maxsize if free >= 4 * self.part_size else free
+
+    def upload_states(self, session_key: str) -> Iterable[dict[str, Any]]:
+        for root, name in ((self.partial_root, "meta.json"), (self.tus_root, "info.json")):
+            for obj in list(self._list(f"{root}/{session_key}/")):
+                if obj["Key"].endswith("/" + name):
+                    meta = self.read_json(obj["Key"])
+                    if meta:
+                        yield meta
+
+    def cleanup(self, now: float | None = None) -> CleanupStats:
+        """Delete abandoned chunked uploads, expired tus uploads (objects and multipart
+        uploads), multipart uploads no upload refers to, files no upload references, blobs
+        nothing names, and stray spool files (the last four only past ``temp_ttl``).
+        Needs the progress store (for the locks)."""
+        now = time.time() if now is None else now
+        stats = CleanupStats()
+        for entry in os.scandir(self.spool_dir):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < now - self.temp_ttl:
+                    os.unlink(entry.path)
+                    stats.temp += 1
+        live: set[str] = set()  # multipart upload ids of live uploads
+        live_keys: set[str] = set()  # their blobs
+        for root, kind in ((self.partial_root, "partial"), (self.tus_root, "tus")):
+            uploads: dict[str, float] = {}
+            for obj in self._list(root + "/"):
+                location = obj["Key"].rsplit("/", 1)[0].removesuffix("/chunks")
+                modified = obj["LastModified"].timestamp()
+                uploads[location] = max(uploads.get(location, 0.0), modified)
+            for location, modified in uploads.items():
+                expires = modified + self.expire_after
+                if kind == "tus":
+                    info = self.read_json(f"{location}/info.json")
+                    expires = float(info["expires_at"]) if info else modified + 3600
+                if expires < now:
+                    self.remove_tree(location)
+                    stats.partial += kind == "partial"
+                    stats.tus += kind == "tus"
+                else:
+                    state = self._state(location)
+                    if state is not None:
+                        live.add(state["id"])
+                        live_keys.add(state["key"])
+        # Multipart uploads whose state was lost (a crash between create and write).
+        page = self._call("list_multipart_uploads", Prefix=f"{self.prefix}blobs/")
+        for upload in page.get("Uploads", []):
+            started = upload["Initiated"].timestamp()
+            if upload["UploadId"] not in live and started < now - self.temp_ttl:
+                with contextlib.suppress(_Missing):
+                    self._call(
+                        "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                stats.temp += 1
+        # Files no upload references (a crash between filing and handing over), and blobs
+        # no index names (a crash between completing and filing), once they are old.
+        indexed: set[str] = set()
+        for obj in list(self._list(f"{self.prefix}files/")):
+            sha256 = obj["Key"].rsplit("/", 1)[1].removesuffix(".json")
+            index = self.read_json(obj["Key"])
+            if index is None:
+                continue
+            if obj["LastModified"].timestamp() < now - self.temp_ttl and not self._refs(sha256):
+                with self._lock("file:" + sha256):
+                    if not self._refs(sha256):
+                        self._delete(str(index["key"]))
+                        self._delete(obj["Key"])
+                        stats.files += 1
+                        continue
+            indexed.add(str(index["key"]))
+        for obj in list(self._list(f"{self.prefix}blobs/")):
+            key = obj["Key"]
+            old = obj["LastModified"].timestamp() < now - self.temp_ttl
+            if old and key not in indexed and key not in live_keys:
+                self._delete(key)
+                stats.temp += 1
+        return stats
+
+
+class _Hashes:
+    """MD5 and SHA-256 of an upload's first ``size`` bytes, as they streamed through."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        self.md5.update(data)
+        self.sha256.update(data)
+
+    def digests(self) -> Digests:
+        return Digests(self.size, self.md5.hexdigest(), self.sha256.hexdigest())
+
+
+class _Hasher:
+    """Feeds :class:`_Hashes` from a thread, in order, at most ``ahead`` blocks behind
+    (hashlib lets go of the GIL: the request thread reads on meanwhile)."""
+
+    def __init__(self, hashes: _Hashes, ahead: int = 32) -> None:
+        self.hashes = hashes
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
+        self.thread = threading.Thread(target=self._run, name="uploadmeter-s3-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (block := self.blocks.get()) is not None:
+            self.hashes.update(block)
+
+    def update(self, data: bytes) -> None:
+        self.blocks.put(data)
+
+    def finish(self) -> _Hashes:
+        """Every block hashed; the thread ends."""
+        self.blocks.put(None)
+        self.thread.join()
+        return self.hashes
+
+
+class _S3Writer:
+    """Appends a PATCH body: each full part is uploaded by a background thread (with its
+    Content-MD5, which the store checks) while the next one spools; what is left when
+    the body ends (less than a part) is kept as the pending object.  At most
+    ``upload_concurrency`` parts upload while one spools, all on local disk (not in
+    memory); their reads stream in botocore's 1 MiB-ish buffers.
+
+    When this process saw every byte of the upload from the first (one PATCH, or PATCHes
+    that all reached it), the whole file's hashes are kept for :meth:`S3Storage.join_data`,
+    which then needs no second read."""
+
+    def __init__(
+        self,
+        storage: S3Storage,
+        location: str,
+        state: Mapping[str, Any],
+        start: int,
+        length: int,
+        *,
+        hold: bool,
+    ) -> None:
+        self.s3 = storage
+        self.location = location
+        self.state = state
+        self.length = length
+        self.hold = hold
+        parts = storage._parts(state)
+        self.next_part = len(parts) + 1
+        self.base = sum(parts.values())  # bytes in parts (stored or uploading)
+        pending = storage._pending(location, parts)
+        self.pending_key = pending[0] if pending else None
+        self.committed = start
+        # The whole file's hashes, when this process has them up to ``start``.
+        known = storage._hashes.pop(location, None)
+        if start == 0:
+            known = _Hashes()
+        self.hasher = _Hasher(known) if known is not None and known.size == start else None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Parts uploading, oldest first: (future, the offset at the part's end).
+        self.uploading: list[tuple[concurrent.futures.Future[None], int]] = []
+        self.pending_part = self.next_part  # the part that takes in the pending bytes
+        self._new_spool()
+        try:
+            if pending is not None:  # the bytes before ``start``: the next part begins there
+                body = storage._call("get_object", Key=pending[0])["Body"]
+                with _reading(pending[0]), contextlib.closing(body):
+                    while block := body.read(BLOCK):
+                        self._spool(block)
+            if self.base + self.spool.tell() != start:
+                raise FileNotFoundError(f"{location}: stored data changed")
+        except BaseException:
+            self.close()
+            raise
+
+    def _new_spool(self) -> None:
+        self.spool_path, self.spool = self.s3.temp_file()
+
+    def _spool(self, data: bytes) -> None:
+        self.spool.write(data)
+
+    def write(self, data: bytes) -> None:
+        self._spool(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        if not self.hold and self.spool.tell() >= self.s3.part_size:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Give the spool to an uploading thread (once fewer than ``upload_concurrency``
+        parts are uploading)."""
+        while len(self.uploading) >= self.s3.upload_concurrency:
+            self._wait_oldest()
+        path, size, number = self.spool_path, self.spool.tell(), self.next_part
+        self.spool.close()
+        self.next_part += 1
+        self.base += size
+        self._new_spool()
+        if self.pool is None:
+            workers = self.s3.upload_concurrency
+            self.pool = concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-part")
+        future = self.pool.submit(self._upload, path, number)
+        self.uploading.append((future, self.base))
+
+    def _upload(self, path: str, number: int) -> None:
+        """(An uploading thread) the part's MD5 from its file, then the part."""
+        try:
+            md5 = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as f:
+                while block := f.read(BLOCK):
+                    md5.update(block)
+            self.s3._upload_part(self.state, number, path, base64.b64encode(md5.digest()).decode())
+        finally:
+            self.s3.discard(path)
+        if number == self.pending_part and self.pending_key is not None:
+            self.s3._delete(self.pending_key)  # its bytes are in this part now
+            self.pending_key = None
+
+    def _wait_oldest(self) -> None:
+        future, end = self.uploading.pop(0)
+        future.result()  # its error is raised here
+        self.committed = max(self.committed, end)
+
+    def _wait(self) -> None:
+        """Until every part uploading is stored (the first error raised here)."""
+        while self.uploading:
+            self._wait_oldest()
+
+    def truncate(self, size: int) -> int:
+        keep = max(size - self.base, 0)  # parts already handed off stay
+        if keep < self.spool.tell():
+            self.spool.seek(0)
+            kept = self.spool.read(keep)
+            self.spool.seek(0)
+            self.spool.truncate()
+            self._spool(kept)
+            self._drop_hasher()  # it saw bytes that are not kept
+        return self.base + self.spool.tell()
+
+    def sync(self) -> None:
+        while self.hold and self.spool.tell() >= self.s3.part_size:
+            self._split_spool()
+        size = self.base + self.spool.tell()
+        if self.spool.tell() and size == self.length:
+            self._hand_off()  # the last part may be small
+        self._wait()
+        if self.spool.tell():
+            self.spool.flush()
+            key = f"{self.location}/data.part.{self.next_part}"
+            self.s3._put_file(key, self.spool_path)
+            if self.pending_key is not None and self.pending_key != key:
+                self.s3._delete(self.pending_key)
+            self.pending_key = key
+        self.committed = size
+        if self.hasher is not None:
+            hashes = self.hasher.finish()
+            self.hasher = None
+            if hashes.size == size:
+                self.s3._hashes[self.location] = hashes
+
+    def _drop_hasher(self) -> None:
+        if self.hasher is not None:
+            self.hasher.finish()
+            self.hasher = None
+
+    def _split_spool(self) -> None:
+        """(``hold``) The spool grew past a part: hand off its first ``part_size`` bytes."""
+        self.spool.flush()
+        with open(self.spool_path, "rb") as src:
+            first = src.read(self.s3.part_size)
+            rest_path, rest = self.s3.temp_file()
+            with rest:
+                shutil.copyfileobj(src, rest, BLOCK)
+        self.spool.seek(0)
+        self.spool.truncate()
+        self._spool(first)
+        self._hand_off()
+        with open(rest_path, "rb") as src:
+            while block := src.read(BLOCK):
+                self._spool(block)
+        self.s3.discard(rest_path)
+
+    def close(self) -> None:
+        self._drop_hasher()
+        for future, _ in self.uploading:
+            with contextlib.suppress(Exception):  # already answered: the offset tells
+                future.result()
+        self.uploading.clear()
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.spool.close()
+        self.s3.discard(self.spool_path)
+
+    def __enter__(self) -> _S3Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _translate(exc: Exception, operation: str) -> Exception:
+    if _missing(exc):
+        return _Missing(str(exc))
+    if _temporary(exc):
+        log.warning("uploadmeter: object store unavailable (%s): %s", operation, exc)
+        return ObjectStoreUnavailable(f"The object store failed ({operation}): {exc}")
+    return exc
+
+
+@contextlib.contextmanager
+def _reading(key: str) -> Iterator[None]:
+    """Errors while a response body streams in are the store's temporary trouble."""
+    try:
+        yield
+    except Exception as exc:
+        if _temporary(exc):
+            raise ObjectStoreUnavailable(f"The object store failed reading {key}: {exc}") from exc
+        raise
