@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
@@ -326,6 +326,23 @@ class FileStore:
             os.fsync(f.fileno())
         os.replace(path, dest)
         return dest, True
+
+    def concatenate(
+        self, paths: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        """Join ``paths`` in order into a new file in ``tmp/``, hashing on the way (one
+        read of each part, one write): ``(its path, its digests)``; pass the path to
+        :meth:`adopt`.  On any failure nothing is left behind.  ``progress`` as for
+        :func:`copy_and_hash`.  (tus concatenation; an object store does this server-side.)
+        """
+        tmp, out = self.temp_file()
+        try:
+            with out:
+                digests = copy_and_hash(paths, out, progress)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return tmp, digests
 
     def existing(self, sha256: str, size: int) -> str | None:
         """The stored file with this hash and size, freshly touched, or ``None``."""
