@@ -248,3 +248,19 @@ def test_deferred_length_refusals(server: Any) -> None:
     assert status == 201, body
     (done,) = read_completions(server.directory)
     assert done["sha256"] == hashlib.sha256(b"ab").hexdigest()
+
+
+def test_a_declared_length_counts_against_the_session_quota(tmp_path: Any) -> None:
+    with served(str(tmp_path), tus_options={"session_quota": 1000}) as server:
+        c = server.client()
+        create(c, 600)  # unfinished: 600 of the session's 1000 bytes reserved
+        url = create_deferred(c)
+        assert patch(c, url, 0, b"x" * 10)[0] == 204
+        status, _, body = patch(c, url, 10, b"", **{"Upload-Length": "401"})
+        assert status == 413 and b"the limit is 1000" in body, body
+        status, h, _ = c.request("HEAD", url, headers=V)
+        assert h["upload-defer-length"] == "1"  # still deferred: nothing was set
+        status, h, body = patch(c, url, 10, b"y" * 390, **{"Upload-Length": "400"})
+        assert status == 204 and h["upload-offset"] == "400", body
+        (done,) = read_completions(server.directory)
+        assert done["sha256"] == hashlib.sha256(b"x" * 10 + b"y" * 390).hexdigest()

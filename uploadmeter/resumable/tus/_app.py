@@ -414,11 +414,11 @@ class TusUploads(ResumableEndpoint):
                     self.files.write_json(final.info_path, final.info)
             except QuotaExceeded as exc:
                 raise TusError(exc.message, status=exc.status) from None
-            held.append(locks.enter_context(self._lock(final)))
-            record = self._new_record(final)
-            record.bytes_received = length
-            self._save_record(final, record)
             try:
+                held.append(locks.enter_context(self._lock(final)))
+                record = self._new_record(final)
+                record.bytes_received = length
+                self._save_record(final, record)
                 self._concatenate(final, record, partials, held)
             except BaseException:
                 self.files.remove_tree(final.directory)  # the client retries the POST
@@ -528,17 +528,17 @@ class TusUploads(ResumableEndpoint):
             tus.check_offset(patch.offset, current)
             length = patch.declared_length(upload.length, self.max_size)
             if length is not None and upload.length is None:
-                self._declare_length(upload, length, current)
+                self._declare_length(upload, length)
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
             new_offset = self._receive(request, upload, current, patch.checksum, lock)
         return Response(status=204, headers=self._headers(upload, new_offset))
 
-    def _declare_length(self, upload: _Upload, length: int, offset: int) -> None:
+    def _declare_length(self, upload: _Upload, length: int) -> None:
         """Set a deferred upload's length (its lock held), within the session's quota."""
         try:
             with self.files.session_lock(self.store, upload.session):
-                self.files.check_room(upload.session, length - offset, self.session_quota)
+                self.files.check_room(upload.session, length, self.session_quota)
                 upload.info["length"] = length
                 self.files.write_json(upload.info_path, upload.info)
         except QuotaExceeded as exc:
