@@ -14,6 +14,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import generate_etag
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Response
+from werkzeug.wsgi import FileWrapper
 
 from uploadmeter.downloads._disposition import content_disposition
 from uploadmeter.downloads._objects import ObjectReader
@@ -21,6 +22,8 @@ from uploadmeter.downloads._sources import Entry
 from uploadmeter.wsgi._responses import error_response
 
 __all__ = ["content_type", "single_response"]
+
+OBJECT_PIECE = 256 * 1024  # bytes per body piece of an object
 
 # Types a browser would run as a page of our origin when shown inline.
 _ACTIVE_TYPES = frozenset(
@@ -66,6 +69,9 @@ def single_response(
         max_age=max_age,
         last_modified=entry.last_modified,
     )
+    if entry.file is not None and isinstance(getattr(entry.file, "raw", None), ObjectReader):
+        # No server can sendfile() a stream, and werkzeug's wrapper hands out 8 KiB pieces.
+        response.response = FileWrapper(entry.file, OBJECT_PIECE)
     if response.content_length is None and entry.size is not None:
         response.content_length = entry.size
     response.headers["Content-Type"] = ctype  # Response(mimetype=) adds a second charset
