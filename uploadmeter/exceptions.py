@@ -18,6 +18,7 @@ The hierarchy (HTTP status in brackets; ``*``: set per raise)::
     ├── ConfigurationError (RuntimeError) ...... the Flask app's configuration
     ├── InvalidUploadId (ValueError) [400]
     ├── StoreError [503] ....................... the progress store failed
+    │   └── ObjectStoreUnavailable [503] ....... the object store failed (Retry-After)
     ├── UnsafeStorePath (PermissionError) ...... an SQLite store others could write
     ├── LockTimeout [503]
     ├── LockLost [503]
@@ -38,6 +39,7 @@ The hierarchy (HTTP status in brackets; ``*``: set per raise)::
     │   ├── DownloadCancelled (ConnectionResetError) [499]
     │   └── SourceError [500*]
     │       ├── SourceNotFound [404]
+    │       ├── ObjectStoreError [503] ....... the object store failed (Retry-After)
     │       └── RemoteError [502]
     │           ├── HostNotAllowed
     │           ├── AddressNotAllowed
@@ -78,6 +80,7 @@ __all__ = [
     "LockLost",
     "LockTimeout",
     "MissingDependency",
+    "ObjectStoreError",
     "ObjectStoreUnavailable",
     "ProcessingCancelled",
     "ProcessingFailed",
@@ -315,6 +318,14 @@ class SourceNotFound(SourceError):
     """A path does not exist, or lies outside the download root."""
 
     status = 404
+
+
+class ObjectStoreError(SourceError):
+    """The object store holding a source failed (unreachable, throttled, 5xx): temporary,
+    so a failed download answers ``503`` with ``Retry-After: retry_after`` seconds."""
+
+    status = 503
+    retry_after = 5
 
 
 class RemoteError(SourceError):

@@ -186,3 +186,35 @@ def test_tuspy_resumes_after_a_full_disk(site: tuple[Served, Filler], tmp_path: 
     second.upload()
     (done,) = read_completions(store)
     assert done["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_a_tus_concatenation_that_does_not_fit_is_507_and_joins_later(
+    site: tuple[Served, Filler],
+) -> None:
+    """Room for the partial uploads, not for the final file: the final upload's creation
+    answers 507 and leaves nothing; the partial uploads stay, and join once space returns."""
+    s, filler = site
+    store = s.directory
+    parts = [os.urandom(MIB), os.urandom(MIB // 2)]
+    c = s.client()
+    urls = []
+    for data in parts:
+        headers = {**V, "Upload-Length": str(len(data)), "Upload-Concat": "partial"}
+        status, h, _ = c.request("POST", TUS, b"", headers)
+        assert status == 201
+        urls.append(h["location"])
+        patch = {**V, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+        assert c.request("PATCH", h["location"], data, patch)[0] == 204
+    before = sorted(d for d, _, names in os.walk(os.path.join(store, "tus")) if names)
+    filler.fill(leave=MIB)
+    final = {**V, "Upload-Concat": "final;" + " ".join(urls)}
+    assert_temporary(*c.request("POST", TUS, b"", final))
+    assert sorted(d for d, _, names in os.walk(os.path.join(store, "tus")) if names) == before
+    assert leftovers(store)["tmp"] == [] and read_completions(store) == []
+
+    filler.free()
+    status, _, body = c.request("POST", TUS, b"", final)
+    assert status == 201, body
+    (done,) = read_completions(store)
+    assert done["sha256"] == hashlib.sha256(parts[0] + parts[1]).hexdigest()
+    assert leftovers(store)["tmp"] == []

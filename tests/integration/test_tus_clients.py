@@ -91,7 +91,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.mark.browser
 @pytest.mark.gunicorn
-@pytest.mark.parametrize("kind", ["uppy", "tus-js-client"])
+@pytest.mark.parametrize("kind", ["uppy", "tus-js-client", "tus-js-client-parallel"])
 def test_browser_clients_on_a_first_visit_lose_nothing(
     browser: Any, site: tuple[str, str, str], tmp_path: Any, kind: str
 ) -> None:
@@ -135,9 +135,12 @@ def test_browser_clients_on_a_first_visit_lose_nothing(
     assert_nothing_lost(log, successes, before)
 
 
-def node_upload(base: str, path: str, upload_url: str | None = None) -> list[dict[str, Any]]:
+def node_upload(
+    base: str, path: str, upload_url: str | None = None, parallel: int | None = None
+) -> list[dict[str, Any]]:
     args = ["node", NODE_SCRIPT, base + TUS, path, *([upload_url] if upload_url else [])]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    env = dict(os.environ, **({"TUS_PARALLEL_UPLOADS": str(parallel)} if parallel else {}))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -152,6 +155,32 @@ def test_tus_js_client_in_node_loses_nothing(site: tuple[str, str, str], tmp_pat
         events = node_upload(url, path)
         assert events[-1]["success"] is True, events
         successes[events[-1]["url"].rsplit("/", 1)[1]] = sha256_of(path)
+        os.unlink(path)
+    assert_nothing_lost(log, successes, before)
+
+
+@pytest.mark.gunicorn
+def test_tus_js_client_in_node_with_parallel_uploads_loses_nothing(
+    site: tuple[str, str, str], tmp_path: Any
+) -> None:
+    """``parallelUploads: 4``: four partial uploads (each PATCHed by whichever worker
+    takes it) and one final upload that joins them, delivered once with the file's hash."""
+    url, _, log = site
+    before = set(completions(log))
+    successes: dict[str, str] = {}
+    bare, head = Client(url), {"Tus-Resumable": "1.0.0"}
+    for n in range(UPLOADS // 4):
+        path = make_file(tmp_path / f"parallel-{n}.bin", SIZE + n)
+        events = node_upload(url, path, parallel=4)
+        assert events[-1]["success"] is True, events
+        final_url = events[-1]["url"]
+        successes[final_url.rsplit("/", 1)[1]] = sha256_of(path)
+        status, headers, _ = bare.request("HEAD", urlsplit(final_url).path, headers=head)
+        assert status == 200 and headers["upload-offset"] == str(SIZE + n)
+        kind, _, parts = headers["upload-concat"].partition(";")
+        assert kind == "final" and len(parts.split()) == 4
+        for part in parts.split():  # joined, then deleted: reusing one is refused
+            assert bare.request("HEAD", urlsplit(part).path, headers=head)[0] == 410
         os.unlink(path)
     assert_nothing_lost(log, successes, before)
 

@@ -74,6 +74,8 @@ def test_options_announces_version_extensions_and_limits(server: Any) -> None:
         "termination",
         "checksum",
         "expiration",
+        "creation-defer-length",
+        "concatenation",
     }
     assert "sha1" in h["tus-checksum-algorithm"].split(",")
     assert int(h["tus-max-size"]) == 4 * 1024**3
@@ -155,8 +157,8 @@ def test_creation_refusals(server: Any) -> None:
     assert status == 400  # no Upload-Length
     status, _, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": "-5"})
     assert status == 400
-    status, _, _ = c.request("POST", TUS, b"", {**V, "Upload-Defer-Length": "1"})
-    assert status == 400  # creation-defer-length is not offered
+    status, _, _ = c.request("POST", TUS, b"", {**V, "Upload-Defer-Length": "0"})
+    assert status == 400  # creation-defer-length takes 1 only
     status, _, _ = c.request("POST", TUS, b"", {**V, "Upload-Length": str(5 * 1024**3)})
     assert status == 413
     for bad in ("a b!c", "k djE=,k djI=", "k\xe9y djE=", "k not base64!", "k,,j", "k djE"):

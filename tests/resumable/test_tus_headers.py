@@ -85,9 +85,11 @@ def test_upload_length_above_max_size_is_413(client: Client) -> None:
     assert create(client, 1000)
 
 
-def test_a_deferred_length_is_refused(client: Client) -> None:
-    response = client.post(TUS, headers={**V, "Upload-Defer-Length": "1"})
-    refused(response, 400, "Deferred upload length")
+def test_a_deferred_length_must_be_1_and_alone(client: Client) -> None:
+    response = client.post(TUS, headers={**V, "Upload-Defer-Length": "2"})
+    refused(response, 400, "Upload-Defer-Length must be 1")
+    response = client.post(TUS, headers={**V, "Upload-Defer-Length": "1", "Upload-Length": "3"})
+    refused(response, 400, "not both")
 
 
 def test_head_reports_length_and_offset(client: Client) -> None:

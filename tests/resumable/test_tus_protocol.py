@@ -52,6 +52,8 @@ def test_options_answer() -> None:
         "termination",
         "checksum",
         "expiration",
+        "creation-defer-length",
+        "concatenation",
     }
     assert headers["Tus-Checksum-Algorithm"].split(",") == ["sha1", "sha256", "sha512", "md5"]
     # Every advertised algorithm can be used.
@@ -72,6 +74,13 @@ def test_expires_and_head_headers() -> None:
     assert expires is not None and int(expires.timestamp()) == 1_700_000_000
     assert "Upload-Metadata" not in tus.head_headers(0, 0, 0, None)
     assert "Upload-Metadata" not in tus.head_headers(0, 0, 0, "")
+    assert "Upload-Concat" not in tus.head_headers(0, 0, 0, None)
+    deferred = tus.head_headers(3, None, 0, None, "partial")
+    assert deferred["Upload-Defer-Length"] == "1" and "Upload-Length" not in deferred
+    assert deferred["Upload-Concat"] == "partial" and deferred["Upload-Offset"] == "3"
+    unfinished_final = tus.head_headers(None, 11, 0, None, "final;/a /b")
+    assert "Upload-Offset" not in unfinished_final and "Upload-Defer-Length" not in unfinished_final
+    assert unfinished_final["Upload-Concat"] == "final;/a /b"
 
 
 # -- Upload-Metadata -------------------------------------------------------------------------
@@ -197,14 +206,47 @@ def test_creation_lengths() -> None:
     assert exc.value.status == 400 and "Upload-Length" in exc.value.message
 
 
-def test_creation_refuses_deferred_length() -> None:
-    for headers in (
-        {"Upload-Defer-Length": "1"},
-        {"upload-defer-length": "1", "Upload-Length": "5"},
+def test_creation_defer_length() -> None:
+    assert creation(**{"Upload-Defer-Length": "1"}) == tus.Creation(None, tus.Metadata())
+    for headers, words in (
+        ({"Upload-Defer-Length": "2"}, "must be 1"),
+        ({"Upload-Defer-Length": ""}, "must be 1"),
+        ({"upload-defer-length": "1", "Upload-Length": "5"}, "not both"),
     ):
         with pytest.raises(TusError) as exc:
             creation(**headers)
-        assert exc.value.status == 400 and "Deferred" in exc.value.message
+        assert exc.value.status == 400 and words in exc.value.message, headers
+
+
+def test_creation_concat() -> None:
+    partial = creation(**{"Upload-Concat": "partial", "Upload-Length": "5"})
+    assert partial == tus.Creation(5, tus.Metadata(), tus.Concat(final=False))
+    final = creation(**{"Upload-Concat": "final;/tus/a http://h/tus/b/ /tus/a"})
+    assert final.length is None and final.concat is not None and final.concat.final
+    assert final.concat.urls == ("/tus/a", "http://h/tus/b/", "/tus/a")
+    assert final.concat.upload_names == ["a", "b", "a"]
+    assert final.concat.raw == "final;/tus/a http://h/tus/b/ /tus/a"
+    too_many = "final;" + " ".join(["/tus/a"] * (tus.MAX_PARTIALS + 1))
+    for headers, words in (
+        ({"Upload-Concat": "final;"}, "must be 'partial'"),
+        ({"Upload-Concat": "final /tus/a"}, "must be 'partial'"),
+        ({"Upload-Concat": "whole"}, "must be 'partial'"),
+        ({"Upload-Concat": too_many}, "at most"),
+        ({"Upload-Concat": "final;/tus/a", "Upload-Length": "5"}, "no Upload-Length"),
+        ({"Upload-Concat": "final;/tus/a", "Upload-Defer-Length": "1"}, "no Upload-Length"),
+        ({"Upload-Concat": "final;/tus/a", "Content-Length": "3"}, "no data"),
+    ):
+        with pytest.raises(TusError) as exc:
+            creation(**headers)
+        assert exc.value.status == 400 and words in exc.value.message, headers
+    assert tus.check_final_length([3, 4], ("/a", "/b"), 7) == 7
+    with pytest.raises(TusError) as exc:
+        tus.check_final_length([3, 5], ("/a", "/b"), 7)
+    assert exc.value.status == 413
+    with pytest.raises(TusError) as exc:
+        tus.check_final_length([3, None], ("/a", "/b"), 7)
+    assert exc.value.status == 400 and "unfinished partial upload: /b" in exc.value.message
+    assert tus.modify_final().status == 403
 
 
 def test_creation_metadata() -> None:
@@ -235,17 +277,45 @@ def test_body_and_content_type() -> None:
 # -- PATCH -----------------------------------------------------------------------------------
 
 
+def test_patch_declares_a_deferred_length() -> None:
+    patch = tus.parse_patch({**OFFSET, "Upload-Offset": "4", "Content-Length": "6"})
+    assert patch.upload_length is None and patch.declared_length(None, 100) is None
+    declaring = tus.parse_patch(
+        {**OFFSET, "Upload-Offset": "4", "Content-Length": "6", "Upload-Length": "10"}
+    )
+    assert declaring.upload_length == 10
+    assert declaring.declared_length(None, 100) == 10
+    assert declaring.declared_length(10, 100) == 10  # the same again: fine
+    for length, max_size, status in ((11, 100, 400), (None, 9, 413)):
+        with pytest.raises(TusError) as exc:
+            declaring.declared_length(length, max_size)
+        assert exc.value.status == status
+    short = tus.parse_patch(
+        {**OFFSET, "Upload-Offset": "4", "Content-Length": "6", "Upload-Length": "9"}
+    )
+    with pytest.raises(TusError) as exc:
+        short.declared_length(None, 100)
+    assert exc.value.status == 413
+    with pytest.raises(TusError) as exc:
+        tus.parse_patch({**OFFSET, "Upload-Offset": "0", "Upload-Length": "-1"})
+    assert exc.value.status == 400 and "Upload-Length" in exc.value.message
+
+
 def test_patch_offsets_and_bounds() -> None:
     patch = tus.parse_patch({**OFFSET, "Upload-Offset": "4", "Content-Length": "6"})
     assert patch == tus.Patch(4, 6, None)
-    patch.check_fits(10)  # ends exactly at Upload-Length
+    patch.check_fits(10, 100)  # ends exactly at Upload-Length
     with pytest.raises(TusError) as exc:
-        patch.check_fits(9)
+        patch.check_fits(9, 100)
+    assert exc.value.status == 413
+    patch.check_fits(None, 10)  # a deferred length: bounded by the maximum size
+    with pytest.raises(TusError) as exc:
+        patch.check_fits(None, 9)
     assert exc.value.status == 413
     # Chunked: the length is not known before the body is read.
     chunked = tus.parse_patch({**OFFSET, "Upload-Offset": "0", "Transfer-Encoding": "chunked"})
     assert chunked.content_length is None
-    chunked.check_fits(0)
+    chunked.check_fits(0, 0)
     for bad in ("", "-1", "1.5", "0x10", "9" * 19):
         with pytest.raises(TusError) as exc:
             tus.parse_patch({**OFFSET, "Upload-Offset": bad})

@@ -30,9 +30,10 @@ const endpoint = "/uploadmeter/tus/";
 const report = (r) => window.results.push(r);
 window.start = function (kind) {
   const file = document.getElementById("file").files[0];
-  if (kind === "tus-js-client") {
+  if (kind.startsWith("tus-js-client")) {
     const upload = new tus.Upload(file, {
       endpoint,
+      ...(kind === "tus-js-client-parallel" ? {parallelUploads: 4} : {}),
       onError: (e) => report({ok: false, error: String(e)}),
       onSuccess: () => report({ok: true, url: upload.url}),
     });

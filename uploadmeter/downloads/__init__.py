@@ -7,8 +7,20 @@
     return download(Path("reports/2024.pdf"), environ=request.environ)
 
 Sources are paths, text, bytes, file objects, :class:`Item` (a source under another
-name) and :class:`Url` (fetched by a :class:`RemoteFetcher` that refuses private
-addresses).
+name), :class:`Url` (fetched by a :class:`RemoteFetcher` that refuses private
+addresses) and :class:`S3Object` (an object in an S3-compatible store, streamed
+through the application's boto3 client)::
+
+    s3 = boto3.client("s3", endpoint_url="https://s3.example.com")
+    return download(S3Object(s3, "reports", "2024/q1.pdf"), environ=request.environ)
+
+An object is sent like a file: ``Range`` becomes one S3 ``Range`` GET of exactly the
+bytes sent, its ``ETag`` and ``Last-Modified`` answer conditional requests, and inside a
+zip it streams as it is read.  A missing object is ``404``; a store that fails
+(unreachable, throttled, ``5xx``) is ``503`` with ``Retry-After``
+(:class:`ObjectStoreError`) -- decided by a ``HEAD`` before anything is sent.  Signed
+links can hand out a presigned URL instead (``DownloadLinks(presign_objects=60)``).
+``import uploadmeter`` never imports boto3.  More: ``docs/object-storage-downloads.rst``.
 """
 
 from uploadmeter.downloads._api import Downloader, download
@@ -19,12 +31,14 @@ from uploadmeter.downloads._disposition import (
     safe_arcname,
     safe_filename,
 )
+from uploadmeter.downloads._objects import S3Object
 from uploadmeter.downloads._remote import RemoteCache, RemoteFetcher
 from uploadmeter.downloads._sources import Item, Url, name_field, source_field
 from uploadmeter.exceptions import (
     AddressNotAllowed,
     DownloadCancelled,
     HostNotAllowed,
+    ObjectStoreError,
     RemoteError,
     RemoteTooLarge,
     SourceError,
@@ -37,10 +51,12 @@ __all__ = [
     "Downloader",
     "HostNotAllowed",
     "Item",
+    "ObjectStoreError",
     "RemoteCache",
     "RemoteError",
     "RemoteFetcher",
     "RemoteTooLarge",
+    "S3Object",
     "SourceError",
     "SourceNotFound",
     "UniqueNames",

@@ -118,7 +118,9 @@ def download(
             return _refuse(entries, env, progress, 409, CANCELLED_MESSAGE, CANCELLED)
         failed = next((e.error for e in entries if e.error is not None), None)
         if failed is not None and (on_error == "fail" or single):
-            return _refuse(entries, env, progress, failed.status, failed.message, ERROR)
+            retry = getattr(failed, "retry_after", None)  # a temporary fault: come back
+            headers = [("Retry-After", str(retry))] if retry else []
+            return _refuse(entries, env, progress, failed.status, failed.message, ERROR, headers)
         entries = [_error_entry(e) if e.error is not None else e for e in entries]
         if single:
             name = filename or finalize_name(entries[0]).rsplit("/", 1)[-1]
@@ -184,10 +186,11 @@ def _refuse(
     status: int,
     message: str,
     state: str,
+    headers: list[tuple[str, str]] | None = None,
 ) -> Response:
     """Answer an error before anything was sent; the record ends ``error`` or ``cancelled``."""
     _close_files(entries)
-    response = error_response(env or {}, status, message)
+    response = error_response(env or {}, status, message, headers or ())
     if progress is None:
         return response
     progress.finish(state, 499 if state == CANCELLED else status, message)

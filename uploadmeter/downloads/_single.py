@@ -14,12 +14,16 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import generate_etag
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Response
+from werkzeug.wsgi import FileWrapper
 
 from uploadmeter.downloads._disposition import content_disposition
+from uploadmeter.downloads._objects import ObjectReader
 from uploadmeter.downloads._sources import Entry
 from uploadmeter.wsgi._responses import error_response
 
 __all__ = ["content_type", "single_response"]
+
+OBJECT_PIECE = 256 * 1024  # bytes per body piece of an object
 
 # Types a browser would run as a page of our origin when shown inline.
 _ACTIVE_TYPES = frozenset(
@@ -43,6 +47,8 @@ def single_response(
     if not file_wrapper:
         send_env.pop("wsgi.file_wrapper", None)
     source: str | IO[bytes]
+    if etag is True and entry.etag is not None:
+        etag = entry.etag.strip('"')  # an object's: the store's version of its bytes
     if entry.data is not None:
         source = io.BytesIO(entry.data)
         etag = generate_etag(entry.data) if etag is True else etag
@@ -61,7 +67,11 @@ def single_response(
         conditional=False,
         etag=etag,
         max_age=max_age,
+        last_modified=entry.last_modified,
     )
+    if entry.file is not None and isinstance(getattr(entry.file, "raw", None), ObjectReader):
+        # No server can sendfile() a stream, and werkzeug's wrapper hands out 8 KiB pieces.
+        response.response = FileWrapper(entry.file, OBJECT_PIECE)
     if response.content_length is None and entry.size is not None:
         response.content_length = entry.size
     response.headers["Content-Type"] = ctype  # Response(mimetype=) adds a second charset
@@ -74,13 +84,18 @@ def single_response(
     size = response.content_length
     ranges = size is not None and (entry.file is None or _seekable(entry.file))
     try:
-        return response.make_conditional(
+        response = response.make_conditional(
             send_env, accept_ranges=ranges, complete_length=size if ranges else None
         )
     except RequestedRangeNotSatisfiable:
         response.close()
         message = "The requested range is not satisfiable."
         return error_response(env, 416, message, [("Content-Range", f"bytes */{size}")])
+    content_range = response.content_range
+    raw = getattr(entry.file, "raw", None)
+    if isinstance(raw, ObjectReader) and response.status_code == 206 and content_range:
+        raw.limit(content_range.stop or 0)  # one Range GET of exactly these bytes
+    return response
 
 
 def _seekable(file: IO[bytes]) -> bool:

@@ -6,6 +6,7 @@ A *source* is any of:
 * ``bytes`` and ``str``: content (a ``str`` is text, encoded with the download's charset);
 * a binary file-like object (anything with ``read``);
 * :class:`Url`: an ``http(s)`` URL, fetched by a :class:`~uploadmeter.downloads.RemoteFetcher`;
+* :class:`~uploadmeter.downloads.S3Object`: an object in an S3-compatible store, streamed;
 * :class:`Item`: any source with an explicit name, charset or content type;
 * an object that says what to download: one implementing :class:`Downloadable`, or a
   dataclass with a :func:`source_field` (and optionally a :func:`name_field`) -- the seed
@@ -24,11 +25,13 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from uploadmeter.downloads._disposition import safe_arcname, safe_filename
+from uploadmeter.downloads._objects import S3Object, guess_type, head_object, open_object
 from uploadmeter.exceptions import SourceError, SourceNotFound
 
 __all__ = [
@@ -125,6 +128,8 @@ class Entry:
     add_extension: bool = False
     error: SourceError | None = None
     group: int | None = None  # entries of one directory source inside a collection
+    etag: str | None = None  # the source's own (an object's), for a single file
+    last_modified: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.data is not None:
@@ -205,6 +210,8 @@ class _Resolver:
                 content_type=content_type,
                 add_extension=add_extension,
             )
+        elif isinstance(obj, S3Object):  # (a dataclass, but a source of its own)
+            yield self._object(obj, name, content_type, add_extension)
         elif isinstance(obj, os.PathLike):
             yield from self._path(os.fspath(obj), name, content_type, top, add_extension)
         elif callable(getattr(obj, "read", None)):
@@ -236,6 +243,26 @@ class _Resolver:
             add_extension = not os.path.splitext(name)[1]
         return Entry(
             "remote", name, url=url, content_type=content_type, add_extension=add_extension
+        )
+
+    def _object(
+        self, obj: S3Object, name: str | None, content_type: str | None, add_extension: bool
+    ) -> Entry:
+        name = name or obj.name
+        if add_extension and name is not None:
+            name += os.path.splitext(obj.key)[1]
+        try:
+            head = head_object(obj)  # the size, before the response starts
+        except SourceError as exc:
+            return Entry("error", name or obj.filename, error=exc)
+        return Entry(
+            "file",
+            name or obj.filename,
+            file=open_object(obj, head),
+            size=head.size,
+            content_type=content_type or guess_type(obj, head),
+            etag=head.etag,
+            last_modified=head.last_modified,
         )
 
     def _file(

@@ -13,6 +13,13 @@ middleware mounts::
 
 ``GET {prefix}/d/l/<token>`` downloads (Range works); ``GET {prefix}/d/s/<id>`` shows the
 share page, ``POST`` it with ``code`` to get the file (a redirect to a fresh signed link).
+
+With ``presign_objects=<seconds>``, a link whose target resolves to an
+:class:`~uploadmeter.downloads.S3Object` (alone or in an ``Item``) answers ``302`` to a
+presigned URL of the object store instead of streaming it through the app: the bytes go
+from the store to the client directly (no progress record then).  The presigned URL
+works for those seconds, as often as it is used: keep them short (the default 60 s
+covers a redirect being followed), the signed link stays the one that is handed out.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_current_url
 
 from uploadmeter.core._limits import SMALL_BODY
-from uploadmeter.downloads import Downloader, Item
-from uploadmeter.exceptions import LinkError, ShareError, StoreError
+from uploadmeter.downloads import Downloader, Item, S3Object
+from uploadmeter.exceptions import LinkError, ShareError, SourceError, StoreError
 from uploadmeter.links._shares import Share, ShareManager
 from uploadmeter.links._signing import LinkSigner, SecretKey
 from uploadmeter.stores._base import ProgressStore
@@ -68,6 +75,8 @@ class DownloadLinks:
     :param downloader: how files are sent (e.g. ``Downloader(root=..., remote=...)``).
     :param share_link_ttl: seconds the link handed out after a share's code is valid;
         single-use when the share has ``max_downloads``.
+    :param presign_objects: when set, links to an :class:`~uploadmeter.downloads.S3Object`
+        redirect to a presigned URL of the store, valid this many seconds.
     """
 
     def __init__(
@@ -81,6 +90,7 @@ class DownloadLinks:
         share_link_ttl: float = 3600.0,
         max_attempts: int = 5,
         attempt_window: float = 900.0,
+        presign_objects: int | None = None,
     ) -> None:
         self.resolver = resolver
         self.signer = LinkSigner(secret_key, store)
@@ -90,6 +100,7 @@ class DownloadLinks:
         self.base_path = "/" + base_path.strip("/")
         self.downloader = downloader or Downloader()
         self.share_link_ttl = share_link_ttl
+        self.presign_objects = presign_objects
         self.url_map = Map(
             [
                 Rule("/l/<token>", endpoint="link", methods=["GET", "HEAD"]),
@@ -183,6 +194,8 @@ class DownloadLinks:
             source = self._resolve(link.target)
             if source is None:
                 response = error_response(environ, 404, "The file of this link no longer exists.")
+            elif self.presign_objects is not None and _object_of(source) is not None:
+                response = self._presigned(environ, source, link.filename)
             else:
                 response = self.downloader(source, link.filename, environ=environ)
         except BaseException:
@@ -192,6 +205,26 @@ class DownloadLinks:
         if spend and response.status_code >= 400:
             self.signer.unuse(link)  # nothing was sent: the link is still good
         response.headers.extend(_PRIVATE)
+        return response
+
+    def _presigned(self, environ: WSGIEnvironment, source: Any, filename: str | None) -> Response:
+        """A redirect to the object's presigned URL (signed locally: no request to the
+        store; a signing failure, e.g. no credentials, is a store failure: ``503``)."""
+        obj = _object_of(source)
+        assert obj is not None and self.presign_objects is not None
+        name = filename or (source.name if isinstance(source, Item) else None)
+        try:
+            url = obj.presigned_url(
+                expires_in=self.presign_objects,
+                filename=name,
+                method=environ.get("REQUEST_METHOD", "GET"),
+            )
+        except SourceError as error:
+            retry = getattr(error, "retry_after", None)
+            headers = [("Retry-After", str(retry))] if retry else []
+            return error_response(environ, error.status, error.message, headers)
+        response = redirect(url, 302)
+        response.headers.extend(NO_STORE)  # the presigned URL expires; the link does not
         return response
 
     def _resolve(self, target: str) -> Any:
@@ -257,4 +290,13 @@ class DownloadLinks:
             return source.name
         if isinstance(source, os.PathLike):
             return os.path.basename(os.fspath(source)) or None
+        if isinstance(source, S3Object):
+            return source.filename
         return None
+
+
+def _object_of(source: Any) -> S3Object | None:
+    """The object a resolved source is, alone or in an ``Item``."""
+    if isinstance(source, Item):
+        source = source.source
+    return source if isinstance(source, S3Object) else None

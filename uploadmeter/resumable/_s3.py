@@ -575,7 +575,7 @@ class S3Storage(Storage):
         pending = self._pending(location, parts)
         return sum(parts.values()) + (pending[2] if pending else 0)
 
-    def open_data(self, location: str, start: int, *, length: int, hold: bool) -> DataWriter:
+    def open_data(self, location: str, start: int, *, length: int | None, hold: bool) -> DataWriter:
         state = self._state(location)
         if state is None or state.get("completed"):
             raise FileNotFoundError(location)
@@ -807,7 +807,7 @@ class _S3Writer:
         location: str,
         state: Mapping[str, Any],
         start: int,
-        length: int,
+        length: int | None,
         *,
         hold: bool,
     ) -> None:

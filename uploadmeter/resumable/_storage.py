@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Protocol
 
@@ -363,7 +363,7 @@ class Storage(abc.ABC):
         """Bytes of a tus upload's data stored; :class:`FileNotFoundError` when gone."""
 
     @abc.abstractmethod
-    def open_data(self, location: str, start: int, *, length: int, hold: bool) -> DataWriter:
+    def open_data(self, location: str, start: int, *, length: int | None, hold: bool) -> DataWriter:
         """A writer appending at ``start`` (the current size).  ``hold``: keep every byte
         takeable back (:meth:`DataWriter.truncate`) until :meth:`DataWriter.sync`."""
 
@@ -372,6 +372,14 @@ class Storage(abc.ABC):
         self, location: str, progress: Callable[[int], None] | None = None
     ) -> tuple[str, Digests]:
         """The whole data of a tus upload, hashed: ``(joined, digests)``."""
+
+    def concatenate(
+        self, locations: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        """The data of the finished tus uploads at ``locations`` joined in order, hashed on
+        the way: ``(joined, digests)`` for :meth:`adopt` or :meth:`discard` (tus
+        concatenation).  On any failure nothing is left behind."""
+        raise NotImplementedError
 
     # -- finished files ----------------------------------------------------------------
 
@@ -595,7 +603,7 @@ class FileStore(Storage):
     def data_size(self, location: str) -> int:
         return os.path.getsize(os.path.join(location, "data"))
 
-    def open_data(self, location: str, start: int, *, length: int, hold: bool) -> DataWriter:
+    def open_data(self, location: str, start: int, *, length: int | None, hold: bool) -> DataWriter:
         return _LocalWriter(os.path.join(location, "data"), start)
 
     def join_data(
@@ -622,6 +630,21 @@ class FileStore(Storage):
             os.fsync(f.fileno())
         os.replace(path, dest)
         return dest, True
+
+    def concatenate(
+        self, locations: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        """Join the uploads' data in order into a new file in ``tmp/`` (one read of each
+        part, one write); ``progress`` as for :func:`copy_and_hash`."""
+        tmp, out = self.temp_file()
+        try:
+            with out:
+                paths = [os.path.join(location, "data") for location in locations]
+                digests = copy_and_hash(paths, out, progress)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return tmp, digests
 
     def existing(self, sha256: str, size: int) -> str | None:
         """The stored file with this hash and size, freshly touched, or ``None``."""

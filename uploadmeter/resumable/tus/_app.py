@@ -1,7 +1,7 @@
 """A tus 1.0.0 server (https://tus.io/protocols/resumable-upload) as a WSGI app.
 
-Core protocol plus the ``creation``, ``creation-with-upload``, ``termination``,
-``checksum`` and ``expiration`` extensions::
+Core protocol plus the ``creation``, ``creation-with-upload``, ``creation-defer-length``,
+``termination``, ``checksum``, ``expiration`` and ``concatenation`` extensions::
 
     meter = UploadMeterMiddleware(app, secret_key="...")
     meter.mount("/tus", TusUploads(meter, "/var/lib/myapp/uploads", on_complete=keep))
@@ -25,6 +25,20 @@ more.  A full disk is answered ``507`` + ``Retry-After``; what was written whole
 When the last byte arrives the file is hashed (SHA-256 and MD5, shown as processing phase
 ``verifying``), moved into the content-addressed store and handed to ``on_complete``.
 
+Concatenation (tus-js-client's ``parallelUploads``): a *partial* upload
+(``Upload-Concat: partial``) is stored but never delivered; the creation of a *final* one
+(``Upload-Concat: final;/tus/a /tus/b``) joins its finished partial uploads in order
+(:meth:`Storage.concatenate <uploadmeter.resumable.Storage.concatenate>`, hashing on
+the way, shown as processing phase ``merging`` of the final upload's record), hands the
+whole file to ``on_complete`` once, and deletes the partial uploads (the spec allows it:
+they would otherwise hold a second copy of the file until they expire; reusing one then
+gets ``410``).  A final upload may name the partial uploads of its own session, and those
+of sessions that a tus creation issued to a client that had none (tus-js-client in Node
+keeps no cookie; a browser's parallel first requests each get a new one, and the later
+ones may carry any of them), which, like every tus upload, only their URL protects; a
+partial upload of another session reads as not found (``404``).
+``concatenation-unfinished`` is not offered: an unfinished partial upload gets ``400``.
+
 What the headers mean and which status refuses a request is :mod:`._protocol` (no I/O);
 this module adapts werkzeug's request to it and does the storage, locks and records.
 
@@ -34,6 +48,7 @@ carries ``Tus-Resumable`` (OPTIONS too, as in the spec's example).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -75,6 +90,7 @@ from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     DISK_FULL_RETRY_AFTER,
     DataWriter,
+    Digests,
     FileInfo,
     Storage,
     clean_filename,
@@ -136,15 +152,31 @@ class _Upload:
         return os.path.join(self.directory, "info.json")
 
     @property
-    def length(self) -> int:
-        return int(self.info["length"])
+    def length(self) -> int | None:
+        """``None`` while deferred (creation-defer-length)."""
+        length = self.info.get("length")
+        return None if length is None else int(length)
+
+    @property
+    def concat(self) -> str | None:
+        """``Upload-Concat`` as received: ``partial``, ``final;...`` or ``None``."""
+        value = self.info.get("concat")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_partial(self) -> bool:
+        return self.concat == "partial"
+
+    @property
+    def is_final(self) -> bool:
+        return bool(self.concat) and not self.is_partial
 
     @property
     def complete(self) -> bool:
         return bool(self.info.get("complete"))
 
     def offset(self, files: Storage) -> int:
-        if self.complete:
+        if self.complete and self.length is not None:
             return self.length
         try:
             return files.data_size(self.directory)
@@ -266,6 +298,8 @@ class TusUploads(ResumableEndpoint):
         creation = tus.parse_creation(
             request.headers, max_size=self.max_size, max_metadata_length=self.max_metadata_length
         )
+        if creation.concat is not None and creation.concat.final:
+            return self._create_final(request, creation)
         length = creation.length
         try:
             filename = clean_filename(creation.metadata.filename or "upload")
@@ -279,27 +313,12 @@ class TusUploads(ResumableEndpoint):
         # Without a session (a first visit, a client that keeps no cookies) the upload
         # starts one: the cookie lets a browser poll its progress; the URL needs none.
         session, cookie = session_for(self.context, request.environ)
-        upload_id = self.files.session_key(session) + secrets.token_urlsafe(18)
-        now = time.time()
-        upload = _Upload(
-            upload_id,
-            session,
-            self.files.upload_dir("tus", session, upload_id),
-            {
-                "id": upload_id,
-                "session": session,
-                "length": length,
-                "metadata": creation.metadata.raw,
-                "meta": dict(creation.metadata.values),
-                "filename": filename,
-                "created": now,
-                "expires_at": now + self.files.expire_after,
-                "complete": False,
-            },
-        )
+        if cookie is not None:  # see _anonymous
+            self.store.set(self._issued_key(session), "1", self.files.expire_after)
+        upload = self._new_upload(session, cookie, creation, filename, length)
         try:
             with self.files.session_lock(self.store, session):
-                self.files.check_room(session, length, self.session_quota)
+                self.files.check_room(session, length or 0, self.session_quota)
                 self.files.begin(upload.directory, data=True)
                 self.files.write_json(upload.info_path, upload.info)
         except QuotaExceeded as exc:
@@ -311,13 +330,7 @@ class TusUploads(ResumableEndpoint):
             raise _disk_full() from None
         self._save_record(upload, self._new_record(upload))
 
-        location = request.script_root.rstrip("/") + "/" + upload_id
-        headers = {
-            "Location": location,
-            "Upload-Expires": tus.upload_expires(upload.info["expires_at"]),
-        }
-        if cookie is not None:
-            headers["Set-Cookie"] = cookie
+        headers = self._created_headers(request, upload, cookie)
         if has_body or length == 0:
             try:
                 with self._lock(upload) as lock:
@@ -332,11 +345,157 @@ class TusUploads(ResumableEndpoint):
                 raise
         return Response(status=201, headers=headers)
 
+    def _new_upload(
+        self,
+        session: str,
+        cookie: str | None,
+        creation: tus.Creation,
+        filename: str,
+        length: int | None,
+    ) -> _Upload:
+        upload_id = self.files.session_key(session) + secrets.token_urlsafe(18)
+        now = time.time()
+        info = {
+            "id": upload_id,
+            "session": session,
+            "anonymous": cookie is not None,  # the request carried no session
+            "length": length,
+            "metadata": creation.metadata.raw,
+            "meta": dict(creation.metadata.values),
+            "filename": filename,
+            "created": now,
+            "expires_at": now + self.files.expire_after,
+            "complete": False,
+            "concat": creation.concat.raw if creation.concat is not None else None,
+        }
+        return _Upload(upload_id, session, self.files.upload_dir("tus", session, upload_id), info)
+
+    @staticmethod
+    def _created_headers(request: Request, upload: _Upload, cookie: str | None) -> dict[str, str]:
+        headers = {
+            "Location": request.script_root.rstrip("/") + "/" + upload.id,
+            "Upload-Expires": tus.upload_expires(upload.info["expires_at"]),
+        }
+        if cookie is not None:
+            headers["Set-Cookie"] = cookie
+        return headers
+
+    # -- POST: concatenation -------------------------------------------------------------
+
+    def _create_final(self, request: Request, creation: tus.Creation) -> Response:
+        """Create a final upload from finished partial ones, deliver it, delete them."""
+        assert creation.concat is not None
+        try:
+            filename = clean_filename(creation.metadata.filename or "upload")
+        except InvalidName as exc:
+            raise TusError(exc.message, status=exc.status) from None
+        session, cookie = session_for(self.context, request.environ)
+        urls = creation.concat.urls
+        named = list(zip(creation.concat.upload_names, urls, strict=True))
+        partials = [self._partial(name, url, session) for name, url in named]
+        length = tus.check_final_length([p.length for p in partials], urls, self.max_size)
+        final = self._new_upload(session, cookie, creation, filename, length)
+        with contextlib.ExitStack() as locks:
+            # Each partial upload once, in one order: two finals naming the same ones
+            # cannot deadlock.  Under their locks no PATCH or DELETE changes them.
+            held = [
+                locks.enter_context(self._lock(p))
+                for p in sorted({p.id: p for p in partials}.values(), key=lambda p: p.id)
+            ]
+            partials = [self._partial(name, url, session) for name, url in named]
+            try:
+                with self.files.session_lock(self.store, session):
+                    self.files.check_room(session, length, self.session_quota)
+                    self.files.begin(final.directory)
+                    self.files.write_json(final.info_path, final.info)
+            except QuotaExceeded as exc:
+                raise TusError(exc.message, status=exc.status) from None
+            try:
+                held.append(locks.enter_context(self._lock(final)))
+                record = self._new_record(final)
+                record.bytes_received = length
+                self._save_record(final, record)
+                self._concatenate(final, record, partials, held)
+            except BaseException:
+                self.files.remove_tree(final.directory)  # the client retries the POST
+                raise
+            for partial in {p.id: p for p in partials}.values():
+                self._terminate(partial)
+        return Response(status=201, headers=self._created_headers(request, final, cookie))
+
+    def _partial(self, name: str, url: str, session: str) -> _Upload:
+        """The finished partial upload a final one names at ``url``: of the request's
+        session, or created by a request without one; else ``404``."""
+        unknown = TusError(f"Upload-Concat names an unknown upload: {url}", status=404)
+        if _ID.fullmatch(name) is None:
+            raise unknown
+        try:
+            upload = self._find(name)
+        except TusError as exc:
+            if exc.status == 404:
+                raise unknown from None
+            raise TusError(f"{exc.message} ({url})", status=exc.status) from None
+        ours = upload.session == session or self._anonymous(upload)
+        if not ours:
+            raise unknown
+        if not upload.is_partial:
+            raise tus.not_partial(url)
+        if not upload.complete:
+            raise tus.partial_unfinished(url)
+        return upload
+
+    def _anonymous(self, upload: _Upload) -> bool:
+        """Whether the upload's session is one a tus creation issued (to a client that
+        had none): such a client's parallel first requests each get a new session, so
+        its partial uploads are split over several, and no one else's."""
+        if upload.info.get("anonymous"):
+            return True
+        return self.store.get(self._issued_key(upload.session)) is not None
+
+    def _issued_key(self, session: str) -> str:
+        return "tus-issued-session:" + self.files.session_key(session)
+
+    def _concatenate(
+        self, final: _Upload, record: UploadRecord, partials: list[_Upload], locks: list[StoreLock]
+    ) -> None:
+        """Join, hash, store and deliver the final upload (every lock held)."""
+        assert final.length is not None
+        if record.fields:
+            record.fields[0].bytes_received = final.length
+            record.fields[0].state = DONE
+        self._save_record(final, record)
+        task = self.start_task(final.session, final.id, "merging", final.length)
+
+        def progress(done: int) -> None:
+            task.update(done)
+            for lock in locks:
+                lock.refresh(every=lock.ttl / 3)
+
+        try:
+            tmp, digests = self.files.concatenate([p.directory for p in partials], progress)
+            if digests.size != final.length:  # a part changed on disk behind our back
+                self.files.discard(tmp)
+                raise TusError("The partial uploads changed; upload them again.", status=409)
+            path, created = self.files.adopt(tmp, digests.sha256)
+        except ProcessingCancelled:
+            raise tus.cancelled() from None
+        except Exception as exc:  # the record ends in the truth; the client retries
+            error = _as_tus_error(exc)
+            task.fail(error.message, error.status)
+            if error is exc:
+                raise
+            raise error from exc
+        self._deliver(final, task, path, created, digests)
+
     # -- HEAD ----------------------------------------------------------------------------
 
     def _head(self, request: Request, upload_id: str) -> Response:
         upload = self._find(upload_id)
-        if not upload.complete and upload.offset(self.files) == upload.length:
+        if (
+            not upload.complete
+            and not upload.is_final
+            and upload.offset(self.files) == upload.length
+        ):
             # Every byte is here but the worker that received the last ones stopped
             # before handing the file over: do it now (unless another request is).
             lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=0)
@@ -346,10 +505,11 @@ class TusUploads(ResumableEndpoint):
                     if not upload.complete:
                         self._finish(upload, self._load_record(upload), lock)
         headers = tus.head_headers(
-            upload.offset(self.files),
+            None if upload.is_final and not upload.complete else upload.offset(self.files),
             upload.length,
             float(upload.info["expires_at"]),
             upload.info.get("metadata"),
+            upload.concat,
         )
         return Response(status=200, headers={**headers, **NO_STORE})
 
@@ -358,16 +518,31 @@ class TusUploads(ResumableEndpoint):
     def _patch(self, request: Request, upload_id: str) -> Response:
         patch = tus.parse_patch(request.headers)
         upload = self._find(upload_id)
-        patch.check_fits(upload.length)
+        if upload.is_final:
+            raise tus.modify_final()
+        patch.check_fits(patch.declared_length(upload.length, self.max_size), self.max_size)
         with self._lock(upload) as lock:
             # Re-read under the lock: another PATCH or a DELETE may have run meanwhile.
             upload = self._find(upload_id)
             current = upload.offset(self.files)
             tus.check_offset(patch.offset, current)
+            length = patch.declared_length(upload.length, self.max_size)
+            if length is not None and upload.length is None:
+                self._declare_length(upload, length)
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
             new_offset = self._receive(request, upload, current, patch.checksum, lock)
         return Response(status=204, headers=self._headers(upload, new_offset))
+
+    def _declare_length(self, upload: _Upload, length: int) -> None:
+        """Set a deferred upload's length (its lock held), within the session's quota."""
+        try:
+            with self.files.session_lock(self.store, upload.session):
+                self.files.check_room(upload.session, length, self.session_quota)
+                upload.info["length"] = length
+                self.files.write_json(upload.info_path, upload.info)
+        except QuotaExceeded as exc:
+            raise TusError(exc.message, status=exc.status) from None
 
     def _lock(self, upload: _Upload) -> StoreLock:
         lock = StoreLock(self.store, "tus:" + upload.id, ttl=self.lock_ttl, wait=self.lock_wait)
@@ -393,6 +568,7 @@ class TusUploads(ResumableEndpoint):
         hasher = checksum.hasher() if checksum else None
         record = self._load_record(upload)
         record.bytes_received = start
+        record.content_length = upload.length
         tracker = UploadTracker(self.store, upload.session, record, self.context.settings)
         try:
             writer = self.files.open_data(
@@ -456,7 +632,8 @@ class TusUploads(ResumableEndpoint):
         what was written whole when the disk fills up (``507``).  Terminates the upload
         and raises ``410`` when the user cancels.
         """
-        remaining = upload.length - start
+        # A deferred length is bounded by Tus-Max-Size until the client declares it.
+        remaining = (self.max_size if upload.length is None else upload.length) - start
         written = 0
         size = _MIN_READ
         try:
@@ -542,7 +719,14 @@ class TusUploads(ResumableEndpoint):
     # -- completion ----------------------------------------------------------------------
 
     def _finish(self, upload: _Upload, record: UploadRecord, lock: StoreLock) -> None:
-        """Verify and hand over the whole file (the upload's lock held)."""
+        """Verify and hand over the whole file (the upload's lock held).  A partial
+        upload is only marked complete: its final upload is what gets delivered."""
+        if upload.is_partial:
+            upload.info["complete"] = True
+            self.files.write_json(upload.info_path, upload.info)
+            self.records.forget(upload.session, upload.id)
+            return
+        assert upload.length is not None
         if record.fields:
             record.fields[0].bytes_received = upload.length
             record.fields[0].state = DONE
@@ -555,6 +739,12 @@ class TusUploads(ResumableEndpoint):
             self._terminate(upload)
             raise tus.cancelled() from None
         path, created = self.files.adopt(joined, digests.sha256)
+        self._deliver(upload, task, path, created, digests)
+
+    def _deliver(
+        self, upload: _Upload, task: Any, path: str, created: bool, digests: Digests
+    ) -> None:
+        """Mark the upload complete and hand its stored file to ``on_complete``."""
         upload.info.update(complete=True, sha256=digests.sha256, md5=digests.md5)
         self.files.write_json(upload.info_path, upload.info)
         info = FileInfo(
