@@ -78,7 +78,7 @@ def _shown_or_none(value: str | None) -> str | None:
 class FieldProgress:
     """One part of a multipart body, as far as it has arrived.
 
-    Its names are cleaned on the way in (:func:`shown_text`), whoever writes them: the
+    Its names are cleaned on the way in (``shown_text``), whoever writes them: the
     form observer, the chunk and tus endpoints, a record read back from the store.
     """
 
@@ -266,15 +266,15 @@ class UploadRecord:
         return data
 
     def to_xml(self) -> bytes:
-        """The JSF component's ``<progress>`` document, extended with the same data.
+        """The component's ``<progress>`` XML document (docs/lineage.rst), extended with the same data.
 
-        Every text goes through :func:`shown_text`: no writer can make the XML malformed.
+        Every text goes through ``shown_text``: no writer can make the XML malformed.
         """
         root = ET.Element("progress")
         pct = self.percentage
         ET.SubElement(root, "percentage").text = _xml_text(pct)
         if self.state != UNKNOWN:
-            # The JSF client treats a missing clientId as "upload not seen yet".
+            # Its client reads a missing clientId as "upload not seen yet".
             ET.SubElement(root, "clientId").text = _xml_text(self.id)
         data = self.to_json_dict()
         for key in (

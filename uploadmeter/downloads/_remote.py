@@ -172,7 +172,8 @@ class RemoteFetcher:
         checked).  Empty: nothing may be fetched.
     :param allow_networks: networks (``"127.0.0.1/32"``, ``"10.0.0.0/8"``) that may be
         reached although they are not public.  Tests list loopback here.
-    :param connect_timeout, read_timeout: seconds, per connection attempt and per read.
+    :param connect_timeout: seconds per connection attempt.
+    :param read_timeout: seconds per read.
     :param total_timeout: seconds for a whole fetch, redirects included (a server dripping
         one byte per ``read_timeout`` cannot hold a worker forever).
     :param max_size: bytes; larger bodies fail.

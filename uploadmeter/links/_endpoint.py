@@ -1,4 +1,4 @@
-"""Download links that need no session, served under the middleware (seed design, part 5).
+"""Download links that need no session, served under the middleware.
 
 A download manager or a colleague holding a link carries no session cookie, so these URLs
 authorise themselves -- without ever containing the file's path.  :class:`DownloadLinks`

@@ -49,7 +49,7 @@ class SQLiteStore(ProgressStore):
     once when the file, its ``-wal``/``-shm`` files or its directory belong to another
     account or are writable by group or others, when the directory is a symbolic link, or
     when a directory above it could be renamed by another account.  ``path`` is resolved
-    once (:attr:`path` is the real path) and every connection opens that file, so a name
+    once (``path`` is the real path) and every connection opens that file, so a name
     repointed later cannot lead a new connection elsewhere.
     """
 

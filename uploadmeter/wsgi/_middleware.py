@@ -1,9 +1,8 @@
 """The WSGI middleware: measures multipart uploads as the application reads them.
 
-It mirrors the JSF design's ``UploadMultipartFilter``: requests that are not
-``multipart/form-data`` pass straight through; multipart requests that carry a tracking id
-get a counting stream around ``wsgi.input``, and their progress goes to a store that
-every worker shares.  The application parses the body exactly as before.
+Requests that are not ``multipart/form-data`` pass straight through; multipart requests
+that carry a tracking id get a counting stream around ``wsgi.input``, and their progress
+goes to a store that every worker shares.  The application parses the body exactly as before.
 """
 
 from __future__ import annotations
