@@ -24,7 +24,7 @@ import uploadmeter  # noqa: E402
 
 project = "uploadmeter"
 author = "the uploadmeter authors"
-copyright = "the uploadmeter authors"  # noqa: A001 (Sphinx's name)
+copyright = "the uploadmeter authors"
 release = uploadmeter.__version__
 version = release
 
@@ -34,6 +34,16 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
 ]
+
+# The doctest builder (``-b doctest``, run by tests/test_docs.py) runs the ``.. doctest::``
+# blocks of the pages and the ``>>>`` examples of the docstrings, with the public names
+# imported as a reader of the API page has them.
+doctest_global_setup = """
+from uploadmeter import *
+from uploadmeter.core import *
+from uploadmeter.downloads import *
+from uploadmeter.stores import *
+"""
 
 html_theme = "furo"
 html_title = f"uploadmeter {release}"
@@ -50,17 +60,33 @@ autodoc_typehints_format = "short"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 
 nitpicky = True
-# Type aliases and helper classes of private modules that appear in signatures
-# (``OnComplete``, ``HasContext``, ...): documented where they are used, not as pages.
-nitpick_ignore_regex_private = [
-    (r"py:.*", r"(uploadmeter\.[\w.]*\.)?_?(HasContext|Fetched|SecretKey|CleanupStats|ResumableEndpoint|_WerkzeugError|OnComplete|InstantUpload|Resolver|UploadMeterState)"),
-]
-# Types from outside the package (typeshed's WSGI aliases, the standard library, werkzeug,
-# Flask, jinja2): without inventories they cannot resolve, and they are not ours to document.
+# Without inventories (no network), names from outside the package cannot resolve: typeshed's
+# WSGI aliases, the standard library, werkzeug, Flask, jinja2, redis, urllib3, zipstream.
+# And the type aliases and helper classes of private modules that appear in signatures
+# (``OnComplete``, ``HasContext``, ...) are described where they are used, not as pages.
+_OUTSIDE_MODULES = (
+    "_typeshed|typing|collections|werkzeug|flask|jinja2|markupsafe|redis|urllib3|zipstream|"
+    "datetime|pathlib|os|io|enum|concurrent|threading|logging|sqlite3|ipaddress|types|re|json|"
+    "hashlib|email|http|socket|tempfile|dataclasses|contextlib|builtins|abc"
+)
+_OUTSIDE_NAMES = (
+    "WSGIApplication|WSGIEnvironment|StartResponse|StrPath|Markup|Response|Request|Path|"
+    "PathLike|Flask|Iterable|Iterator|Mapping|Callable|Sequence|Any|Self|IO|BinaryIO|"
+    "ReadableBuffer|TracebackType|StrEnum|Executor|Future|Lock|Event|Thread|Enum|Pattern|"
+    "Literal|ClassVar|NoReturn|TypeAlias|TypeVar|Protocol|ConnectionPool|HTTPResponse|"
+    "datetime|timedelta|IPv4Network|IPv6Network|int|str|bytes|float|bool|None|object|list|"
+    "dict|tuple|set|frozenset|type|Exception|BaseException|ValueError|LookupError|KeyError|"
+    "PermissionError|ImportError|ConnectionResetError|OSError|RuntimeError|TimeoutError|"
+    "ClientDisconnected|RequestEntityTooLarge|HTTPException|SessionHook|T|_T|P"
+)
+_PRIVATE_HELPERS = (
+    "HasContext|Fetched|SecretKey|CleanupStats|ResumableEndpoint|_WerkzeugError|OnComplete|"
+    "InstantUpload|Resolver|UploadMeterState"
+)
 nitpick_ignore_regex = [
-    *nitpick_ignore_regex_private,
-    (r"py:.*", r"(_typeshed|typing|collections|werkzeug|flask|jinja2|markupsafe|redis|urllib3|zipstream|datetime|pathlib|os|io|enum|concurrent|threading|logging|sqlite3|ipaddress|types|re|json|hashlib|email|http|socket|tempfile|dataclasses|contextlib|builtins|abc)(\..*)?"),
-    (r"py:.*", r"(WSGIApplication|WSGIEnvironment|StartResponse|StrPath|Markup|Response|Request|Path|PathLike|Flask|Iterable|Iterator|Mapping|Callable|Sequence|Any|Self|IO|BinaryIO|ReadableBuffer|TracebackType|StrEnum|Executor|Future|Lock|Event|Thread|Enum|Pattern|Literal|ClassVar|NoReturn|TypeAlias|TypeVar|Protocol|ConnectionPool|HTTPResponse|datetime|timedelta|IPv4Network|IPv6Network|ip_network|int|str|bytes|float|bool|None|object|list|dict|tuple|set|frozenset|type|Exception|BaseException|ValueError|LookupError|KeyError|PermissionError|ImportError|ConnectionResetError|OSError|RuntimeError|TimeoutError|ClientDisconnected|RequestEntityTooLarge|HTTPException|SessionHook|T|_T|P)"),
+    (r"py:.*", rf"({_OUTSIDE_MODULES})(\..*)?"),
+    (r"py:.*", rf"({_OUTSIDE_NAMES})"),
+    (r"py:.*", rf"(uploadmeter\.[\w.]*\.)?({_PRIVATE_HELPERS})"),
 ]
 
 # -- API pages: each object documented once ------------------------------------------------
@@ -114,7 +140,7 @@ def _resolve_other_names(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     candidates = [target]
     if module:
         candidates += [f"{module}.{target}"] + ([f"{module}.{cls}.{target}"] if cls else [])
-    objects = env.domains.python_domain.objects
+    objects = env.get_domain("py").objects
     for candidate in candidates:
         if not candidate.startswith("uploadmeter"):
             continue

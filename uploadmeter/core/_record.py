@@ -266,7 +266,7 @@ class UploadRecord:
         return data
 
     def to_xml(self) -> bytes:
-        """The component's ``<progress>`` XML document (docs/lineage.rst), extended with the same data.
+        """The component's ``<progress>`` XML document (docs/lineage.rst), with more data.
 
         Every text goes through ``shown_text``: no writer can make the XML malformed.
         """

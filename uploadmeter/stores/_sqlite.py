@@ -34,12 +34,11 @@ CREATE TABLE IF NOT EXISTS uploadmeter_kv (
 
 
 class SQLiteStore(ProgressStore):
-    """Keeps values in an SQLite file.
+    """Keeps values in an SQLite file::
 
-    >>> store = SQLiteStore("/srv/app/uploadmeter.sqlite3")
-    >>> store.set("k", "v", ttl=60)
-    >>> store.get("k")
-    'v'
+        store = SQLiteStore("/srv/app/uploadmeter.sqlite3")
+        store.set("k", "v", ttl=60)
+        store.get("k")  # 'v'
 
     Each thread (and each forked process) gets its own connection.  A locked database is
     retried for up to ``busy_timeout`` seconds before :class:`StoreError` is raised.
