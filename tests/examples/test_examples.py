@@ -188,6 +188,14 @@ def test_download_links_example(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) 
         )
         assert (status, body) == (206, content[10:20])
         assert Client(base).request("GET", "/files/missing.bin")[0] == 404
+        # A tracked download: the same browser reads its progress.
+        download_id = new_upload_id()
+        status, _, body = browser_client.request(
+            "GET", f"/files/report.bin?uploadmeter_id={download_id}"
+        )
+        assert (status, body) == (200, content)
+        record = browser_client.progress(download_id)
+        assert record["state"] == "done" and record["result"]["bytes"] == len(content)
         status, _, body = browser_client.request(
             "GET", "/selection.zip?name=report.bin&name=notes.txt"
         )
