@@ -96,6 +96,7 @@ class FieldProgress:
             self.content_type = _shown_or_none(self.content_type)
 
     def to_dict(self) -> dict[str, Any]:
+        """The field as the progress poll shows it (one item of ``fields``)."""
         return {
             "name": self.name,
             "filename": self.filename,
@@ -143,6 +144,7 @@ class UploadRecord:
 
     @property
     def average_speed(self) -> float | None:
+        """Bytes per second over the whole upload so far (``None`` before any byte)."""
         end = self.finished_at or self.updated_at
         elapsed = end - self.started_at
         if elapsed <= 0 or not self.bytes_received:
@@ -219,6 +221,7 @@ class UploadRecord:
 
     @classmethod
     def loads(cls, text: str) -> UploadRecord:
+        """The record from the JSON the store holds (:meth:`dumps` wrote it)."""
         data = json.loads(text)
         # Stored fields are [name, filename, content_type, bytes_received, state] lists
         # (objects, as earlier versions wrote them, are read too).

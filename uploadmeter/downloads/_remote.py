@@ -232,6 +232,7 @@ class RemoteFetcher:
         return scheme, host, port or (443 if scheme == "https" else 80)
 
     def host_allowed(self, host: str) -> bool:
+        """Whether ``host`` is allowed (``.example.com``: the domain and its subdomains)."""
         host = host.lower().rstrip(".")
         if "*" in self.allowed_hosts or host in self.allowed_hosts:
             return True
@@ -241,6 +242,7 @@ class RemoteFetcher:
         )
 
     def address_allowed(self, address: IPAddress) -> bool:
+        """Whether ``address`` is public or in ``allow_networks`` (IPv4 in IPv6 checked too)."""
         if any(address in net for net in self.allow_networks):
             return True
         if isinstance(address, ipaddress.IPv6Address):

@@ -102,6 +102,7 @@ class FileInfo:
         return dest
 
     def open(self) -> IO[bytes]:
+        """The verified file, opened for reading (close it; do not write to ``path``)."""
         return open(self.path, "rb")
 
 
