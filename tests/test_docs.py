@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -145,6 +146,29 @@ def test_component_page_lists_every_macro_argument() -> None:
     rows = list_table_rows((DOCS / "component.rst").read_text(encoding="utf-8"))[1:]
     documented = {name for row in rows for name in re.findall(r"``(\w+)``", row[0])}
     assert documented == arguments
+
+
+def test_progress_example_has_the_fields_of_a_real_answer() -> None:
+    from werkzeug.test import Client
+
+    from uploadmeter import UploadMeterMiddleware
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    client = Client(UploadMeterMiddleware(app, secret_key="docs", store="memory://"))
+    client.get("/uploadmeter/session")
+    upload_id = new_upload_id()
+    body, content_type = multipart_body([("title", None, b"Quarterly"), ("doc", "r.pdf", b"%")])
+    client.post(f"/upload?uploadmeter_id={upload_id}", data=body, content_type=content_type)
+    real = client.get(f"/uploadmeter/progress?id={upload_id}").get_json()
+    text = (DOCS / "http.rst").read_text(encoding="utf-8")
+    block = text.split(".. code-block:: json", 1)[1].split("\n\n", 2)[1]
+    documented = json.loads(block)
+    assert set(documented) == set(real)
+    assert set(documented["fields"][0]) == set(real["fields"][0])
 
 
 # -- the README -----------------------------------------------------------------------------
