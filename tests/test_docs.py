@@ -138,6 +138,16 @@ def test_configuration_table_matches_the_code() -> None:
     assert documented_keys == set(CONFIG_DEFAULTS)
 
 
+def test_installation_page_lists_every_extra() -> None:
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(ROOT) / "setup.cfg")
+    extras = set(setup["options.extras_require"])
+    rows = list_table_rows((DOCS / "installation.rst").read_text(encoding="utf-8"))[1:]
+    assert {literal(row[0]) for row in rows} == extras
+
+
 def test_component_page_lists_every_macro_argument() -> None:
     template = (Path(ROOT) / "uploadmeter/ui/templates/uploadmeter/macros.html").read_text()
     signature = re.search(r"\{% macro file_upload\((.*?)\) -%\}", template, re.S)
