@@ -28,11 +28,10 @@ copyright = "the uploadmeter authors"
 release = uploadmeter.__version__
 version = release
 
+# No viewcode: it would double the build time (the suite builds the docs on every run).
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.doctest",
-    "sphinx.ext.intersphinx",
-    "sphinx.ext.viewcode",
 ]
 
 # The doctest builder (``-b doctest``, run by tests/test_docs.py) runs the ``.. doctest::``
@@ -50,18 +49,15 @@ html_title = f"uploadmeter {release}"
 html_static_path = ["_static"]
 exclude_patterns = ["_build"]
 
-# No network while building (tests run offline): intersphinx has no inventories, so
-# references to the standard library and werkzeug are written as plain literals.
-intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
-
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 
 nitpicky = True
-# Without inventories (no network), names from outside the package cannot resolve: typeshed's
-# WSGI aliases, the standard library, werkzeug, Flask, jinja2, redis, urllib3, zipstream.
+# Without intersphinx inventories (no network while building), names from outside the
+# package cannot resolve: typeshed's WSGI aliases, the standard library, werkzeug, Flask,
+# jinja2, redis, urllib3, zipstream.
 # And the type aliases and helper classes of private modules that appear in signatures
 # (``OnComplete``, ``HasContext``, ...) are described where they are used, not as pages.
 _OUTSIDE_MODULES = (
