@@ -111,8 +111,10 @@ def test_configuration_table_matches_the_code() -> None:
     component = inspect.signature(render_file_upload).parameters
     options.update({name: component[name] for name in ("poll_interval", "first_poll")})
     documented_options, documented_keys = set(), set()
-    for option_cell, key_cell, default_cell, _ in rows:
-        option, key = literal(option_cell), literal(key_cell)
+    for setting_cell, default_cell, _ in rows:
+        names = re.findall(r"``(\w+)``", setting_cell)
+        option = next((n for n in names if not n.startswith("UPLOADMETER_")), None)
+        key = next((n for n in names if n.startswith("UPLOADMETER_")), None)
         default = "required" if default_cell.startswith("required") else literal(default_cell)
         assert default is not None, default_cell
         if option is not None:
