@@ -150,7 +150,7 @@ def test_installation_page_lists_every_extra() -> None:
     assert {literal(row[0]) for row in rows} == extras
 
 
-def test_component_page_lists_every_macro_argument() -> None:
+def test_component_pages_list_every_macro_argument() -> None:
     template = (Path(ROOT) / "uploadmeter/ui/templates/uploadmeter/macros.html").read_text()
     signature = re.search(r"\{% macro file_upload\((.*?)\) -%\}", template, re.S)
     assert signature is not None
@@ -158,6 +158,13 @@ def test_component_page_lists_every_macro_argument() -> None:
     rows = list_table_rows((DOCS / "component.rst").read_text(encoding="utf-8"))[1:]
     documented = {name for row in rows for name in re.findall(r"``(\w+)``", row[0])}
     assert documented == arguments
+    # The chunked uploader's arguments, in the prose of the resumable page.
+    template = (Path(ROOT) / "uploadmeter/ui/templates/uploadmeter/chunked.html").read_text()
+    signature = re.search(r"\{% macro chunked_upload\((.*?)\) -%\}", template, re.S)
+    assert signature is not None
+    page = (DOCS / "resumable.rst").read_text(encoding="utf-8")
+    for argument in (a.split("=")[0].strip() for a in signature.group(1).split(",")):
+        assert f"``{argument}``" in page, argument
 
 
 def test_progress_example_has_the_fields_of_a_real_answer() -> None:
