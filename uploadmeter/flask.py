@@ -100,6 +100,7 @@ class UploadMeter:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Set up ``app``: read ``UPLOADMETER_*``, wrap ``app.wsgi_app``, add the templates."""
         if EXTENSION_KEY in app.extensions:
             raise ConfigurationError("UploadMeter is already initialised on this app.")
         for key, value in CONFIG_DEFAULTS.items():
@@ -172,6 +173,7 @@ class UploadMeter:
 
     @property
     def store(self) -> ProgressStore:
+        """The middleware's store (:attr:`UploadMeterMiddleware.store`)."""
         return self.middleware.store
 
     def mount(self, path: str, wsgi_app: WSGIApplication, app: Flask | None = None) -> None:

@@ -238,7 +238,7 @@ def test_missing_file_and_root_confinement(h: Harness, tmp_path: Path) -> None:
 
 
 def test_nul_in_a_requested_path_is_404_not_a_traceback(h: Harness, tmp_path: Path) -> None:
-    """The README's own view, `download([FILES / n for n in names], root=FILES)`, given
+    """The view of docs/downloads.rst, `download([FILES / n for n in names], root=FILES)`, given
     `?name=a.txt%00`: os.path.realpath raised ValueError ("embedded null byte") -> 500."""
     root = tmp_path / "files"
     root.mkdir()

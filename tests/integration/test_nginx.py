@@ -1,6 +1,7 @@
-"""The README's nginx config, run in Debian's nginx in front of ``gunicorn -w 3``.
+"""The documented nginx config (examples/nginx.conf, in docs/deployment.rst), run in
+Debian's nginx in front of ``gunicorn -w 3``.
 
-The config is read from the README's deployment section itself, so the documented block is
+The config is read from the file the docs include, so the documented block is
 the tested one.  Through it a throttled form upload shows its progress, a tus upload whose
 connection dies midway resumes from the stored offset, and chunk POSTs reach the app without
 nginx spooling them.  Negative controls prove each part of the block matters: without its
@@ -61,14 +62,10 @@ BUFFERED = "a client request body is buffered to a temporary file"  # nginx's ow
 UPLOADMETER_LOCATION = re.compile(r"\n[ \t]*location\s+/uploadmeter/\S*\s*\{.*?\n[ \t]*\}", re.S)
 
 
-def readme_config() -> str:
-    """The ```nginx block of the README's "Reverse proxies must stream request bodies"."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    section = readme.split("### Reverse proxies must stream request bodies", 1)[1]
-    match = re.search(r"```nginx\n(.*?)```", section, re.S)
-    assert match, "the README's deployment section lost its nginx block"
-    return match.group(1)
+def documented_config() -> str:
+    """``examples/nginx.conf``, the block docs/deployment.rst shows (``literalinclude``)."""
+    with open(os.path.join(ROOT, "examples", "nginx.conf"), encoding="utf-8") as f:
+        return f.read()
 
 
 def without_request_streaming(config: str) -> str:
@@ -86,11 +83,11 @@ def streaming_only_the_form_route(config: str) -> str:
     return trimmed
 
 
-# The README's block, and its negative control: does it stream uploadmeter's own routes?
+# The documented block, and its negative control: does it stream uploadmeter's own routes?
 CONFIGS = [
-    pytest.param(readme_config, True, id="readme-config"),
+    pytest.param(documented_config, True, id="documented-config"),
     pytest.param(
-        lambda: streaming_only_the_form_route(readme_config()),
+        lambda: streaming_only_the_form_route(documented_config()),
         False,
         id="negative-control-only-upload-streams",
     ),
@@ -129,7 +126,7 @@ class Nginx:
 
 @contextlib.contextmanager
 def run_nginx(server_config: str, upstream: str, directory: Any) -> Iterator[Nginx]:
-    """Run ``server_config`` (the README's block) with the upstream and listen port
+    """Run ``server_config`` (the documented block) with the upstream and listen port
     replaced; pid, logs and temp files stay in ``directory``, /etc/nginx is not read."""
     port = free_port()
     upstream_port = int(upstream.rsplit(":", 1)[1])
@@ -259,7 +256,7 @@ def app(tmp_path_factory: Any) -> Iterator[tuple[str, str, str]]:
 def test_a_form_upload_through_the_readme_nginx_shows_its_progress(
     app: tuple[str, str, str], tmp_path: Any
 ) -> None:
-    with run_nginx(readme_config(), app[0], tmp_path / "nginx") as nginx:
+    with run_nginx(documented_config(), app[0], tmp_path / "nginx") as nginx:
         client = ChunkClient(nginx.url)
         seen, response = throttled_upload(client, new_upload_id())
         assert BUFFERED not in nginx.log()
@@ -270,7 +267,7 @@ def test_a_form_upload_through_the_readme_nginx_shows_its_progress(
 def test_negative_control_a_buffering_nginx_shows_no_form_progress(
     app: tuple[str, str, str], tmp_path: Any
 ) -> None:
-    config = without_request_streaming(readme_config())
+    config = without_request_streaming(documented_config())
     with run_nginx(config, app[0], tmp_path / "nginx") as nginx:
         client = ChunkClient(nginx.url)
         upload_id = new_upload_id()
@@ -437,9 +434,9 @@ def _stalled(client: Client, upload_id: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("variant", "streams"),
     [
-        pytest.param(readme_config, True, id="readme-config"),
+        pytest.param(documented_config, True, id="documented-config"),
         pytest.param(
-            lambda: buffering_downloads(readme_config()), False, id="negative-control-buffering"
+            lambda: buffering_downloads(documented_config()), False, id="negative-control-buffering"
         ),
     ],
 )

@@ -7,6 +7,13 @@ writes, the session policy, the limits policy (body sizes and framing), the cont
 features are given (:class:`MeterContext`) and the store-backed locks.  It does no socket
 I/O and imports no server interface (WSGI, ASGI) and no feature package; the WSGI shell
 (:mod:`uploadmeter.wsgi`) and the feature packages are built on it.
+
+The states of :class:`State` are module constants too (``UNKNOWN``, ``STARTING``,
+``UPLOADING``, ``PROCESSING``, ``DONE``, ``ERROR``, ``CANCELLED``), with two sets of
+them: ``IN_FLIGHT`` (starting, uploading, processing) and ``FINISHED`` (done, error,
+cancelled).  ``INVALID_ID_MESSAGE`` is the message a malformed upload id is refused with
+(an id is 8 to 128 characters of ``A-Z``, ``a-z``, ``0-9``, ``_`` and ``-``:
+:func:`valid_upload_id`).
 """
 
 from uploadmeter.core._context import MeterContext, context_of

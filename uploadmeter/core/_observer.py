@@ -57,7 +57,7 @@ class MultipartObserver:
     >>> obs = MultipartObserver(b"XyZ")
     >>> obs.feed(b'--XyZ\\r\\nContent-Disposition: form-data; name="f"; filename="a.txt"\\r\\n')
     >>> obs.feed(b"\\r\\nhello\\r\\n--XyZ--\\r\\n")
-    >>> [(f.name, f.filename, f.bytes_received, f.state) for f in obs.fields]
+    >>> [(f.name, f.filename, f.bytes_received, str(f.state)) for f in obs.fields]
     [('f', 'a.txt', 5, 'done')]
     """
 

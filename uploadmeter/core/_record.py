@@ -78,7 +78,7 @@ def _shown_or_none(value: str | None) -> str | None:
 class FieldProgress:
     """One part of a multipart body, as far as it has arrived.
 
-    Its names are cleaned on the way in (:func:`shown_text`), whoever writes them: the
+    Its names are cleaned on the way in (``shown_text``), whoever writes them: the
     form observer, the chunk and tus endpoints, a record read back from the store.
     """
 
@@ -96,6 +96,7 @@ class FieldProgress:
             self.content_type = _shown_or_none(self.content_type)
 
     def to_dict(self) -> dict[str, Any]:
+        """The field as the progress poll shows it (one item of ``fields``)."""
         return {
             "name": self.name,
             "filename": self.filename,
@@ -143,6 +144,7 @@ class UploadRecord:
 
     @property
     def average_speed(self) -> float | None:
+        """Bytes per second over the whole upload so far (``None`` before any byte)."""
         end = self.finished_at or self.updated_at
         elapsed = end - self.started_at
         if elapsed <= 0 or not self.bytes_received:
@@ -219,6 +221,7 @@ class UploadRecord:
 
     @classmethod
     def loads(cls, text: str) -> UploadRecord:
+        """The record from the JSON the store holds (:meth:`dumps` wrote it)."""
         data = json.loads(text)
         # Stored fields are [name, filename, content_type, bytes_received, state] lists
         # (objects, as earlier versions wrote them, are read too).
@@ -266,15 +269,15 @@ class UploadRecord:
         return data
 
     def to_xml(self) -> bytes:
-        """The JSF component's ``<progress>`` document, extended with the same data.
+        """The component's ``<progress>`` XML document (docs/lineage.rst), with more data.
 
-        Every text goes through :func:`shown_text`: no writer can make the XML malformed.
+        Every text goes through ``shown_text``: no writer can make the XML malformed.
         """
         root = ET.Element("progress")
         pct = self.percentage
         ET.SubElement(root, "percentage").text = _xml_text(pct)
         if self.state != UNKNOWN:
-            # The JSF client treats a missing clientId as "upload not seen yet".
+            # Its client reads a missing clientId as "upload not seen yet".
             ET.SubElement(root, "clientId").text = _xml_text(self.id)
         data = self.to_json_dict()
         for key in (

@@ -1,4 +1,4 @@
-"""Download anything: one call turns a source into a response (the seed design, part 4).
+"""Download anything: one call turns a source into a response.
 
 This module chooses a single file or a zip and turns failures into error responses; the
 responses are built by ``_single`` and ``_zips``, and ``_progress`` tracks them.

@@ -172,7 +172,8 @@ class RemoteFetcher:
         checked).  Empty: nothing may be fetched.
     :param allow_networks: networks (``"127.0.0.1/32"``, ``"10.0.0.0/8"``) that may be
         reached although they are not public.  Tests list loopback here.
-    :param connect_timeout, read_timeout: seconds, per connection attempt and per read.
+    :param connect_timeout: seconds per connection attempt.
+    :param read_timeout: seconds per read.
     :param total_timeout: seconds for a whole fetch, redirects included (a server dripping
         one byte per ``read_timeout`` cannot hold a worker forever).
     :param max_size: bytes; larger bodies fail.
@@ -231,6 +232,7 @@ class RemoteFetcher:
         return scheme, host, port or (443 if scheme == "https" else 80)
 
     def host_allowed(self, host: str) -> bool:
+        """Whether ``host`` is allowed (``.example.com``: the domain and its subdomains)."""
         host = host.lower().rstrip(".")
         if "*" in self.allowed_hosts or host in self.allowed_hosts:
             return True
@@ -240,6 +242,7 @@ class RemoteFetcher:
         )
 
     def address_allowed(self, address: IPAddress) -> bool:
+        """Whether ``address`` is public or in ``allow_networks`` (IPv4 in IPv6 checked too)."""
         if any(address in net for net in self.allow_networks):
             return True
         if isinstance(address, ipaddress.IPv6Address):

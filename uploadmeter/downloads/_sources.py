@@ -9,8 +9,7 @@ A *source* is any of:
 * :class:`~uploadmeter.downloads.S3Object`: an object in an S3-compatible store, streamed;
 * :class:`Item`: any source with an explicit name, charset or content type;
 * an object that says what to download: one implementing :class:`Downloadable`, or a
-  dataclass with a :func:`source_field` (and optionally a :func:`name_field`) -- the seed
-  design's ``@SourceObject``/``@SourceName``;
+  dataclass with a :func:`source_field` (and optionally a :func:`name_field`);
 * a mapping ``{name: source}`` or any other iterable of sources, mixed freely.
 
 A bare ``str`` is always text, never a path or a URL: a user-supplied string can then never

@@ -1,4 +1,4 @@
-"""Download links that need no session, served under the middleware (seed design, part 5).
+"""Download links that need no session, served under the middleware.
 
 A download manager or a colleague holding a link carries no session cookie, so these URLs
 authorise themselves -- without ever containing the file's path.  :class:`DownloadLinks`
@@ -140,6 +140,7 @@ class DownloadLinks:
     def share_url(
         self, share_id: str, *, environ: WSGIEnvironment | None = None, external: bool = False
     ) -> str:
+        """The URL of a share's page (``{prefix}{mount}/s/<id>``); ``external``: absolute."""
         return self._url(f"/s/{share_id}", environ, external)
 
     def _url(self, path: str, environ: WSGIEnvironment | None, external: bool) -> str:
@@ -159,6 +160,7 @@ class DownloadLinks:
         return self.respond(environ)(environ, start_response)
 
     def respond(self, environ: WSGIEnvironment) -> Response:
+        """Answer one request to the mounted endpoint (links, share pages, code forms)."""
         try:
             endpoint, args = self.url_map.bind_to_environ(environ).match()
         except MethodNotAllowed as exc:

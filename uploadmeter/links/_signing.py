@@ -1,4 +1,4 @@
-"""Signed, expiring download links that need no session (seed design, part 5).
+"""Signed, expiring download links that need no session.
 
 A :class:`LinkSigner` makes a link's token: an opaque random id and the expiry, signed with
 itsdangerous (its own salt; a list of keys for rotation: the last signs, all verify).  What

@@ -116,7 +116,8 @@ class FileInfo:
         return dest
 
     def open(self) -> IO[bytes]:
-        """The file's bytes (a local file, or the object's streamed body)."""
+        """The verified file, opened for reading (a local file, or the object's streamed
+        body; close it, do not write to ``path``)."""
         if self.storage is not None:
             return self.storage.open_file(self.path)
         return open(self.path, "rb")

@@ -34,12 +34,11 @@ CREATE TABLE IF NOT EXISTS uploadmeter_kv (
 
 
 class SQLiteStore(ProgressStore):
-    """Keeps values in an SQLite file.
+    """Keeps values in an SQLite file::
 
-    >>> store = SQLiteStore("/srv/app/uploadmeter.sqlite3")
-    >>> store.set("k", "v", ttl=60)
-    >>> store.get("k")
-    'v'
+        store = SQLiteStore("/srv/app/uploadmeter.sqlite3")
+        store.set("k", "v", ttl=60)
+        store.get("k")  # 'v'
 
     Each thread (and each forked process) gets its own connection.  A locked database is
     retried for up to ``busy_timeout`` seconds before :class:`StoreError` is raised.
@@ -49,7 +48,7 @@ class SQLiteStore(ProgressStore):
     once when the file, its ``-wal``/``-shm`` files or its directory belong to another
     account or are writable by group or others, when the directory is a symbolic link, or
     when a directory above it could be renamed by another account.  ``path`` is resolved
-    once (:attr:`path` is the real path) and every connection opens that file, so a name
+    once (``path`` is the real path) and every connection opens that file, so a name
     repointed later cannot lead a new connection elsewhere.
     """
 

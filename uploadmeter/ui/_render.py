@@ -39,8 +39,8 @@ __all__ = [
 TEMPLATE = "uploadmeter/macros.html"
 CHUNKED_TEMPLATE = "uploadmeter/chunked.html"
 DEFAULT_PREFIX = "/uploadmeter"
-DEFAULT_POLL_INTERVAL = 0.4  # seconds between polls while uploading (the JSF design's 400 ms)
-DEFAULT_FIRST_POLL = 0.5  # seconds from submit to the first poll (the JSF design's 500 ms)
+DEFAULT_POLL_INTERVAL = 0.4  # seconds between polls while uploading
+DEFAULT_FIRST_POLL = 0.5  # seconds from submit to the first poll
 
 
 @functools.cache
@@ -147,7 +147,8 @@ def render_file_upload(
     :param middleware: take ``prefix`` and ``max_content_length`` from this middleware.
     :param prefix: the middleware's prefix (default ``/uploadmeter``).
     :param script_name: the app's mount point (``environ["SCRIPT_NAME"]``).
-    :param poll_interval, first_poll: polling timing in seconds.
+    :param poll_interval: seconds between polls while uploading.
+    :param first_poll: seconds from submit to the first poll.
     :param max_content_length: the size limit to quote when an upload is too large.
     :param options: the macro's keyword arguments: ``multiple``, ``accept``,
         ``upload_icon``, ``style_class``, ``progress_bar_style_class``,

@@ -6,8 +6,7 @@
   (for clients whose page does not come from this app: scripts, other servers' pages)
 * ``GET  {prefix}/static/...`` -- the component's script and stylesheet
 
-Polls never reach the application (the JSF design's ``PagePhaseListener``), so they stay
-cheap however busy the app is.
+Polls never reach the application, so they stay cheap however busy the app is.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The WSGI middleware: measures multipart uploads as the application reads them.
 
-It mirrors the JSF design's ``UploadMultipartFilter``: requests that are not
-``multipart/form-data`` pass straight through; multipart requests that carry a tracking id
-get a counting stream around ``wsgi.input``, and their progress goes to a store that
-every worker shares.  The application parses the body exactly as before.
+Requests that are not ``multipart/form-data`` pass straight through; multipart requests
+that carry a tracking id get a counting stream around ``wsgi.input``, and their progress
+goes to a store that every worker shares.  The application parses the body exactly as before.
 """
 
 from __future__ import annotations
@@ -66,6 +65,7 @@ class UploadHandle:
 
     @property
     def id(self) -> str:
+        """The upload's tracking id (``uploadmeter_id``), also its record's id."""
         return self._tracker.record.id
 
     @property
@@ -186,10 +186,12 @@ class UploadMeterMiddleware:
 
     @property
     def store(self) -> ProgressStore:
+        """The store every record, cancel, lock and link of this middleware lives in."""
         return self.context.store
 
     @property
     def settings(self) -> TrackerSettings:
+        """How long records live and how often they are written."""
         return self.context.settings
 
     @settings.setter
@@ -200,14 +202,17 @@ class UploadMeterMiddleware:
 
     @property
     def sessions(self) -> Sessions:
+        """The session policy: the signed cookie, or the app's ``session_id`` hook."""
         return self.context.sessions
 
     @property
     def prefix(self) -> str:
+        """Where the middleware's endpoints live (``/uploadmeter``)."""
         return self.context.prefix
 
     @property
     def max_content_length(self) -> int | None:
+        """Multipart requests over this many bytes get 413 (``None``: no limit)."""
         return self.context.max_content_length
 
     @property

@@ -188,10 +188,12 @@ class ChunkUploads(ResumableEndpoint):
 
     @property
     def instant_upload(self) -> InstantUpload:
+        """``"session"``, ``"global"`` or ``None``: whose earlier uploads complete a new one."""
         return self.completions.instant_upload
 
     @property
     def hash_identifiers(self) -> bool:
+        """Whether identifiers of 32 or 64 hex digits are checked as the file's MD5 or SHA-256."""
         return self.completions.hash_identifiers
 
     # -- dispatch ------------------------------------------------------------------------

@@ -317,7 +317,7 @@
           return;
         }
         setText(this.status, "Waiting for the server\u2026");
-        this.schedule(run, Math.min(200, this.interval)); // the JSF design's quick retry
+        this.schedule(run, Math.min(200, this.interval)); // a quick retry (docs/lineage.rst)
         return;
       default: // starting, uploading, processing
         this.renderProgress(data);
