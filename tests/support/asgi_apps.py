@@ -10,22 +10,28 @@ there.  Importable by the servers::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi import UploadFile as FastAPIUploadFile
+from fastapi.responses import HTMLResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.templating import Jinja2Templates
 from werkzeug.utils import secure_filename
 
 from tests.support.e2e_apps import _settings
 from uploadmeter.asgi import UploadMeterMiddleware, current_upload, route_path
 from uploadmeter.asgi._types import ASGIApp, Message, Receive, Scope, Send
+from uploadmeter.ui import template_environment
 
 SECRET = "e2e secret"  # the WSGI apps' too: one session cookie for both shells
 
@@ -103,6 +109,58 @@ class WhereAmI:
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def read_throttle(app: ASGIApp, bytes_per_second: float) -> ASGIApp:
+    """The app reads its request bodies at ``bytes_per_second`` (the demo's server-side
+    throttle, for ASGI): each body message waits as long as its size takes at that rate,
+    so the server's flow control slows the client down and a browser test can watch."""
+
+    async def throttled(scope: Scope, receive: Receive, send: Send) -> None:
+        async def slow_receive() -> Message:
+            message = await receive()
+            size = len(message.get("body", b""))
+            if size:
+                await asyncio.sleep(size / bytes_per_second)
+            return message
+
+        await app(scope, slow_receive, send)
+
+    return throttled
+
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+
+def make_fastapi_page_app(**options: Any) -> ASGIApp:
+    """A FastAPI page with the component (``GET /``), its uploads saved by ``UploadFile``
+    (``POST /upload``), read at ``UM_THROTTLE_KBPS`` KiB/s when that is set."""
+    s = _settings(options)
+    api = FastAPI()
+    kbps = float(options.get("throttle_kbps", os.environ.get("UM_THROTTLE_KBPS", "0")))
+    inner = read_throttle(api, kbps * 1024) if kbps else api
+    meter = UploadMeterMiddleware(
+        inner,
+        secret_key=SECRET,
+        store=s["store"],
+        update_interval=s["update_interval"],
+        max_content_length=s["max_content_length"],
+    )
+    templates = Jinja2Templates(env=template_environment(TEMPLATES, middleware=meter))
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(request, "asgi_page.html")
+
+    @api.post("/upload")
+    async def upload(request: Request, document: list[FastAPIUploadFile]) -> dict[str, Any]:
+        saved = [await run_in_threadpool(_save_file, s["upload_dir"], f) for f in document]
+        handle = current_upload(request)
+        if handle is not None:
+            handle.set_result(saved=", ".join(f["filename"] for f in saved))
+        return {"files": saved}
+
+    return with_pid(meter)
 
 
 def make_starlette_app(**options: Any) -> ASGIApp:
