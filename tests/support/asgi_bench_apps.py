@@ -133,5 +133,5 @@ def lag_app() -> ASGIApp:
 
     if os.environ.get("UM_BENCH_CONTROL") == "1":
         return drain
-    threads = int(os.environ.get("UM_STORE_THREADS", "8"))
+    threads = int(os.environ.get("UM_STORE_THREADS", "2"))
     return UploadMeterMiddleware(drain, secret_key=SECRET, store=_store(), store_threads=threads)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from uploadmeter.asgi._events import stream_events
 from uploadmeter.asgi._requests import request_head, send_reply
+from uploadmeter.asgi._store import answer_read
 from uploadmeter.asgi._types import ASGIApp, OffLoop, Receive, Scope, Send
 from uploadmeter.core._context import MeterContext
-from uploadmeter.core._endpoints import MeterEndpoints, find_mount
+from uploadmeter.core._endpoints import MeterEndpoints, StoreRead, find_mount
 from uploadmeter.core._http import Reply
 
 
@@ -44,5 +45,10 @@ class Endpoints:
                 await app(dict(scope, root_path=root_path, path=path), receive, send)
                 return
             answer = self.core.not_found(head)
-        reply = answer if isinstance(answer, Reply) else await self.off_loop(answer)
+        if isinstance(answer, Reply):
+            reply = answer
+        elif isinstance(answer, StoreRead):
+            reply = await answer_read(answer, self.off_loop)
+        else:
+            reply = await self.off_loop(answer)
         await send_reply(send, reply, head_only=head.method == "HEAD")

@@ -2,9 +2,9 @@
 
 The events and when the stream ends are decided in the core
 (:class:`uploadmeter.core._events.RecordEvents`); this module is the loop.  It holds no
-thread while it waits: every ``interval`` it loads the record on a store thread (one
-store read, like a poll), sends what changed, and sleeps on the event loop; a client
-that goes away ends the stream at once.
+thread while it waits: every ``interval`` it reads the record (one store read, like a
+poll: on ``redis.asyncio`` for Redis, on a worker thread otherwise), sends what
+changed, and sleeps on the event loop; a client that goes away ends the stream at once.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import contextlib
 import time
 
 from uploadmeter.asgi._requests import encode_headers, send_reply
+from uploadmeter.asgi._store import read
 from uploadmeter.asgi._types import OffLoop, Receive, Scope, Send
 from uploadmeter.core._context import MeterContext
 from uploadmeter.core._endpoints import Lookup, MeterEndpoints, method_not_allowed
 from uploadmeter.core._events import EVENT_STREAM_HEADERS, RecordEvents
 from uploadmeter.core._http import Reply, RequestHead
-from uploadmeter.core._record import UploadRecord, unknown_record
+from uploadmeter.core._record import unknown_record
+from uploadmeter.core._records import record_key
 from uploadmeter.exceptions import StoreError
 
 
@@ -65,12 +67,11 @@ async def _stream(
     gone: asyncio.Event,
 ) -> None:
     records = context.records
+    key = record_key(found.session, found.upload_id)
     events = RecordEvents(found.upload_id, give_up_after=context.settings.stale_after)
     while not gone.is_set():
         try:
-            record: UploadRecord | None = await off_loop(
-                records.load, found.session, found.upload_id
-            )
+            record = records.parse(await read(records.store, key, off_loop))
         except StoreError:
             chunk = events.update_unavailable(time.monotonic())
         else:

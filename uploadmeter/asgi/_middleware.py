@@ -90,7 +90,8 @@ class UploadMeterMiddleware(MeterBase):
     The options are the WSGI middleware's (:class:`uploadmeter.wsgi.UploadMeterMiddleware`;
     ``session_id`` is called with the ASGI scope), and:
 
-    :param store_threads: worker threads for store calls (the loop never waits on one).
+    :param store_threads: worker threads for the uploads' store writes (the loop never
+        waits on one); polls and event streams read on one more thread of their own.
     :param events_interval: how often ``{prefix}/events`` streams look at the record
         (default: ``update_interval``, at least 0.1 s).
     """
@@ -101,7 +102,7 @@ class UploadMeterMiddleware(MeterBase):
         secret_key: str | bytes | list[str] | list[bytes],
         store: str | ProgressStore | None = None,
         *,
-        store_threads: int = 8,
+        store_threads: int = 2,
         events_interval: float | None = None,
         **options: Unpack[MeterOptions],
     ) -> None:
@@ -114,14 +115,22 @@ class UploadMeterMiddleware(MeterBase):
         # trip (~0.1 ms on Redis) plus a thread hop; bench/asgi_loop_lag.py measures what
         # the loop feels.  A pool of its own keeps the app's to_thread work from queueing
         # behind store calls, and the other way round.
+        # Polls and event streams read on a thread of their own, so they never queue behind
+        # the uploads' writes; few threads, because each one competes with the loop for
+        # the GIL (bench/asgi_loop_lag.py: 2 writers beat 8 on a 2-core machine).
         self._pool = ThreadPoolExecutor(store_threads, thread_name_prefix="uploadmeter-store")
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="uploadmeter-read")
         # Events look at the store at most ten times a second, however often records are written.
         interval = (
             events_interval
             if events_interval is not None
             else max(self.settings.update_interval, 0.1)
         )
-        self.endpoints = Endpoints(self.context, self.off_loop, interval)
+        self.endpoints = Endpoints(self.context, self.read_off_loop, interval)
+
+    async def read_off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """:meth:`off_loop` for reads that answer a client now (polls, events)."""
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
 
     async def off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` (store I/O) on a store thread; the loop goes on meanwhile."""

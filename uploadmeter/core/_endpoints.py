@@ -32,11 +32,32 @@ from uploadmeter.core._context import MeterContext
 from uploadmeter.core._http import JSON, Reply, RequestHead, error_reply, json_reply, negotiate
 from uploadmeter.core._ids import INVALID_ID_MESSAGE, valid_upload_id
 from uploadmeter.core._record import CANCELLED, IN_FLIGHT, UploadRecord, unknown_record
-from uploadmeter.core._records import TOO_LATE_TO_CANCEL
+from uploadmeter.core._records import TOO_LATE_TO_CANCEL, record_key
 from uploadmeter.exceptions import StoreError
+from uploadmeter.stores._base import ProgressStore
 
 # A step that may block on the store; returns the reply to send.
 StoreStep = Callable[[], Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRead:
+    """A :data:`StoreStep` that is one read: the shell may read ``key`` its own way (an
+    async client) and hand the value to :meth:`then`, or call it as a step (``get``)."""
+
+    store: ProgressStore
+    key: str
+    then: Callable[[str | None], Reply]
+    unavailable: Callable[[StoreError], Reply]
+
+    def __call__(self) -> Reply:
+        try:
+            value = self.store.get(self.key)
+        except StoreError as exc:
+            return self.unavailable(exc)
+        return self.then(value)
+
+
 _T = TypeVar("_T")
 
 NO_SUCH_ENDPOINT = "No such uploadmeter endpoint."
@@ -119,7 +140,7 @@ class MeterEndpoints:
 
     # -- progress, cancel, session -------------------------------------------------------
 
-    def progress(self, head: RequestHead, request: Any) -> Reply | StoreStep:
+    def progress(self, head: RequestHead, request: Any) -> Reply | StoreRead:
         found = self.lookup(head, ("GET", "HEAD"), request)
         if isinstance(found, Reply):
             return found
@@ -127,15 +148,12 @@ class MeterEndpoints:
             # A session issued just now cannot own an upload: no store round trip.
             return self.progress_reply(head, found, None)
         records = self.context.records
-
-        def step() -> Reply:
-            try:
-                record = records.load(found.session, found.upload_id)
-            except StoreError as exc:
-                return self.unavailable(head, "Progress is unavailable", exc)
-            return self.progress_reply(head, found, record)
-
-        return step
+        return StoreRead(
+            records.store,
+            record_key(found.session, found.upload_id),
+            lambda text: self.progress_reply(head, found, records.parse(text)),
+            lambda exc: self.unavailable(head, "Progress is unavailable", exc),
+        )
 
     def progress_reply(
         self, head: RequestHead, found: Lookup, record: UploadRecord | None
