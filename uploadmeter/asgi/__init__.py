@@ -42,9 +42,12 @@ What it does
 * ``max_content_length`` holds for every framing: a larger ``Content-Length`` gets
   ``413`` before a byte is read; a chunked body is cut at the limit (the app is told the
   client left) and answered ``413``.
-* The event loop never waits on the store: store calls (Redis, SQLite, memory) run on a
-  small pool of threads of the middleware's own (``store_threads``), a few per second per
-  upload.  ``bench/asgi_loop_lag.py`` measures the loop's lag under 100 uploads.
+* The event loop never waits on the store.  An upload's writes (a few per second) run on
+  a small pool of threads of the middleware's own (``store_threads``, default 2: the
+  record policy is the WSGI shell's, synchronous, and SQLite has no async driver); polls
+  and event streams read on ``redis.asyncio`` with a Redis store, else on a thread of
+  their own, so they never queue behind writes.  ``bench/asgi_loop_lag.py`` measures the
+  loop's lag and the polls' latency under 100 uploads.
 
 The view's handle
 -----------------
