@@ -247,3 +247,20 @@ def test_options_are_the_wsgi_middlewares() -> None:
     assert (meter.prefix, meter.max_content_length, meter.settings.ttl) == ("/meter", 10, 5)
     with pytest.raises(ValueError, match="secret_key"):
         UploadMeterMiddleware(Recorder(), secret_key="")
+
+
+def test_the_session_hook_is_called_with_the_scope() -> None:
+    """``session_id(scope)``: the app's own session owns the upload, no cookie needed."""
+    app = Recorder()
+    meter = meter_for(
+        app, session_id=lambda scope: dict(scope["headers"]).get(b"x-user", b"").decode()
+    )
+    user = [("content-type", CTYPE), ("x-user", "alice")]
+    scope = scope_for("POST", "/upload", "uploadmeter_id=abcdefgh1", user)
+    _, headers, _ = asyncio.run(call(meter, scope, body_messages(BODY)))
+    assert "set-cookie" not in headers  # the app's session, not ours
+    empty = [{"type": "http.request", "body": b"", "more_body": False}]
+    for who, state in (("alice", "done"), ("bob", "unknown")):
+        poll = scope_for("GET", "/uploadmeter/progress", "id=abcdefgh1", [("x-user", who)])
+        _, _, body = asyncio.run(call(meter, poll, list(empty)))
+        assert json.loads(body)["state"] == state
