@@ -193,7 +193,8 @@ class BodyMeter:
         now = _monotonic()
         if now >= self._next_report:
             self._next_report = now + self._interval
-            return PROGRESS
+            if self.tracker.progress_work(self.received, now):
+                return PROGRESS
         return NOTHING
 
     def ended(self) -> int:
