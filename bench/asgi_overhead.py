@@ -12,6 +12,7 @@ cookie): the full metered path.
     python bench/asgi_overhead.py             # 256 MiB + 3 fields, 200 x 64 KiB
     python bench/asgi_overhead.py --quick     # bodies / 4, fewer pairs
     python bench/asgi_overhead.py --control   # A/A
+    python bench/asgi_overhead.py --inprocess # the app called in process: no HTTP
 """
 
 from __future__ import annotations
@@ -70,11 +71,83 @@ def timed_upload(side: Side, body: bytes, headers: dict[str, str]) -> tuple[floa
     return wall, (cpu_ns(pid) - before) / 1e9
 
 
+def run_inprocess(pairs: int, quick: bool) -> list[list[str]]:
+    """The same A/B with no server and no socket: the ASGI app called in this process on
+    64 KiB body messages (copied as a server's reader makes them), so the middleware's own
+    cost stands alone, without loopback and scheduling noise."""
+    import asyncio
+    import time
+
+    from tests.support import asgi_bench_apps
+
+    os.environ.setdefault("TMPDIR", tempfile.mkdtemp(prefix="um-bench-"))
+    tempfile.tempdir = None
+    app = asgi_bench_apps.side_by_side_app()
+
+    async def call(side: str, body: bytes, content_type: str) -> float:
+        view = memoryview(body)
+        position = 0
+
+        async def receive() -> dict[str, object]:
+            nonlocal position
+            chunk = bytes(view[position : position + 65536])
+            position += len(chunk)
+            return {"type": "http.request", "body": chunk, "more_body": position < len(body)}
+
+        statuses: list[int] = []
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+        scope = {
+            "type": "http", "method": "POST", "path": "/upload", "root_path": "",
+            "scheme": "http", "query_string": upload_path().split("?", 1)[1].encode(),
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-bench-side", side.encode()),
+            ],
+        }  # fmt: skip
+        start = time.perf_counter()
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - start
+        assert statuses == [200], statuses
+        return elapsed
+
+    rows = []
+    for name, body, content_type in cases(quick):
+
+        def measure(side: str, body: bytes = body, content_type: str = content_type) -> float:
+            return asyncio.run(call(side, body, content_type))
+
+        measure("bare")
+        measure("metered")
+        samples = [pair(i, measure, "bare", "metered") for i in range(pairs)]
+        med, lo, hi = summary([b / a for a, b in samples])
+        rows.append(
+            [
+                name + " (in process, no HTTP)",
+                f"{len(body) / MiB:.1f} MiB",
+                f"{statistics.median(a for a, _ in samples) * 1000:.0f} ms",
+                f"{statistics.median(b for _, b in samples) * 1000:.0f} ms",
+                f"{med:.3f}",
+                f"{lo:.3f}-{hi:.3f}",
+                "= wall",
+                f"<= {BAR}",
+                verdict(med <= BAR),
+            ]
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--control", action="store_true", help="A/A: both sides bare")
     parser.add_argument("--pairs", type=int, default=None)
+    parser.add_argument("--inprocess", action="store_true", help="no server, no socket")
     args = parser.parse_args()
     pairs = args.pairs or (6 if args.quick else 12)
     env = {
@@ -84,6 +157,11 @@ def main() -> None:
     }
     print(machine_info())
     print(f"load average before: {load_average()}")
+    if args.inprocess:
+        rows = run_inprocess(pairs, args.quick)
+        print(table(["case", "body", "bare", "metered", "ratio (median)", "range", "CPU ratio",
+                     "bar", "verdict"], rows))  # fmt: skip
+        return
     rows = []
     with run_uvicorn(
         "tests.support.asgi_bench_apps:side_by_side_app", env=env, args=("--no-access-log",)
