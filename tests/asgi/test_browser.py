@@ -5,6 +5,7 @@ ASGI app on one Redis."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.support.asgi_servers import run_uvicorn
 from tests.support.browser_support import make_file, running_chromium, screenshot, sha256_of
+from tests.support.servers import run_gunicorn
 from tests.ui.test_browser import RECORD_JS, check_bar_history, seen, stages, wait_percent
 
 pytest.importorskip("playwright.sync_api")
@@ -73,3 +75,40 @@ def test_fastapi_page_goes_through_three_stages(page: Any, tmp_path: Any) -> Non
         saved = page.text_content("#document_stage3 [data-uploadmeter-result=saved]")
         assert saved == "report.bin"
         assert sha256_of(str(upload_dir / "report.bin")) == sha256_of(source)
+
+
+@pytest.mark.redis
+@pytest.mark.gunicorn
+def test_one_browser_session_sees_its_asgi_upload_on_the_wsgi_app(
+    page: Any, tmp_path: Any, redis_url: str
+) -> None:
+    """The widget uploads to the FastAPI page (uvicorn); the same browser session asks the
+    WSGI app (gunicorn) on the same Redis, and sees the upload move and end."""
+    upload_dir = tmp_path / "uploads"
+    upload_dir.mkdir()
+    source = make_file(tmp_path / "shared.bin", 8 * MB)
+    env = {"UM_UPLOAD_DIR": str(upload_dir), "UM_STORE": redis_url, "UM_THROTTLE_KBPS": "2048"}
+    with (
+        run_uvicorn("tests.support.asgi_apps:make_fastapi_page_app", env=env) as asgi,
+        run_gunicorn("tests.support.e2e_apps:make_plain_app()", workers=2, env=env) as wsgi,
+    ):
+        page.goto(asgi.url + "/")
+        page.set_input_files("#document", source)
+        page.click("#document_upload")
+        wait_percent(page, "document", 10, 80)
+        upload_id = page.evaluate(
+            "UploadMeter.widget(document.getElementById('document_component')).uploadId"
+        )
+
+        def on_wsgi() -> dict[str, Any]:
+            # The browser context's own requests: the same cookie jar as the page's.
+            answer = page.context.request.get(f"{wsgi}/uploadmeter/progress?id={upload_id}")
+            assert answer.status == 200
+            return json.loads(answer.text())  # type: ignore[no-any-return]
+
+        record = on_wsgi()
+        assert record["state"] == "uploading" and 0 < record["percentage"] < 100, record
+        page.wait_for_selector("#document_stage3", state="visible", timeout=STAGE_TIMEOUT_MS)
+        record = on_wsgi()
+        assert record["state"] == "done" and record["result"] == {"saved": "shared.bin"}
+        assert record["bytes_received"] > 8 * MB
