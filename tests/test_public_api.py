@@ -41,6 +41,13 @@ PUBLIC_API: dict[str, list[str]] = {
         "open_store",
         "render_file_upload",
     ],
+    "uploadmeter.asgi": [
+        "MeteredReceive",
+        "UploadHandle",
+        "UploadMeterMiddleware",
+        "current_upload",
+        "route_path",
+    ],
     "uploadmeter.core": [
         "CANCELLED",
         "CookieSettings",

@@ -18,6 +18,15 @@ process pool or on another machine::
             t.set_result(url=...)           # shown with state done
         # an exception inside the block ends in state "error"
 
+From a coroutine (an ASGI view), the same task with ``async with`` and the ``a``-methods,
+whose store writes run on a worker thread, never on the event loop::
+
+    handle = uploadmeter.asgi.current_upload(request)
+    await handle.start_processing("scanning")
+    async with task(meter, handle.session, handle.id, "scanning", total=size) as t:
+        async for block in blocks(path):
+            await t.aadvance(len(block))
+
 An upload measured by the middleware is marked ``done`` when the application answers.
 A view that will process the file afterwards calls
 ``current_upload(environ).start_processing("compressing")`` first, so the record goes
@@ -26,6 +35,7 @@ straight from ``uploading`` to ``processing`` (polls never see a premature ``don
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -237,6 +247,46 @@ class ProcessingTask:
                 exc_info=(exc_type, exc, tb) if exc_type else None,
             )
             self.fail("Processing failed.", 500)
+
+    # -- from coroutines ------------------------------------------------------------------
+    # The same methods for async code: each runs its synchronous twin on a worker thread
+    # (asyncio.to_thread), so a store write never blocks the event loop.  The task is
+    # thread-safe, so coroutines and threads may share one.
+
+    async def __aenter__(self) -> ProcessingTask:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
+
+    async def astart(self) -> ProcessingTask:
+        """:meth:`start`, off the event loop."""
+        return await asyncio.to_thread(self.start)
+
+    async def aadvance(self, n: int, total: int | None = None) -> None:
+        """:meth:`advance`, off the event loop."""
+        await asyncio.to_thread(self.advance, n, total)
+
+    async def aupdate(self, done: int, total: int | None = None) -> None:
+        """:meth:`update`, off the event loop."""
+        await asyncio.to_thread(self.update, done, total)
+
+    async def aset_phase(self, phase: str, total: int | None = None) -> None:
+        """:meth:`set_phase`, off the event loop."""
+        await asyncio.to_thread(self.set_phase, phase, total)
+
+    async def afinish(self, **result: Any) -> None:
+        """:meth:`finish`, off the event loop."""
+        await asyncio.to_thread(lambda: self.finish(**result))
+
+    async def afail(self, message: str, status: int = 422) -> None:
+        """:meth:`fail`, off the event loop."""
+        await asyncio.to_thread(self.fail, message, status)
 
     # -- store ---------------------------------------------------------------------------
 

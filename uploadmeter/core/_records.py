@@ -83,7 +83,11 @@ class Records:
     def load(self, session: str, upload_id: str, *, stale: bool = True) -> UploadRecord | None:
         """The record, or ``None``.  ``stale=True``: as a poller should see it (an in-flight
         record its writer stopped updating reads as ``error``); ``False``: as stored."""
-        text = self.store.get(record_key(session, upload_id))
+        return self.parse(self.store.get(record_key(session, upload_id)), stale=stale)
+
+    def parse(self, text: str | None, *, stale: bool = True) -> UploadRecord | None:
+        """The record stored as ``text`` (what the store answered for its key), as
+        :meth:`load` returns it: for shells that read the key their own way."""
         if text is None:
             return None
         record = UploadRecord.loads(text)

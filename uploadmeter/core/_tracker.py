@@ -30,6 +30,10 @@ from uploadmeter.stores._base import ProgressStore
 
 log = logging.getLogger("uploadmeter")
 
+# What UploadTracker.progress_work answers: the store work progress() would do.
+LOOK = 1
+WRITE = 2
+
 
 class UploadTracker:
     """Writes one upload's record; used by the middleware and the metered stream."""
@@ -83,27 +87,36 @@ class UploadTracker:
 
     # -- progress ------------------------------------------------------------------------
 
-    def progress(self, received: int, now: float) -> bool:
-        """Record ``received`` bytes if a write is due.  Returns ``True`` if cancelled."""
+    def progress_work(self, received: int, now: float) -> int:
+        """What :meth:`progress` would do now, without doing it (no I/O): ``0`` nothing,
+        :data:`LOOK` a look for a cancel, :data:`WRITE` a write.  A shell that runs store
+        calls elsewhere (ASGI: on a thread) asks first and skips the trip for ``0``."""
+        if now < self._store_down_until:
+            return 0
         record = self.record
-        record.bytes_received = received
-        moved = received - self._last_bytes
-        due = (
+        if (
             record.state not in (UPLOADING, STARTING)
             or not self._step
-            or moved >= self._step
+            or received - self._last_bytes >= self._step
             or now - self._last_write >= self._heartbeat(now)
-        )
-        if now < self._store_down_until:
-            return False
-        if not due:
-            # No write yet, but a cancel must not wait for one: look every heartbeat.
-            if now - max(self._last_write, self._last_look) < self.settings.heartbeat:
-                return False
+        ):
+            return WRITE
+        # No write yet, but a cancel must not wait for one: look every heartbeat.
+        if now - max(self._last_write, self._last_look) >= self.settings.heartbeat:
+            return LOOK
+        return 0
+
+    def progress(self, received: int, now: float) -> bool:
+        """Record ``received`` bytes if a write is due.  Returns ``True`` if cancelled."""
+        self.record.bytes_received = received
+        work = self.progress_work(received, now)
+        if work == LOOK:
             self._last_look = now
             return self._cancel_requested()
-        self._moved_to(received, now)
-        return self._write(now, check_cancel=True)
+        if work == WRITE:
+            self._moved_to(received, now)
+            return self._write(now, check_cancel=True)
+        return False
 
     def body_received(self, received: int, now: float) -> bool:
         """The application has read the whole body: from now on a cancel is refused.

@@ -61,6 +61,7 @@ class RedisStore(ProgressStore):
         else:
             self._redis = url_or_client
         self.key_prefix = key_prefix
+        self._async: tuple[Any, Any] | None = None  # (event loop, redis.asyncio client)
         self._incr = self._redis.register_script(_INCR_SCRIPT)
         self._delete_if = self._redis.register_script(_DELETE_IF_SCRIPT)
         self._expire_if = self._redis.register_script(_EXPIRE_IF_SCRIPT)
@@ -98,6 +99,30 @@ class RedisStore(ProgressStore):
             return script(keys=[self.key_prefix + key], args=list(args))
         except self._errors as exc:
             raise StoreError(f"Redis store: {exc}") from exc
+
+    async def aget(self, key: str) -> str | None:
+        """:meth:`get` for asyncio code, on ``redis.asyncio``: no thread, the loop never
+        waits (the ASGI shell reads polls and event streams this way).  One client per
+        event loop, on the synchronous client's connection settings."""
+        try:
+            value = await self._async_client().get(self.key_prefix + key)
+        except self._errors as exc:
+            raise StoreError(f"Redis store: {exc}") from exc
+        return None if value is None else str(value)
+
+    def _async_client(self) -> Any:
+        import asyncio
+
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            kwargs = dict(self._redis.connection_pool.connection_kwargs)
+            # A few connections, shared: a hundred polls at once wait for one (a GET is
+            # ~0.1 ms) instead of each opening its own on the loop.
+            pool = redis.asyncio.BlockingConnectionPool(max_connections=8, timeout=5, **kwargs)
+            self._async = (loop, redis.asyncio.Redis(connection_pool=pool))
+        return self._async[1]
 
     def close(self) -> None:
         self._redis.close()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from uploadmeter.core._context import HasContext, MeterContext, context_of
@@ -88,15 +88,35 @@ def component_settings(
 
 
 @functools.cache
-def template_environment() -> Environment:
+def template_environment(
+    *directories: str,
+    middleware: MeterContext | HasContext | None = None,
+    script_name: str = "",
+) -> Environment:
     """The one Jinja environment of uploadmeter's templates (widgets, share page), for code
-    that renders them without Flask.  Flask apps render them through ``app.jinja_env``."""
+    that renders them without Flask.  Flask apps render them through ``app.jinja_env``.
+
+    Given the app's own template ``directories`` (searched first) and its ``middleware``,
+    it is a whole environment for the app's pages: the one line a Starlette or FastAPI
+    app needs for ``{% import "uploadmeter/macros.html" as uploadmeter %}``::
+
+        templates = Jinja2Templates(env=template_environment("templates", middleware=meter))
+    """
     # Flask's own environment escapes templates named *.html; this one does the same, so
     # both render the macro identically.
-    return Environment(
-        loader=PackageLoader("uploadmeter.ui", "templates"),
+    package = PackageLoader("uploadmeter.ui", "templates")
+    env = Environment(
+        loader=ChoiceLoader([FileSystemLoader(list(directories)), package])
+        if directories
+        else package,
         autoescape=select_autoescape(["html"]),
     )
+    if middleware is not None or directories:
+        settings = _settings_for(
+            middleware, None, script_name, DEFAULT_POLL_INTERVAL, DEFAULT_FIRST_POLL, None
+        )
+        env.globals["uploadmeter_settings"] = lambda: settings
+    return env
 
 
 def _module(settings: dict[str, Any], name: str = TEMPLATE) -> Any:

@@ -1,31 +1,74 @@
-"""What the WSGI shell reads from a request for the core: its session and its tracking id.
+"""What the WSGI shell reads from a request for the core: its head, session and tracking id.
 
-The one place where a WSGI environ is adapted to the core's session policy
-(:mod:`uploadmeter.core._sessions`); every WSGI app of uploadmeter (the middleware, its
-endpoints, chunked, tus, downloads, processing) asks through these functions.
+The one place where a WSGI environ is adapted to the core (:class:`RequestHead` for the
+sans-IO endpoints and metering, the session policy of :mod:`uploadmeter.core._sessions`);
+every WSGI app of uploadmeter (the middleware, its endpoints, chunked, tus, downloads,
+processing) asks through these functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from uploadmeter.core import _endpoints
 from uploadmeter.core._context import MeterContext
+from uploadmeter.core._http import RequestHead
 from uploadmeter.core._ids import upload_id_from
+
+
+class EnvironHeaders(Mapping[str, str]):
+    """The environ's headers by lower-case name, read on demand (a poll reads two)."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value = self._environ[key]
+        return str(value)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].lower().replace("_", "-")
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield key.lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def request_head(environ: Mapping[str, Any], path: str | None = None) -> RequestHead:
+    """The core's view of this request (``path``: instead of ``PATH_INFO``)."""
+    return RequestHead(
+        environ.get("REQUEST_METHOD", "GET"),
+        environ.get("PATH_INFO", "") if path is None else path,
+        environ.get("QUERY_STRING", ""),
+        EnvironHeaders(environ),
+        environ.get("wsgi.url_scheme") == "https",
+    )
 
 
 def session_of(context: MeterContext, environ: dict[str, Any]) -> str | None:
     """The request's session, or ``None``; never issues one (chunks, tasks)."""
-    sessions = context.sessions
-    app_session = sessions.hook(environ) if sessions.hook is not None else None
-    return sessions.find(environ.get("HTTP_COOKIE", ""), app_session)
+    return _endpoints.session_of(context, request_head(environ), environ)
 
 
 def session_for(context: MeterContext, environ: dict[str, Any]) -> tuple[str, str | None]:
     """``(session, Set-Cookie value or None)``; issues a session when the request has none
     (requests that start one thing: an upload, a tus creation, a download, a poll)."""
-    sessions = context.sessions
-    app_session = sessions.hook(environ) if sessions.hook is not None else None
-    return sessions.find_or_issue(environ.get("HTTP_COOKIE", ""), _https(environ), app_session)
+    return _endpoints.session_for(context, request_head(environ), environ)
 
 
 def page_needs_cookie(context: MeterContext, environ: dict[str, Any]) -> bool:
@@ -35,7 +78,7 @@ def page_needs_cookie(context: MeterContext, environ: dict[str, Any]) -> bool:
 
 def new_session_cookie(context: MeterContext, environ: dict[str, Any]) -> str:
     """A Set-Cookie value with a fresh session, for a page."""
-    return context.sessions.issue(_https(environ))[1]
+    return context.sessions.issue(environ.get("wsgi.url_scheme") == "https")[1]
 
 
 def requested_upload_id(environ: dict[str, Any]) -> str | None:
@@ -45,7 +88,3 @@ def requested_upload_id(environ: dict[str, Any]) -> str | None:
         environ.get("HTTP_X_UPLOAD_ID"),
         environ.get("HTTP_X_PROGRESS_ID"),
     )
-
-
-def _https(environ: dict[str, Any]) -> bool:
-    return environ.get("wsgi.url_scheme") == "https"

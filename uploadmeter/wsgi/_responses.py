@@ -1,53 +1,54 @@
-"""Small responses the middleware writes itself: errors and JSON.
+"""The core's replies (:mod:`uploadmeter.core._http`) as werkzeug responses.
 
-Errors are short and in the client's language: JSON for scripts (``Accept`` preferring
-``application/json``, or ``*/*``), a minimal HTML page for browsers (a form posted into
-the component's iframe).  Never a traceback.
+Errors are short and in the client's language: JSON for scripts, a minimal HTML page for
+browsers; never a traceback.  The policy (negotiation, bodies) lives in the core, shared
+with the ASGI shell; this module only reads the WSGI environ's ``Accept`` and wraps.
 """
 
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
 from werkzeug.wrappers import Response
+
+from uploadmeter.core import _http
+from uploadmeter.core._http import HTML, JSON, NO_STORE, Reply
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-NO_STORE = {"Cache-Control": "no-store"}
-
-
-JSON = "application/json"
-HTML = "text/html"
+__all__ = [
+    "HTML",
+    "JSON",
+    "NO_STORE",
+    "error_response",
+    "json_response",
+    "negotiate",
+    "reply_response",
+]
 
 
 def negotiate(environ: WSGIEnvironment, offers: Sequence[str]) -> str:
-    """The one Accept negotiation: the offer the client prefers, the first offer on a tie
-    (``*/*``) or when the client accepts none of them."""
-    header = environ.get("HTTP_ACCEPT") or "*/*"
-    if header == "*/*" or header == offers[0]:
-        return offers[0]  # fetch's default and JSON clients: no parsing on the poll path
-    best = parse_accept_header(header, MIMEAccept).best_match(offers)
-    return best or offers[0]
+    """The offer the client prefers (:func:`uploadmeter.core._http.negotiate`)."""
+    return _http.negotiate(environ.get("HTTP_ACCEPT"), offers)
+
+
+def reply_response(reply: Reply) -> Response:
+    """A werkzeug response writing ``reply`` as it is."""
+    response = Response(reply.body, status=reply.status)
+    response.headers.clear()
+    for name, value in reply.headers:
+        response.headers.add(name, value)
+    if reply.body and "Content-Length" not in response.headers:
+        response.headers["Content-Length"] = str(len(reply.body))
+    return response
 
 
 def json_response(
     data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
 ) -> Response:
-    response = Response(
-        json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-        status=status,
-        mimetype="application/json",
-        headers=NO_STORE,
-    )
-    for name, value in headers:
-        response.headers.add(name, value)
-    return response
+    return reply_response(_http.json_reply(data, status, headers))
 
 
 def error_response(
@@ -57,15 +58,4 @@ def error_response(
     headers: Iterable[tuple[str, str]] = (),
 ) -> Response:
     """A short error in JSON or HTML, as the client prefers."""
-    if negotiate(environ, (JSON, HTML)) == JSON:
-        return json_response({"error": {"status": status, "message": message}}, status, headers)
-    title = f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}"
-    body = (
-        "<!doctype html>\n<html lang=en><meta charset=utf-8>"
-        f"<title>{html.escape(title)}</title>\n"
-        f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p>\n"
-    )
-    response = Response(body, status=status, mimetype="text/html", headers=NO_STORE)
-    for name, value in headers:
-        response.headers.add(name, value)
-    return response
+    return reply_response(_http.error_reply(environ.get("HTTP_ACCEPT"), status, message, headers))

@@ -7,37 +7,35 @@ reads are the only reads.  On each one it counts bytes, shows them to the multip
 observer and, when a write is due, tells the tracker -- which is also how it learns that
 the upload was cancelled, and stops it by raising at that read.
 
-This function runs for every chunk of every tracked upload, so it is kept short.
+The counting and its policy live in the core (:class:`~uploadmeter.core._meter.BodyMeter`,
+shared with the ASGI shell); this module adapts the read methods to it.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wsgi import LimitedStream
 
-from uploadmeter.core._record import CANCELLED, ERROR
-from uploadmeter.core._records import CANCELLED_ERROR
+from uploadmeter.core._meter import (
+    DISCONNECTED,
+    OVER_LIMIT,
+    UNREADABLE,
+    BodyMeter,
+)
 from uploadmeter.core._tracker import UploadTracker
 from uploadmeter.exceptions import UploadCancelled, UploadTooLarge
 
-_monotonic = time.monotonic
-
-# What ``MeteredInput.failure`` starts with when a read raised.
-DISCONNECTED = "disconnected"
-UNREADABLE = "unreadable"
+__all__ = ["DISCONNECTED", "UNREADABLE", "CappedInput", "MeteredInput"]
 
 
 class MeteredInput:
-    """Wraps the server's input stream for one tracked upload."""
+    """Wraps the server's input stream for one tracked upload; counts with the core's
+    :class:`~uploadmeter.core._meter.BodyMeter`."""
 
-    __slots__ = (
-        "_interval", "_next_report", "_observer", "_record", "_stream", "_tracker",
-        "content_length", "eof", "failure", "limit", "received",
-    )  # fmt: skip
+    __slots__ = ("_feed", "_stream", "meter")
 
     def __init__(
         self,
@@ -49,16 +47,32 @@ class MeteredInput:
         update_interval: float = 0.2,
     ) -> None:
         self._stream = stream
-        self._tracker = tracker
-        self._observer = tracker.observer
-        self._record = tracker.record
-        self._interval = update_interval
-        self._next_report = 0.0
-        self.content_length = content_length
-        self.limit = limit
-        self.received = 0
-        self.eof = False  # the stream ended (at the declared length, or early)
-        self.failure: str | None = None  # why reading failed, when it did
+        self.meter = BodyMeter(
+            tracker, content_length=content_length, limit=limit, update_interval=update_interval
+        )
+        self._feed = self.meter.feed
+
+    # The meter's numbers, as attributes of the stream.
+
+    @property
+    def received(self) -> int:
+        return self.meter.received
+
+    @property
+    def content_length(self) -> int | None:
+        return self.meter.content_length
+
+    @property
+    def limit(self) -> int | None:
+        return self.meter.limit
+
+    @property
+    def eof(self) -> bool:
+        return self.meter.eof
+
+    @property
+    def failure(self) -> str | None:
+        return self.meter.failure
 
     # -- the read methods ----------------------------------------------------------------
 
@@ -95,7 +109,7 @@ class MeteredInput:
         if n:
             self._account(data)
         elif len(view):
-            self._ended()
+            self._due(self.meter.ended())
         return int(n or 0)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
@@ -128,47 +142,28 @@ class MeteredInput:
     def _took(self, data: bytes, size: int | None) -> bytes:
         """Account for what a read returned; an empty answer to a non-empty read is EOF."""
         if data:
-            self._account(data)
+            due = self._feed(data)
+            if due:
+                self._due(due)
         elif size != 0:
-            self._ended()
+            self._due(self.meter.ended())
         return data
 
     def _account(self, data: bytes) -> None:
-        self.received += len(data)
-        # Kept current on every read, not only on throttled writes: the final write after
-        # a disconnect, cancel or error must count every byte that arrived.
-        self._record.bytes_received = self.received
-        if self._observer is not None:
-            self._observer.feed(data)
-        if self.limit is not None and self.received > self.limit:
-            self.failure = "too large"
-            self._tracker.finish(
-                ERROR, {"status": 413, "message": "The upload is larger than this server accepts."}
-            )
-            raise UploadTooLarge()
-        now = _monotonic()
-        if self.received == self.content_length:
-            # The last byte: always written, and from now on too late to cancel.
-            if self._tracker.body_received(self.received, now):
-                self._cancelled()
-        elif now >= self._next_report:
-            self._next_report = now + self._interval
-            if self._tracker.progress(self.received, now):
-                self._cancelled()
+        due = self._feed(data)
+        if due:
+            self._due(due)
 
-    def _ended(self) -> None:
-        if self.eof:
-            return
-        self.eof = True
-        if self.content_length is None:
-            # A body of unknown length is whole at its end.
-            if self._tracker.body_received(self.received, _monotonic()):
-                self._cancelled()
-        elif self.received < self.content_length:
-            self.failure = DISCONNECTED
+    def _due(self, due: int) -> None:
+        """Make the store write the meter asked for (here, in the reading thread); stop the
+        upload by raising at this read when it was cancelled or passed the limit."""
+        if due and self.meter.report(due):
+            if due == OVER_LIMIT:
+                raise UploadTooLarge()
+            raise UploadCancelled()
 
     def _failed(self, exc: Exception) -> None:
-        """Classify a read that raised: the one place that tells a disconnect.
+        """Classify a read that raised: the one place that tells a WSGI disconnect.
 
         A vanished client is an ``OSError`` from the server's reader (a reset:
         ``ConnectionResetError`` from gunicorn's ``Body`` and werkzeug's socket file alike;
@@ -178,12 +173,7 @@ class MeteredInput:
         if isinstance(exc, (UploadCancelled, UploadTooLarge)):
             return
         kind = DISCONNECTED if isinstance(exc, (OSError, ClientDisconnected)) else UNREADABLE
-        self.failure = f"{kind} ({type(exc).__name__})"
-
-    def _cancelled(self) -> None:
-        self.failure = "cancelled"
-        self._tracker.finish(CANCELLED, dict(CANCELLED_ERROR))
-        raise UploadCancelled()
+        self.meter.failed(kind, type(exc).__name__)
 
 
 class CappedInput(LimitedStream):
