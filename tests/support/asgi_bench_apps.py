@@ -4,6 +4,7 @@
 * ``UM_STORE`` -- the store URL (default: the middleware's default SQLite file)
 * ``UM_UPLOAD_DIR`` -- where uploaded files are spooled
 * ``UM_BENCH_CONTROL=1`` -- both sides of :func:`side_by_side_app` bare (an A/A run)
+* ``UM_SWITCH_INTERVAL`` -- ``sys.setswitchinterval`` in the server (``lag_app``)
 
 ``side_by_side_app()`` serves a Starlette app (``POST /upload`` parses the form with
 ``request.form()`` and hashes every file, what an app really does) bare and behind the
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -104,6 +106,10 @@ def lag_app() -> ASGIApp:
     upload it names has ended), the same load without uploadmeter."""
     probe = LoopLag()
     finished: set[str] = set()
+    if os.environ.get("UM_SWITCH_INTERVAL"):
+        # The GIL's switch interval (5 ms by default) bounds how long the loop waits for a
+        # store thread that holds the GIL: bench/asgi_loop_lag.py --switch-interval.
+        sys.setswitchinterval(float(os.environ["UM_SWITCH_INTERVAL"]))
 
     async def drain(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

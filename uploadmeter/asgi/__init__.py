@@ -47,7 +47,9 @@ What it does
   record policy is the WSGI shell's, synchronous, and SQLite has no async driver); polls
   and event streams read on ``redis.asyncio`` with a Redis store, else on a thread of
   their own, so they never queue behind writes.  ``bench/asgi_loop_lag.py`` measures the
-  loop's lag and the polls' latency under 100 uploads.
+  loop's lag and the polls' latency under 100 uploads.  A store thread holding the GIL
+  can keep the loop waiting up to Python's switch interval (5 ms); a server that wants
+  less lag lowers it (``sys.setswitchinterval(0.0005)``, measured by the bench).
 
 The view's handle
 -----------------
