@@ -46,6 +46,20 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
   one more write: chunk objects, then parts); a tus upload whose every byte reached one
   process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads, 1.
+* **Deferred length** (``creation-defer-length``).  Until the length is declared every
+  PATCH keeps its tail as ``data.part.<N>``; the PATCH that declares it may bring no
+  bytes, so completing first makes that object the last part (read and uploaded: it is
+  less than a part).
+* **Concatenation** (tus ``concatenation``, tus-js-client's ``parallelUploads``).  Each
+  finished partial upload is completed into its own object (kept until the partial
+  upload is deleted, which the final upload does: a retried join starts from there).
+  The final blob's parts are copied inside the store (``UploadPartCopy`` with a byte
+  range) wherever one range of one object can be a part (>= 5 MiB, or the last part);
+  partial uploads under 5 MiB are read with the neighbouring bytes and uploaded as parts
+  of at least ``part_size``.  Verification: one streaming GET of the joined object (one
+  read of the file), plus one read of the bytes that were joined through this process.
+  A failed join aborts its multipart upload -- when the store is down, at the next join
+  in this process, or :meth:`S3Storage.cleanup` after ``temp_ttl``.
 * **Dedupe with reference counts.**  ``files/<sha256>.json`` names the one blob with those
   bytes; a second upload of them deletes its own blob.  Every upload handed to
   ``on_complete`` adds a marker under ``refs/<sha256>/``; :meth:`S3Storage.release` removes
@@ -71,6 +85,7 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -83,7 +98,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
@@ -205,6 +220,8 @@ class S3Storage(Storage):
         # Hashes of tus uploads this process received from their first byte, by location.
         self._hashes: dict[str, _Hashes] = {}
         self._chunk_states: dict[str, dict[str, Any]] = {}
+        # Multipart uploads of joins that failed while the store was down: aborted later.
+        self._orphans: list[dict[str, Any]] = []
 
     @property
     def cleanup_name(self) -> str:
@@ -384,7 +401,10 @@ class S3Storage(Storage):
         return state
 
     def begin(self, location: str, *, data: bool = False) -> None:
-        """Start the upload's multipart upload (its key: a new blob)."""
+        """Start the upload's multipart upload (its key: a new blob) -- except for a tus
+        final upload (no ``data``), whose object :meth:`concatenate` makes."""
+        if not data and location.startswith(self.tus_root + "/"):
+            return
         key = f"{self.prefix}blobs/{uuid.uuid4().hex}"
         upload_id = self._call("create_multipart_upload", Key=key)["UploadId"]
         try:
@@ -404,6 +424,8 @@ class S3Storage(Storage):
         if state is not None and not state.get("completed"):
             with contextlib.suppress(_Missing):
                 self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+        elif state is not None and state.get("own"):  # a partial upload's own object
+            self._delete(state["key"])
         for obj in list(self._list(location + "/")):
             self._delete(obj["Key"])
 
@@ -590,7 +612,162 @@ class S3Storage(Storage):
         if state.get("completed"):
             return state["key"], self._hash_object(state["key"], progress)
         known = self._hashes.pop(location, None)
+        self._seal(location, state)
         return self._finish_multipart(location, state, progress, known)
+
+    def _seal(self, location: str, state: Mapping[str, Any]) -> None:
+        """Make the pending bytes (``data.part.<N>``) the last part.  A PATCH makes them
+        a part itself when they end the upload, but with a deferred length the last
+        PATCH may declare the length and bring no bytes: they are still an object then.
+        (Read and uploaded, less than a part: ``list_parts`` on Swift does not show a
+        copied part's ETag as ``complete_multipart_upload`` wants it.)"""
+        pending = self._pending(location, self._parts(state))
+        if pending is None:
+            return
+        key, number, size = pending
+        self._concat_part(state, number, [(key, 0, size)], copy=False)
+        self._delete(key)
+
+    # -- tus concatenation ---------------------------------------------------------------
+
+    def concatenate(
+        self, locations: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        """Join the finished partial uploads at ``locations`` into a new blob.
+
+        Each partial upload's multipart upload is completed into its own object (kept,
+        marked ``own``, until the partial upload is deleted: a retried join starts from
+        there).  The new blob's parts are copied inside the store (``UploadPartCopy``
+        with a byte range) wherever a range of one object can be a part (>= 5 MiB, or the
+        last part); a partial upload smaller than that, with the edges of its
+        neighbours, is read and uploaded as a part (at least ``part_size``).  Then one
+        streaming GET of the blob hashes it (the verification: one read of the file,
+        plus one more of the bytes that went through this process).  On a failure the
+        blob's multipart upload is aborted (when the store is down, at the next join in
+        this process or by :meth:`cleanup` after ``temp_ttl``).
+        """
+        self._abort_orphans()
+        sources = [self._source(location) for location in locations]
+        if progress is not None:
+            progress(0)
+        key = f"{self.prefix}blobs/{uuid.uuid4().hex}"
+        sizes = [size for _, size in sources]
+        plan = _concat_plan(sizes, self.part_size)
+        if not plan:  # only empty partial uploads
+            self._call("put_object", Key=key, Body=b"")
+            return key, self._hash_object(key, progress)
+        upload_id = self._call("create_multipart_upload", Key=key)["UploadId"]
+        state = {"key": key, "id": upload_id}
+        try:
+            workers = min(self.upload_concurrency, len(plan))
+            with concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-concat") as pool:
+                futures = [
+                    pool.submit(
+                        self._concat_part,
+                        state,
+                        number,
+                        [(sources[i][0], a, b) for i, a, b in ranges],
+                    )
+                    for number, ranges in enumerate(plan, 1)
+                ]
+                etags = []
+                for future in futures:
+                    etags.append(future.result())
+                    if progress is not None:
+                        progress(0)  # the caller's locks live on
+            self._call(
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+                },
+            )
+        except BaseException:
+            self._orphans.append(state)
+            self._abort_orphans()
+            raise
+        try:
+            return key, self._hash_object(key, progress)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._delete(key)
+            raise
+
+    def _source(self, location: str) -> tuple[str, int]:
+        """A finished partial upload's data as an object: ``(key, size)``."""
+        state = self._state(location)
+        if state is None:
+            raise FileNotFoundError(location)
+        if not state.get("completed"):
+            self._seal(location, state)
+            with contextlib.suppress(_Missing):  # completed by an earlier join
+                self._complete(state)
+            state = dict(state, completed=True, own=True)
+            self.write_json(f"{location}/{_MULTIPART}", state)
+        try:
+            head = self._call("head_object", Key=state["key"])
+        except _Missing:
+            raise FileNotFoundError(location) from None
+        return str(state["key"]), int(head["ContentLength"])
+
+    def _concat_part(
+        self,
+        state: Mapping[str, Any],
+        number: int,
+        ranges: list[tuple[str, int, int]],
+        *,
+        copy: bool = True,
+    ) -> str:
+        """Part ``number`` from byte ranges ``[start, end)`` of objects: its ETag.  One
+        range is copied inside the store (``copy``); several are read and uploaded."""
+        if copy and len(ranges) == 1:
+            source, start, end = ranges[0]
+            result = self._call(
+                "upload_part_copy",
+                Key=state["key"],
+                UploadId=state["id"],
+                PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source},
+                CopySourceRange=f"bytes={start}-{end - 1}",
+            )
+            return str(result["CopyPartResult"]["ETag"])
+        path, out = self.temp_file()
+        try:
+            md5 = hashlib.md5(usedforsecurity=False)
+            with out:
+                for source, start, end in ranges:
+                    body = self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
+                    with _reading(source), contextlib.closing(body["Body"]) as stream:
+                        while block := stream.read(BLOCK):
+                            md5.update(block)
+                            out.write(block)
+            with open(path, "rb") as f:
+                result = self._call(
+                    "upload_part",
+                    Key=state["key"],
+                    UploadId=state["id"],
+                    PartNumber=number,
+                    Body=f,
+                    ContentLength=os.fstat(f.fileno()).st_size,
+                    ContentMD5=base64.b64encode(md5.digest()).decode(),
+                )
+            return str(result["ETag"])
+        finally:
+            self.discard(path)
+
+    def _abort_orphans(self) -> None:
+        """Abort the multipart uploads of failed joins (best effort: kept on failure)."""
+        while self._orphans:
+            state = self._orphans[0]
+            try:
+                self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+            except _Missing:
+                pass
+            except Exception as exc:
+                log.warning("uploadmeter: cannot abort %s yet: %s", state["key"], exc)
+                return
+            self._orphans.pop(0)
 
     # -- finished files ------------------------------------------------------------------
 
@@ -747,6 +924,41 @@ class S3Storage(Storage):
                 self._delete(key)
                 stats.temp += 1
         return stats
+
+
+_MAX_COPY = 5 * 1024**3  # S3's largest part
+
+
+def _concat_plan(sizes: Sequence[int], part_size: int) -> list[list[tuple[int, int, int]]]:
+    """The parts of a join of objects of ``sizes``: each a list of ``(object, start,
+    end)`` ranges.  A part of one range is copied inside the store; every part but the
+    last is >= ``MIN_PART`` (copied: a whole remainder of >= 5 MiB, in pieces of at most
+    5 GiB; read: small objects with the neighbouring bytes, ``part_size`` at least)."""
+    parts: list[list[tuple[int, int, int]]] = []
+    buffer: list[tuple[int, int, int]] = []
+    buffered = 0
+    for index, size in enumerate(sizes):
+        pos = 0
+        if not size:
+            continue
+        if buffer:  # fill the part being gathered from this object's head
+            pos = min(size, part_size - buffered)
+            buffer.append((index, 0, pos))
+            buffered += pos
+            if buffered >= part_size:
+                parts.append(buffer)
+                buffer, buffered = [], 0
+        rest = size - pos
+        if rest >= MIN_PART:
+            pieces = math.ceil(rest / _MAX_COPY)
+            bounds = [pos + rest * k // pieces for k in range(pieces + 1)]
+            parts.extend([(index, a, b)] for a, b in itertools.pairwise(bounds))
+        elif rest:
+            buffer.append((index, pos, size))
+            buffered += rest
+    if buffer:
+        parts.append(buffer)
+    return parts
 
 
 class _Hashes:

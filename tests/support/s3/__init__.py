@@ -154,13 +154,16 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def make_s3_app(env: dict[str, str] | None = None, **storage_options: Any) -> UploadMeterMiddleware:
+def make_s3_app(
+    env: dict[str, str] | None = None, *, client: Any = None, **storage_options: Any
+) -> UploadMeterMiddleware:
     """The chunk and tus endpoints on an S3Storage (settings from ``env``, by default the
-    environment); ``instant_upload`` is off, so every upload sends its bytes."""
+    environment; ``client``: the boto3 client, by default :func:`s3_client`);
+    ``instant_upload`` is off, so every upload sends its bytes."""
     env = env if env is not None else dict(os.environ)
     meter = UploadMeterMiddleware(page, SECRET, env["UPLOADMETER_TEST_STORE"])
     storage = S3Storage(
-        s3_client(env["S3_ENDPOINT_URL"]),
+        client if client is not None else s3_client(env["S3_ENDPOINT_URL"]),
         bucket=env["S3_BUCKET"],
         prefix="um/",
         spool_dir=env.get("S3_SPOOL"),
