@@ -69,8 +69,9 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   multipart upload aborted (:meth:`S3Storage.remove_tree`, :meth:`S3Storage.cleanup`), so
   ``list_multipart_uploads`` ends empty.
 * **Faults.**  Connection errors, throttling and 5xx answers raise
-  :class:`~uploadmeter.exceptions.ObjectStoreUnavailable` (a temporary
-  :class:`~uploadmeter.exceptions.StoreError`): the chunk endpoint answers ``503`` +
+  :class:`~uploadmeter.exceptions.ObjectStoreError` (a temporary
+  :class:`~uploadmeter.exceptions.StoreError`, the same class downloads of S3 objects
+  raise): the chunk endpoint answers ``503`` +
   ``Retry-After``, tus ``503`` + ``Retry-After`` (tus-js-client retries), nothing is
   recorded as stored that S3 did not keep, and a retry after the fault completes the upload.
 
@@ -102,7 +103,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
-from uploadmeter.exceptions import ObjectStoreUnavailable
+from uploadmeter.exceptions import ObjectStoreError
 from uploadmeter.resumable._storage import (
     BLOCK,
     CleanupStats,
@@ -231,7 +232,7 @@ class S3Storage(Storage):
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         """One S3 call: missing -> :class:`_Missing`, temporary trouble ->
-        :class:`ObjectStoreUnavailable`; anything else propagates (a 500: a bug)."""
+        :class:`ObjectStoreError`; anything else propagates (a 500: a bug)."""
         try:
             return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
@@ -1186,7 +1187,7 @@ def _translate(exc: Exception, operation: str) -> Exception:
         return _Missing(str(exc))
     if _temporary(exc):
         log.warning("uploadmeter: object store unavailable (%s): %s", operation, exc)
-        return ObjectStoreUnavailable(f"The object store failed ({operation}): {exc}")
+        return ObjectStoreError(f"The object store failed ({operation}): {exc}")
     return exc
 
 
@@ -1197,5 +1198,5 @@ def _reading(key: str) -> Iterator[None]:
         yield
     except Exception as exc:
         if _temporary(exc):
-            raise ObjectStoreUnavailable(f"The object store failed reading {key}: {exc}") from exc
+            raise ObjectStoreError(f"The object store failed reading {key}: {exc}") from exc
         raise
