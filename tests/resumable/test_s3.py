@@ -477,3 +477,39 @@ def test_a_store_stopped_mid_join_means_retry_later_then_the_final_upload_comple
         keys = a.object_keys()
         assert [k for k in keys if k.startswith("um/blobs/")] == [key]
         assert not [k for k in keys if "data.part" in k or k.endswith(".multipart.json")]
+
+
+def test_a_file_found_for_an_instant_upload_outlives_the_last_release_before_retain(
+    app: S3App,
+) -> None:
+    # The race: upload B finds the stored file (existing) just as upload A, its last
+    # reference, releases it; B's reference comes after.  B's file must still be there.
+    data = os.urandom(6 * MiB)
+    c = app.client()
+    c.upload(ChunkedFile(data, MiB, identifier="first"))
+    (done,) = read_completions(app.log_dir)
+    sha = done["sha256"]
+    finder, releaser = app.storage(), app.storage()  # two processes, one bucket
+
+    def info(d: dict[str, Any], storage: S3Storage, key: str) -> FileInfo:
+        return FileInfo(
+            **storage.file_fields(key),
+            filename="x",
+            size=len(data),
+            sha256=sha,
+            md5=d["md5"],
+            session=d["session"],
+            upload_id=d["upload_id"],
+            protocol="chunks",
+        )
+
+    key = finder.existing(sha, len(data))
+    assert key is not None
+    releaser.release(info(done, releaser, key))
+    second = info({**done, "upload_id": "second-upload"}, finder, key)
+    finder.retain(second)
+    assert finder.references(sha) == 1
+    with second.open() as body:
+        assert hashlib.sha256(body.read()).hexdigest() == sha
+    finder.release(second)  # the last reference, no claim left: the file goes
+    assert [k for k in app.object_keys() if k.startswith(("um/blobs/", "um/files/"))] == []

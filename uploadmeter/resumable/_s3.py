@@ -65,6 +65,10 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   ``on_complete`` adds a marker under ``refs/<sha256>/``; :meth:`S3Storage.release` removes
   one, and the blob (and its index) is deleted when no marker is left.  Changes of one
   hash's references run under a store lock.
+  An upload that found the file (:meth:`S3Storage.adopt`, an instant upload's lookup)
+  holds a *claim* in the index until its reference is written: a ``release`` in between
+  leaves the file (claims lapse after ``lock_ttl``; then cleanup deletes what stays
+  unreferenced).
 * **Clean-up.**  A cancelled, expired or abandoned upload's objects are deleted and its
   multipart upload aborted (:meth:`S3Storage.remove_tree`, :meth:`S3Storage.cleanup`), so
   ``list_multipart_uploads`` ends empty.
@@ -787,19 +791,38 @@ class S3Storage(Storage):
             index = self.read_json(self._index_key(sha256))
             if index is not None and index["key"] != path:
                 self._delete(path)
+                self._claim(index)
                 return str(index["key"]), False
-            self.write_json(self._index_key(sha256), {"key": path, "sha256": sha256})
+            self._claim({"key": path, "sha256": sha256})
             return path, True
 
     def existing(self, sha256: str, size: int) -> str | None:
-        index = self.read_json(self._index_key(sha256))
-        if index is None:
-            return None
-        try:
-            head = self._call("head_object", Key=index["key"])
-        except _Missing:
-            return None
-        return str(index["key"]) if int(head["ContentLength"]) == size else None
+        """The blob with these bytes, claimed (see :meth:`_claim`), or ``None``."""
+        with self._lock("file:" + sha256):
+            index = self.read_json(self._index_key(sha256))
+            if index is None:
+                return None
+            try:
+                head = self._call("head_object", Key=index["key"])
+            except _Missing:
+                return None
+            if int(head["ContentLength"]) != size:
+                return None
+            self._claim(index)
+            return str(index["key"])
+
+    def _claim(self, index: dict[str, Any]) -> None:
+        """(The hash's lock held) note that an upload is about to reference the file.
+
+        Between :meth:`adopt` / :meth:`existing` and :meth:`retain` an upload holds no
+        reference yet: a claim in the index keeps :meth:`release` from deleting the file
+        meanwhile.  :meth:`retain` turns the oldest claim into the reference; a claim
+        never turned (a crash, an instant upload answered otherwise) lapses after
+        ``lock_ttl`` -- then :meth:`release` (or :meth:`cleanup`) may delete the file."""
+        claims = [t for t in index.get("claims", []) if t > time.time() - self.lock_ttl]
+        self.write_json(
+            self._index_key(str(index["sha256"])), dict(index, claims=[*claims, time.time()])
+        )
 
     def file_fields(self, location: str) -> dict[str, Any]:
         return {
@@ -818,10 +841,18 @@ class S3Storage(Storage):
     def retain(self, info: FileInfo) -> None:
         """Add the reference of upload ``info`` on its file."""
         with self._lock("file:" + info.sha256):
+            index = self.read_json(self._index_key(info.sha256))
+            if index is None or index["key"] != info.key:
+                raise FileNotFoundError(f"{info.path} was deleted")  # claimed too long ago
             self._call("put_object", Key=self._ref_key(info), Body=b"")
+            claims = sorted(index.get("claims", []))
+            if claims:
+                self.write_json(self._index_key(info.sha256), dict(index, claims=claims[1:]))
 
     def release(self, info: FileInfo, *, new_file: bool = False) -> None:
-        """Drop the reference of upload ``info`` on its file; the last one deletes it.
+        """Drop the reference of upload ``info`` on its file; the last one deletes it
+        (unless another upload just found the file and is about to reference it: then
+        :meth:`cleanup` does, once it stays unreferenced).
 
         Call this when the application deletes the file it kept from ``on_complete``.
         """
@@ -830,6 +861,11 @@ class S3Storage(Storage):
             if self._refs(info.sha256):
                 return
             index = self.read_json(self._index_key(info.sha256))
+            claimed = index is not None and any(
+                t > time.time() - self.lock_ttl for t in index.get("claims", [])
+            )
+            if claimed:  # an upload is about to reference it: cleanup deletes it if not
+                return
             if index is not None:
                 self._delete(str(index["key"]))
             self._delete(self._index_key(info.sha256))
