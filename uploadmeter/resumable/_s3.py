@@ -124,6 +124,7 @@ log = logging.getLogger("uploadmeter")
 __all__ = ["S3Storage"]
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+_NOTED_PARTS = 256  # beyond: one list_parts beats as many store reads
 _MULTIPART = ".multipart.json"
 _CHUNK_KEY = re.compile(r".*/chunks/(\d{1,9})")
 _PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
@@ -389,7 +390,8 @@ class S3Storage(Storage):
         self._call("put_object", Key=path, Body=body, ContentType="application/json")
 
     def _state(self, location: str) -> dict[str, Any] | None:
-        return self.read_json(f"{location}/{_MULTIPART}")
+        state = self.read_json(f"{location}/{_MULTIPART}")
+        return None if state is None else dict(state, location=location)
 
     def _chunk_state(self, location: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """:meth:`_state`, remembered by this process for the chunks that follow.  A
@@ -418,6 +420,8 @@ class S3Storage(Storage):
             with contextlib.suppress(Exception):
                 self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
             raise
+        if self._store is not None and location.startswith(self.partial_root + "/"):
+            self._store.set(self._note_key(location, ""), upload_id, self.expire_after)
 
     def exists(self, location: str) -> bool:
         return next(iter(self._list(location + "/")), None) is not None
@@ -425,6 +429,8 @@ class S3Storage(Storage):
     def remove_tree(self, location: str) -> None:
         """Abort the upload's multipart upload, delete its objects."""
         self._chunk_states.pop(location, None)
+        if self._store is not None:
+            self._store.delete(self._note_key(location, ""))
         state = self._state(location)
         if state is not None and not state.get("completed"):
             with contextlib.suppress(_Missing):
@@ -466,6 +472,7 @@ class S3Storage(Storage):
         part = (number - 1) // g + 1
         if g == 1:
             self._upload_part(state, part, received)  # the same part however often it comes
+            self._note_part(state, part)
             return True
         with self._lock(f"{location}#{part}"):
             if part in self._parts(state):
@@ -493,6 +500,7 @@ class S3Storage(Storage):
             self._upload_part(state, part, path)
         finally:
             self.discard(path)
+        self._note_part(state, part)
         for n in range(first, last + 1):
             self._delete(have[n])
         return True
@@ -512,7 +520,7 @@ class S3Storage(Storage):
             if state is None:
                 return []
             try:
-                parts = self._parts(state)
+                parts = self._noted_parts(location, state, math.ceil(total_chunks / g))
             except _Missing:
                 self._chunk_states.pop(location, None)
                 continue
@@ -522,6 +530,32 @@ class S3Storage(Storage):
                 numbers.update(range((part - 1) * g + 1, part * g + 1))
             return sorted(n for n in numbers if 1 <= n <= total_chunks)
         return []
+
+    # The parts of a chunked upload, noted in the progress store as they are stored: the
+    # chunk endpoint asks which chunks are stored after every chunk, and ``list_parts``
+    # answers slower as parts accumulate (Swift: 10 -> 50 ms) while the store answers in
+    # well under a millisecond.  The keys name the multipart upload's id, and the store
+    # also names the upload's current id: a state another process removed (and maybe
+    # began again) is caught.  S3 stays the truth: without the notes (a store flushed,
+    # more than _NOTED_PARTS parts) the parts are listed, and the merge lists them.
+
+    def _note_key(self, location: str, suffix: str) -> str:
+        return "s3-parts:" + digest_name(self.cleanup_name, location) + suffix
+
+    def _note_part(self, state: Mapping[str, Any], number: int) -> None:
+        if self._store is not None:
+            key = self._note_key(str(state["location"]), f"#{state['id']}:{number}")
+            self._store.set(key, "1", self.expire_after)
+
+    def _noted_parts(self, location: str, state: Mapping[str, Any], count: int) -> set[int]:
+        """The stored parts among ``1..count``: from the notes when the store holds the
+        upload's current id, else :meth:`_parts`."""
+        current = None if self._store is None else self._store.get(self._note_key(location, ""))
+        if current != state["id"] or count > _NOTED_PARTS:
+            return set(self._parts(state))
+        assert self._store is not None
+        prefix = self._note_key(location, f"#{state['id']}:")
+        return {n for n in range(1, count + 1) if self._store.get(f"{prefix}{n}") is not None}
 
     def join_chunks(
         self,
