@@ -10,6 +10,7 @@ import json
 import os
 import random
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -513,3 +514,46 @@ def test_a_file_found_for_an_instant_upload_outlives_the_last_release_before_ret
         assert hashlib.sha256(body.read()).hexdigest() == sha
     finder.release(second)  # the last reference, no claim left: the file goes
     assert [k for k in app.object_keys() if k.startswith(("um/blobs/", "um/files/"))] == []
+
+
+class CountsCalls:
+    """A boto3 client counting the calls of each operation."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.calls = client, Counter[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def call(**kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return method(**kwargs)
+
+        return call
+
+
+def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_store(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    from tests.support.s3 import s3_client
+
+    bucket = swift.new_bucket()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path))
+    client = CountsCalls(s3_client(swift.endpoint))
+    with serve_fast(make_s3_app(env, client=client)) as url:
+        c = ChunkClient(url)
+        c.start()
+        f = ChunkedFile.random(8 * 8 * MiB + 5, 8 * MiB)  # 9 chunks, one part each
+        order = list(range(1, f.total_chunks + 1))
+        random.Random(3).shuffle(order)
+        for n in order[:-1]:
+            status, body = c.post_chunk(f, n)
+            assert status == 200 and body["complete"] is False, body
+        status, test = c.test(f.params())
+        assert sorted(test["uploaded"]) == sorted(order[:-1])  # type: ignore[index]
+        assert client.calls["list_parts"] == 0
+        status, body = c.post_chunk(f, order[-1])
+        assert status == 200 and body["complete"] is True, body
+        assert client.calls["list_parts"] <= 2  # the merge asks S3, the truth
+        (done,) = read_completions(str(tmp_path))
+        assert done["sha256"] == f.sha256

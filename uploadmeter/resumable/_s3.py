@@ -34,7 +34,10 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   part directly; otherwise it waits as ``chunks/<n>`` until its group is complete, and the
   request that completes the group (under a store lock per part) reads the group in order,
   uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
-  or its part exists.
+  or its part exists.  Each stored part is also noted in the progress store (under the
+  multipart upload's id), so answering which chunks are stored -- after every chunk --
+  costs store reads, not a ``list_parts`` (which Swift answers slower as parts
+  accumulate); the merge still lists the parts in S3.
 * **tus.**  A PATCH spools to local disk; each full ``part_size`` is uploaded as the next
   part by a background thread (up to ``upload_concurrency`` at once, each with its
   Content-MD5, which the store checks) while the PATCH reads on.  What is left when the
