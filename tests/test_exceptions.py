@@ -149,6 +149,7 @@ def test_names_users_catch_are_still_exported_where_they_were() -> None:
             "AddressNotAllowed",
             "DownloadCancelled",
             "HostNotAllowed",
+            "ObjectStoreError",
             "RemoteError",
             "RemoteTooLarge",
             "SourceError",
@@ -233,3 +234,17 @@ def test_the_core_imports_without_any_optional_dependency() -> None:
     UploadMeterMiddleware(lambda e, s: [], store=MemoryStore(), secret_key="k")
     """
     assert _without(["redis", "zipstream", "urllib3", "flask"], body) == {"raised": None}
+
+
+def test_the_object_store_has_one_error_that_both_sides_catch() -> None:
+    # Resumable uploads handle StoreError, downloads SourceError: one class is both.
+    assert exceptions.ObjectStoreUnavailable is exceptions.ObjectStoreError
+    exc = exceptions.ObjectStoreError("down")
+    assert isinstance(exc, exceptions.StoreError) and isinstance(exc, exceptions.SourceError)
+    assert exc.status == 503 and exc.retry_after > 0
+    store_errors = _subclasses(exceptions.StoreError)
+    source_errors = _subclasses(exceptions.SourceError)
+    assert {c for c in store_errors if "ObjectStore" in c.__name__} == {exceptions.ObjectStoreError}
+    assert {c for c in source_errors if "ObjectStore" in c.__name__} == {
+        exceptions.ObjectStoreError
+    }

@@ -18,7 +18,9 @@ The hierarchy (HTTP status in brackets; ``*``: set per raise)::
     ├── ConfigurationError (RuntimeError) ...... the Flask app's configuration
     ├── InvalidUploadId (ValueError) [400]
     ├── StoreError [503] ....................... the progress store failed
-    │   └── ObjectStoreUnavailable [503] ....... the object store failed (Retry-After)
+    │   └── ObjectStoreError [503] ............. the object store (S3) failed: temporary
+    │                                            (also a SourceError; Retry-After;
+    │                                            ObjectStoreUnavailable is another name)
     ├── UnsafeStorePath (PermissionError) ...... an SQLite store others could write
     ├── LockTimeout [503]
     ├── LockLost [503]
@@ -39,7 +41,7 @@ The hierarchy (HTTP status in brackets; ``*``: set per raise)::
     │   ├── DownloadCancelled (ConnectionResetError) [499]
     │   └── SourceError [500*]
     │       ├── SourceNotFound [404]
-    │       ├── ObjectStoreError [503] ....... the object store failed (Retry-After)
+    │       ├── ObjectStoreError [503] ....... the same class as under StoreError
     │       └── RemoteError [502]
     │           ├── HostNotAllowed
     │           ├── AddressNotAllowed
@@ -138,11 +140,6 @@ class StoreError(UploadMeterError):
     """The progress store could not be reached or answered with an error (temporary)."""
 
     status = 503
-
-
-class ObjectStoreUnavailable(StoreError):
-    """The object store (S3) could not be reached, throttled, or failed (5xx): temporary,
-    answered 503 + ``Retry-After``."""
 
 
 class UnsafeStorePath(UploadMeterError, PermissionError):
@@ -320,12 +317,20 @@ class SourceNotFound(SourceError):
     status = 404
 
 
-class ObjectStoreError(SourceError):
-    """The object store holding a source failed (unreachable, throttled, 5xx): temporary,
-    so a failed download answers ``503`` with ``Retry-After: retry_after`` seconds."""
+class ObjectStoreError(StoreError, SourceError):
+    """The object store (S3) could not be reached, throttled us, or failed (``5xx``):
+    temporary, answered ``503`` with ``Retry-After``.
+
+    One class for both sides: resumable uploads into an :class:`~uploadmeter.S3Storage`
+    raise it where a :class:`StoreError` is handled (the chunk and tus endpoints answer
+    ``503`` + ``Retry-After``), downloads of an :class:`~uploadmeter.downloads.S3Object`
+    where a :class:`SourceError` is (``Retry-After: retry_after`` seconds)."""
 
     status = 503
     retry_after = 5
+
+
+ObjectStoreUnavailable = ObjectStoreError  # its name on the resumable side, kept
 
 
 class RemoteError(SourceError):

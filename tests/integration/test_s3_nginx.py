@@ -1,7 +1,9 @@
 """Two app instances with no shared disk, behind a real nginx (round-robin upstream),
 sharing Redis and a real S3 server (Swift's s3api): a chunked upload whose chunks
 alternate between the instances, a tus upload whose PATCHes alternate, and a tus upload
-resumed after the instance receiving it is killed mid-body -- exact SHA-256 each time."""
+resumed after the instance receiving it is killed mid-body, and a download of each stored
+file through either instance (the downloads API on an S3Object) -- exact SHA-256 each
+time."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import http.client
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -20,7 +23,7 @@ import pytest
 from tests.integration.test_nginx import run_nginx
 from tests.support.chunked_app import read_completions
 from tests.support.chunked_support import CHUNKS, ChunkClient, ChunkedFile
-from tests.support.s3 import Swift
+from tests.support.s3 import DOWNLOAD, Swift
 from tests.support.servers import Gunicorn, gunicorn_process, wait_until
 
 MiB = 1024 * 1024
@@ -94,6 +97,20 @@ def cluster(swift: Swift, redis_url: str, tmp_path: Any) -> Iterator[Cluster]:
         yield Cluster(nginx.url, instances, spools, str(tmp_path))
 
 
+def assert_downloads_through_each_instance(cluster: Cluster, done: dict[str, Any]) -> None:
+    """The stored object, downloaded from each instance directly: exact bytes."""
+    key = done["path"].split("/", 3)[3]  # s3://<bucket>/<key>
+    for server in cluster.instances:
+        url = f"{server.url}{DOWNLOAD}?{urlencode({'key': key})}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+            h = hashlib.sha256()
+            while block := response.read(MiB):
+                h.update(block)
+        assert h.hexdigest() == done["sha256"]
+        assert int(response.headers["Content-Length"]) == done["size"]
+
+
 def _retrying(send: Any) -> tuple[int, dict[str, str], bytes]:
     """Send until the answer is not a temporary one (as the clients do)."""
     deadline = time.monotonic() + 30
@@ -120,6 +137,7 @@ def test_chunks_alternating_between_two_instances_make_one_exact_file(cluster: C
     assert len(upstreams) == 2  # both instances took chunks
     (done,) = read_completions(cluster.log_dir)
     assert done["sha256"] == f.sha256 and done["size"] == len(f.data)
+    assert_downloads_through_each_instance(cluster, done)
 
 
 def test_tus_patches_alternating_between_two_instances(cluster: Cluster) -> None:
@@ -139,6 +157,7 @@ def test_tus_patches_alternating_between_two_instances(cluster: Cluster) -> None
     assert len(upstreams) == 2
     (done,) = read_completions(cluster.log_dir)
     assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert_downloads_through_each_instance(cluster, done)
 
 
 def test_a_tus_upload_resumes_after_its_instance_is_killed_mid_body(cluster: Cluster) -> None:

@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import random
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -350,3 +352,208 @@ def test_a_tus_checksum_mismatch_keeps_nothing_of_the_patch(app: S3App) -> None:
     (done,) = read_completions(app.log_dir)
     assert done["sha256"] == hashlib.sha256(data).hexdigest()
     assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
+
+
+# -- concatenation and deferred length ---------------------------------------------------------
+
+
+def test_tus_js_client_with_4_parallel_uploads_into_s3_leaves_one_exact_object(
+    app: S3App, tmp_path: Any
+) -> None:
+    from tests.integration.test_tus_clients import node_upload
+
+    # Four partial uploads of 6 MiB + 3: each >= 5 MiB, so each is copied inside the store.
+    for size in (24 * MiB + 12, 9 * MiB + 5):  # and four of ~2.25 MiB: read and joined
+        data = os.urandom(size)
+        path = tmp_path / "node.bin"
+        path.write_bytes(data)
+        events = node_upload(app.url, str(path), parallel=4)
+        assert events[-1]["success"] is True, events
+        done = read_completions(app.log_dir)[-1]
+        assert done["sha256"] == hashlib.sha256(data).hexdigest() and done["size"] == size
+        key = done["path"].removeprefix(f"s3://{app.bucket}/")
+        assert app.object_sha256(key) == done["sha256"]
+        assert app.multipart_uploads() == []
+        # The partial uploads are gone, their objects too: one blob per file.
+        keys = app.object_keys()
+        assert not [k for k in keys if "data.part" in k or k.endswith(".multipart.json")]
+    blobs = [k for k in app.object_keys() if k.startswith("um/blobs/")]
+    assert len(blobs) == 2
+
+
+def defer_length_upload(c: ChunkClient, pieces: list[bytes], *, empty_last: bool) -> str:
+    """A tus upload with ``Upload-Defer-Length``: the length comes with the last PATCH
+    (``empty_last``: a PATCH of its own, with no bytes)."""
+    status, h, body = c.request("POST", TUS, b"", {**V, "Upload-Defer-Length": "1"})
+    assert status == 201, body
+    url = h["location"]
+    total = sum(map(len, pieces))
+    octet = {**V, "Content-Type": "application/offset+octet-stream"}
+    offset = 0
+    for n, piece in enumerate(pieces):
+        headers = {**octet, "Upload-Offset": str(offset)}
+        if n == len(pieces) - 1 and not empty_last:
+            headers["Upload-Length"] = str(total)
+        status, h, body = c.request("PATCH", url, piece, headers)
+        assert status == 204, (status, body)
+        offset = int(h["upload-offset"])
+    if empty_last:
+        headers = {**octet, "Upload-Offset": str(offset), "Upload-Length": str(total)}
+        status, h, body = c.request("PATCH", url, b"", headers)
+        assert status == 204 and h["upload-offset"] == str(total), (status, body)
+    return url
+
+
+@pytest.mark.parametrize("empty_last", [False, True])
+def test_a_deferred_length_tus_upload_becomes_one_exact_object(
+    app: S3App, empty_last: bool
+) -> None:
+    data = os.urandom(19 * MiB + 7)  # parts of 8 + 8, then 3 MiB + 7 waiting as an object
+    pieces = [data[: 5 * MiB], data[5 * MiB : 13 * MiB], data[13 * MiB :]]
+    c = app.client()
+    defer_length_upload(c, pieces, empty_last=empty_last)
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest() and done["size"] == len(data)
+    assert app.object_sha256(done["path"].removeprefix(f"s3://{app.bucket}/")) == done["sha256"]
+    assert app.multipart_uploads() == []
+    assert not [k for k in app.object_keys() if "data.part" in k]
+
+
+class StopsOnCopy:
+    """A boto3 client that stops the real object store when the join copies its second
+    part (the store is down from then on, for every call, until the test restarts it)."""
+
+    def __init__(self, client: Any, swift: Swift) -> None:
+        self.client, self.swift, self.copies = client, swift, 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def upload_part_copy(self, **kwargs: Any) -> Any:
+        with self.lock:
+            self.copies += 1
+            stop = self.copies == 2
+        if stop:
+            self.swift.stop_proxy()
+        return self.client.upload_part_copy(**kwargs)
+
+
+def test_a_store_stopped_mid_join_means_retry_later_then_the_final_upload_completes(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    from tests.support.s3 import s3_client
+
+    bucket = swift.new_bucket()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path))
+    client = StopsOnCopy(s3_client(swift.endpoint), swift)
+    with serve_fast(make_s3_app(env, client=client)) as url:
+        a = S3App(swift, url, bucket, str(tmp_path), redis_url)
+        c = a.client()
+        pieces = [os.urandom(6 * MiB + n) for n in range(3)]
+        urls = []
+        for piece in pieces:
+            headers = {**V, "Upload-Length": str(len(piece)), "Upload-Concat": "partial"}
+            status, h, _ = c.request("POST", TUS, b"", headers)
+            urls.append(h["location"])
+            octet = {**V, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+            status, h, _ = c.request("PATCH", urls[-1], piece, octet)
+            assert status == 204 and h["upload-offset"] == str(len(piece))
+        final = {**V, "Upload-Concat": "final;" + " ".join(urls)}
+        try:
+            status, h, body = c.request("POST", TUS, b"", final)
+            assert status == 503 and int(h["retry-after"]) > 0, (status, body)
+            assert client.copies >= 2  # it was stopped mid-join
+        finally:
+            swift.start_proxy()
+        assert read_completions(str(tmp_path)) == []
+        status, h, body = c.request("POST", TUS, b"", final)
+        assert status == 201, (status, body)
+        (done,) = read_completions(str(tmp_path))
+        data = b"".join(pieces)
+        assert done["sha256"] == hashlib.sha256(data).hexdigest() and done["size"] == len(data)
+        key = done["path"].removeprefix(f"s3://{bucket}/")
+        assert a.object_sha256(key) == done["sha256"]
+        assert a.multipart_uploads() == []
+        keys = a.object_keys()
+        assert [k for k in keys if k.startswith("um/blobs/")] == [key]
+        assert not [k for k in keys if "data.part" in k or k.endswith(".multipart.json")]
+
+
+def test_a_file_found_for_an_instant_upload_outlives_the_last_release_before_retain(
+    app: S3App,
+) -> None:
+    # The race: upload B finds the stored file (existing) just as upload A, its last
+    # reference, releases it; B's reference comes after.  B's file must still be there.
+    data = os.urandom(6 * MiB)
+    c = app.client()
+    c.upload(ChunkedFile(data, MiB, identifier="first"))
+    (done,) = read_completions(app.log_dir)
+    sha = done["sha256"]
+    finder, releaser = app.storage(), app.storage()  # two processes, one bucket
+
+    def info(d: dict[str, Any], storage: S3Storage, key: str) -> FileInfo:
+        return FileInfo(
+            **storage.file_fields(key),
+            filename="x",
+            size=len(data),
+            sha256=sha,
+            md5=d["md5"],
+            session=d["session"],
+            upload_id=d["upload_id"],
+            protocol="chunks",
+        )
+
+    key = finder.existing(sha, len(data))
+    assert key is not None
+    releaser.release(info(done, releaser, key))
+    second = info({**done, "upload_id": "second-upload"}, finder, key)
+    finder.retain(second)
+    assert finder.references(sha) == 1
+    with second.open() as body:
+        assert hashlib.sha256(body.read()).hexdigest() == sha
+    finder.release(second)  # the last reference, no claim left: the file goes
+    assert [k for k in app.object_keys() if k.startswith(("um/blobs/", "um/files/"))] == []
+
+
+class CountsCalls:
+    """A boto3 client counting the calls of each operation."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.calls = client, Counter[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def call(**kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return method(**kwargs)
+
+        return call
+
+
+def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_store(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    from tests.support.s3 import s3_client
+
+    bucket = swift.new_bucket()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path))
+    client = CountsCalls(s3_client(swift.endpoint))
+    with serve_fast(make_s3_app(env, client=client)) as url:
+        c = ChunkClient(url)
+        c.start()
+        f = ChunkedFile.random(8 * 8 * MiB + 5, 8 * MiB)  # 9 chunks, one part each
+        order = list(range(1, f.total_chunks + 1))
+        random.Random(3).shuffle(order)
+        for n in order[:-1]:
+            status, body = c.post_chunk(f, n)
+            assert status == 200 and body["complete"] is False, body
+        status, test = c.test(f.params())
+        assert sorted(test["uploaded"]) == sorted(order[:-1])  # type: ignore[index]
+        assert client.calls["list_parts"] == 0
+        status, body = c.post_chunk(f, order[-1])
+        assert status == 200 and body["complete"] is True, body
+        assert client.calls["list_parts"] <= 2  # the merge asks S3, the truth
+        (done,) = read_completions(str(tmp_path))
+        assert done["sha256"] == f.sha256

@@ -34,7 +34,10 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   part directly; otherwise it waits as ``chunks/<n>`` until its group is complete, and the
   request that completes the group (under a store lock per part) reads the group in order,
   uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
-  or its part exists.
+  or its part exists.  Each stored part is also noted in the progress store (under the
+  multipart upload's id), so answering which chunks are stored -- after every chunk --
+  costs store reads, not a ``list_parts`` (which Swift answers slower as parts
+  accumulate); the merge still lists the parts in S3.
 * **tus.**  A PATCH spools to local disk; each full ``part_size`` is uploaded as the next
   part by a background thread (up to ``upload_concurrency`` at once, each with its
   Content-MD5, which the store checks) while the PATCH reads on.  What is left when the
@@ -46,17 +49,36 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
   one more write: chunk objects, then parts); a tus upload whose every byte reached one
   process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads, 1.
+* **Deferred length** (``creation-defer-length``).  Until the length is declared every
+  PATCH keeps its tail as ``data.part.<N>``; the PATCH that declares it may bring no
+  bytes, so completing first makes that object the last part (read and uploaded: it is
+  less than a part).
+* **Concatenation** (tus ``concatenation``, tus-js-client's ``parallelUploads``).  Each
+  finished partial upload is completed into its own object (kept until the partial
+  upload is deleted, which the final upload does: a retried join starts from there).
+  The final blob's parts are copied inside the store (``UploadPartCopy`` with a byte
+  range) wherever one range of one object can be a part (>= 5 MiB, or the last part);
+  partial uploads under 5 MiB are read with the neighbouring bytes and uploaded as parts
+  of at least ``part_size``.  Verification: one streaming GET of the joined object (one
+  read of the file), plus one read of the bytes that were joined through this process.
+  A failed join aborts its multipart upload -- when the store is down, at the next join
+  in this process, or :meth:`S3Storage.cleanup` after ``temp_ttl``.
 * **Dedupe with reference counts.**  ``files/<sha256>.json`` names the one blob with those
   bytes; a second upload of them deletes its own blob.  Every upload handed to
   ``on_complete`` adds a marker under ``refs/<sha256>/``; :meth:`S3Storage.release` removes
   one, and the blob (and its index) is deleted when no marker is left.  Changes of one
   hash's references run under a store lock.
+  An upload that found the file (:meth:`S3Storage.adopt`, an instant upload's lookup)
+  holds a *claim* in the index until its reference is written: a ``release`` in between
+  leaves the file (claims lapse after ``lock_ttl``; then cleanup deletes what stays
+  unreferenced).
 * **Clean-up.**  A cancelled, expired or abandoned upload's objects are deleted and its
   multipart upload aborted (:meth:`S3Storage.remove_tree`, :meth:`S3Storage.cleanup`), so
   ``list_multipart_uploads`` ends empty.
 * **Faults.**  Connection errors, throttling and 5xx answers raise
-  :class:`~uploadmeter.exceptions.ObjectStoreUnavailable` (a temporary
-  :class:`~uploadmeter.exceptions.StoreError`): the chunk endpoint answers ``503`` +
+  :class:`~uploadmeter.exceptions.ObjectStoreError` (a temporary
+  :class:`~uploadmeter.exceptions.StoreError`, the same class downloads of S3 objects
+  raise): the chunk endpoint answers ``503`` +
   ``Retry-After``, tus ``503`` + ``Retry-After`` (tus-js-client retries), nothing is
   recorded as stored that S3 did not keep, and a retry after the fault completes the upload.
 
@@ -71,6 +93,7 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -83,11 +106,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
-from uploadmeter.exceptions import ObjectStoreUnavailable
+from uploadmeter.exceptions import ObjectStoreError
 from uploadmeter.resumable._storage import (
     BLOCK,
     CleanupStats,
@@ -104,6 +127,7 @@ log = logging.getLogger("uploadmeter")
 __all__ = ["S3Storage"]
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+_NOTED_PARTS = 256  # beyond: one list_parts beats as many store reads
 _MULTIPART = ".multipart.json"
 _CHUNK_KEY = re.compile(r".*/chunks/(\d{1,9})")
 _PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
@@ -205,6 +229,8 @@ class S3Storage(Storage):
         # Hashes of tus uploads this process received from their first byte, by location.
         self._hashes: dict[str, _Hashes] = {}
         self._chunk_states: dict[str, dict[str, Any]] = {}
+        # Multipart uploads of joins that failed while the store was down: aborted later.
+        self._orphans: list[dict[str, Any]] = []
 
     @property
     def cleanup_name(self) -> str:
@@ -214,7 +240,7 @@ class S3Storage(Storage):
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         """One S3 call: missing -> :class:`_Missing`, temporary trouble ->
-        :class:`ObjectStoreUnavailable`; anything else propagates (a 500: a bug)."""
+        :class:`ObjectStoreError`; anything else propagates (a 500: a bug)."""
         try:
             return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
@@ -367,7 +393,8 @@ class S3Storage(Storage):
         self._call("put_object", Key=path, Body=body, ContentType="application/json")
 
     def _state(self, location: str) -> dict[str, Any] | None:
-        return self.read_json(f"{location}/{_MULTIPART}")
+        state = self.read_json(f"{location}/{_MULTIPART}")
+        return None if state is None else dict(state, location=location)
 
     def _chunk_state(self, location: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """:meth:`_state`, remembered by this process for the chunks that follow.  A
@@ -384,7 +411,10 @@ class S3Storage(Storage):
         return state
 
     def begin(self, location: str, *, data: bool = False) -> None:
-        """Start the upload's multipart upload (its key: a new blob)."""
+        """Start the upload's multipart upload (its key: a new blob) -- except for a tus
+        final upload (no ``data``), whose object :meth:`concatenate` makes."""
+        if not data and location.startswith(self.tus_root + "/"):
+            return
         key = f"{self.prefix}blobs/{uuid.uuid4().hex}"
         upload_id = self._call("create_multipart_upload", Key=key)["UploadId"]
         try:
@@ -393,6 +423,8 @@ class S3Storage(Storage):
             with contextlib.suppress(Exception):
                 self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
             raise
+        if self._store is not None and location.startswith(self.partial_root + "/"):
+            self._store.set(self._note_key(location, ""), upload_id, self.expire_after)
 
     def exists(self, location: str) -> bool:
         return next(iter(self._list(location + "/")), None) is not None
@@ -400,10 +432,14 @@ class S3Storage(Storage):
     def remove_tree(self, location: str) -> None:
         """Abort the upload's multipart upload, delete its objects."""
         self._chunk_states.pop(location, None)
+        if self._store is not None:
+            self._store.delete(self._note_key(location, ""))
         state = self._state(location)
         if state is not None and not state.get("completed"):
             with contextlib.suppress(_Missing):
                 self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+        elif state is not None and state.get("own"):  # a partial upload's own object
+            self._delete(state["key"])
         for obj in list(self._list(location + "/")):
             self._delete(obj["Key"])
 
@@ -439,6 +475,7 @@ class S3Storage(Storage):
         part = (number - 1) // g + 1
         if g == 1:
             self._upload_part(state, part, received)  # the same part however often it comes
+            self._note_part(state, part)
             return True
         with self._lock(f"{location}#{part}"):
             if part in self._parts(state):
@@ -466,6 +503,7 @@ class S3Storage(Storage):
             self._upload_part(state, part, path)
         finally:
             self.discard(path)
+        self._note_part(state, part)
         for n in range(first, last + 1):
             self._delete(have[n])
         return True
@@ -485,7 +523,7 @@ class S3Storage(Storage):
             if state is None:
                 return []
             try:
-                parts = self._parts(state)
+                parts = self._noted_parts(location, state, math.ceil(total_chunks / g))
             except _Missing:
                 self._chunk_states.pop(location, None)
                 continue
@@ -495,6 +533,32 @@ class S3Storage(Storage):
                 numbers.update(range((part - 1) * g + 1, part * g + 1))
             return sorted(n for n in numbers if 1 <= n <= total_chunks)
         return []
+
+    # The parts of a chunked upload, noted in the progress store as they are stored: the
+    # chunk endpoint asks which chunks are stored after every chunk, and ``list_parts``
+    # answers slower as parts accumulate (Swift: 10 -> 50 ms) while the store answers in
+    # well under a millisecond.  The keys name the multipart upload's id, and the store
+    # also names the upload's current id: a state another process removed (and maybe
+    # began again) is caught.  S3 stays the truth: without the notes (a store flushed,
+    # more than _NOTED_PARTS parts) the parts are listed, and the merge lists them.
+
+    def _note_key(self, location: str, suffix: str) -> str:
+        return "s3-parts:" + digest_name(self.cleanup_name, location) + suffix
+
+    def _note_part(self, state: Mapping[str, Any], number: int) -> None:
+        if self._store is not None:
+            key = self._note_key(str(state["location"]), f"#{state['id']}:{number}")
+            self._store.set(key, "1", self.expire_after)
+
+    def _noted_parts(self, location: str, state: Mapping[str, Any], count: int) -> set[int]:
+        """The stored parts among ``1..count``: from the notes when the store holds the
+        upload's current id, else :meth:`_parts`."""
+        current = None if self._store is None else self._store.get(self._note_key(location, ""))
+        if current != state["id"] or count > _NOTED_PARTS:
+            return set(self._parts(state))
+        assert self._store is not None
+        prefix = self._note_key(location, f"#{state['id']}:")
+        return {n for n in range(1, count + 1) if self._store.get(f"{prefix}{n}") is not None}
 
     def join_chunks(
         self,
@@ -590,7 +654,162 @@ class S3Storage(Storage):
         if state.get("completed"):
             return state["key"], self._hash_object(state["key"], progress)
         known = self._hashes.pop(location, None)
+        self._seal(location, state)
         return self._finish_multipart(location, state, progress, known)
+
+    def _seal(self, location: str, state: Mapping[str, Any]) -> None:
+        """Make the pending bytes (``data.part.<N>``) the last part.  A PATCH makes them
+        a part itself when they end the upload, but with a deferred length the last
+        PATCH may declare the length and bring no bytes: they are still an object then.
+        (Read and uploaded, less than a part: ``list_parts`` on Swift does not show a
+        copied part's ETag as ``complete_multipart_upload`` wants it.)"""
+        pending = self._pending(location, self._parts(state))
+        if pending is None:
+            return
+        key, number, size = pending
+        self._concat_part(state, number, [(key, 0, size)], copy=False)
+        self._delete(key)
+
+    # -- tus concatenation ---------------------------------------------------------------
+
+    def concatenate(
+        self, locations: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> tuple[str, Digests]:
+        """Join the finished partial uploads at ``locations`` into a new blob.
+
+        Each partial upload's multipart upload is completed into its own object (kept,
+        marked ``own``, until the partial upload is deleted: a retried join starts from
+        there).  The new blob's parts are copied inside the store (``UploadPartCopy``
+        with a byte range) wherever a range of one object can be a part (>= 5 MiB, or the
+        last part); a partial upload smaller than that, with the edges of its
+        neighbours, is read and uploaded as a part (at least ``part_size``).  Then one
+        streaming GET of the blob hashes it (the verification: one read of the file,
+        plus one more of the bytes that went through this process).  On a failure the
+        blob's multipart upload is aborted (when the store is down, at the next join in
+        this process or by :meth:`cleanup` after ``temp_ttl``).
+        """
+        self._abort_orphans()
+        sources = [self._source(location) for location in locations]
+        if progress is not None:
+            progress(0)
+        key = f"{self.prefix}blobs/{uuid.uuid4().hex}"
+        sizes = [size for _, size in sources]
+        plan = _concat_plan(sizes, self.part_size)
+        if not plan:  # only empty partial uploads
+            self._call("put_object", Key=key, Body=b"")
+            return key, self._hash_object(key, progress)
+        upload_id = self._call("create_multipart_upload", Key=key)["UploadId"]
+        state = {"key": key, "id": upload_id}
+        try:
+            workers = min(self.upload_concurrency, len(plan))
+            with concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-concat") as pool:
+                futures = [
+                    pool.submit(
+                        self._concat_part,
+                        state,
+                        number,
+                        [(sources[i][0], a, b) for i, a, b in ranges],
+                    )
+                    for number, ranges in enumerate(plan, 1)
+                ]
+                etags = []
+                for future in futures:
+                    etags.append(future.result())
+                    if progress is not None:
+                        progress(0)  # the caller's locks live on
+            self._call(
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+                },
+            )
+        except BaseException:
+            self._orphans.append(state)
+            self._abort_orphans()
+            raise
+        try:
+            return key, self._hash_object(key, progress)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._delete(key)
+            raise
+
+    def _source(self, location: str) -> tuple[str, int]:
+        """A finished partial upload's data as an object: ``(key, size)``."""
+        state = self._state(location)
+        if state is None:
+            raise FileNotFoundError(location)
+        if not state.get("completed"):
+            self._seal(location, state)
+            with contextlib.suppress(_Missing):  # completed by an earlier join
+                self._complete(state)
+            state = dict(state, completed=True, own=True)
+            self.write_json(f"{location}/{_MULTIPART}", state)
+        try:
+            head = self._call("head_object", Key=state["key"])
+        except _Missing:
+            raise FileNotFoundError(location) from None
+        return str(state["key"]), int(head["ContentLength"])
+
+    def _concat_part(
+        self,
+        state: Mapping[str, Any],
+        number: int,
+        ranges: list[tuple[str, int, int]],
+        *,
+        copy: bool = True,
+    ) -> str:
+        """Part ``number`` from byte ranges ``[start, end)`` of objects: its ETag.  One
+        range is copied inside the store (``copy``); several are read and uploaded."""
+        if copy and len(ranges) == 1:
+            source, start, end = ranges[0]
+            result = self._call(
+                "upload_part_copy",
+                Key=state["key"],
+                UploadId=state["id"],
+                PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source},
+                CopySourceRange=f"bytes={start}-{end - 1}",
+            )
+            return str(result["CopyPartResult"]["ETag"])
+        path, out = self.temp_file()
+        try:
+            md5 = hashlib.md5(usedforsecurity=False)
+            with out:
+                for source, start, end in ranges:
+                    body = self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
+                    with _reading(source), contextlib.closing(body["Body"]) as stream:
+                        while block := stream.read(BLOCK):
+                            md5.update(block)
+                            out.write(block)
+            with open(path, "rb") as f:
+                result = self._call(
+                    "upload_part",
+                    Key=state["key"],
+                    UploadId=state["id"],
+                    PartNumber=number,
+                    Body=f,
+                    ContentLength=os.fstat(f.fileno()).st_size,
+                    ContentMD5=base64.b64encode(md5.digest()).decode(),
+                )
+            return str(result["ETag"])
+        finally:
+            self.discard(path)
+
+    def _abort_orphans(self) -> None:
+        """Abort the multipart uploads of failed joins (best effort: kept on failure)."""
+        while self._orphans:
+            state = self._orphans[0]
+            try:
+                self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
+            except _Missing:
+                pass
+            except Exception as exc:
+                log.warning("uploadmeter: cannot abort %s yet: %s", state["key"], exc)
+                return
+            self._orphans.pop(0)
 
     # -- finished files ------------------------------------------------------------------
 
@@ -609,19 +828,38 @@ class S3Storage(Storage):
             index = self.read_json(self._index_key(sha256))
             if index is not None and index["key"] != path:
                 self._delete(path)
+                self._claim(index)
                 return str(index["key"]), False
-            self.write_json(self._index_key(sha256), {"key": path, "sha256": sha256})
+            self._claim({"key": path, "sha256": sha256})
             return path, True
 
     def existing(self, sha256: str, size: int) -> str | None:
-        index = self.read_json(self._index_key(sha256))
-        if index is None:
-            return None
-        try:
-            head = self._call("head_object", Key=index["key"])
-        except _Missing:
-            return None
-        return str(index["key"]) if int(head["ContentLength"]) == size else None
+        """The blob with these bytes, claimed (see :meth:`_claim`), or ``None``."""
+        with self._lock("file:" + sha256):
+            index = self.read_json(self._index_key(sha256))
+            if index is None:
+                return None
+            try:
+                head = self._call("head_object", Key=index["key"])
+            except _Missing:
+                return None
+            if int(head["ContentLength"]) != size:
+                return None
+            self._claim(index)
+            return str(index["key"])
+
+    def _claim(self, index: dict[str, Any]) -> None:
+        """(The hash's lock held) note that an upload is about to reference the file.
+
+        Between :meth:`adopt` / :meth:`existing` and :meth:`retain` an upload holds no
+        reference yet: a claim in the index keeps :meth:`release` from deleting the file
+        meanwhile.  :meth:`retain` turns the oldest claim into the reference; a claim
+        never turned (a crash, an instant upload answered otherwise) lapses after
+        ``lock_ttl`` -- then :meth:`release` (or :meth:`cleanup`) may delete the file."""
+        claims = [t for t in index.get("claims", []) if t > time.time() - self.lock_ttl]
+        self.write_json(
+            self._index_key(str(index["sha256"])), dict(index, claims=[*claims, time.time()])
+        )
 
     def file_fields(self, location: str) -> dict[str, Any]:
         return {
@@ -640,10 +878,18 @@ class S3Storage(Storage):
     def retain(self, info: FileInfo) -> None:
         """Add the reference of upload ``info`` on its file."""
         with self._lock("file:" + info.sha256):
+            index = self.read_json(self._index_key(info.sha256))
+            if index is None or index["key"] != info.key:
+                raise FileNotFoundError(f"{info.path} was deleted")  # claimed too long ago
             self._call("put_object", Key=self._ref_key(info), Body=b"")
+            claims = sorted(index.get("claims", []))
+            if claims:
+                self.write_json(self._index_key(info.sha256), dict(index, claims=claims[1:]))
 
     def release(self, info: FileInfo, *, new_file: bool = False) -> None:
-        """Drop the reference of upload ``info`` on its file; the last one deletes it.
+        """Drop the reference of upload ``info`` on its file; the last one deletes it
+        (unless another upload just found the file and is about to reference it: then
+        :meth:`cleanup` does, once it stays unreferenced).
 
         Call this when the application deletes the file it kept from ``on_complete``.
         """
@@ -652,6 +898,11 @@ class S3Storage(Storage):
             if self._refs(info.sha256):
                 return
             index = self.read_json(self._index_key(info.sha256))
+            claimed = index is not None and any(
+                t > time.time() - self.lock_ttl for t in index.get("claims", [])
+            )
+            if claimed:  # an upload is about to reference it: cleanup deletes it if not
+                return
             if index is not None:
                 self._delete(str(index["key"]))
             self._delete(self._index_key(info.sha256))
@@ -747,6 +998,41 @@ class S3Storage(Storage):
                 self._delete(key)
                 stats.temp += 1
         return stats
+
+
+_MAX_COPY = 5 * 1024**3  # S3's largest part
+
+
+def _concat_plan(sizes: Sequence[int], part_size: int) -> list[list[tuple[int, int, int]]]:
+    """The parts of a join of objects of ``sizes``: each a list of ``(object, start,
+    end)`` ranges.  A part of one range is copied inside the store; every part but the
+    last is >= ``MIN_PART`` (copied: a whole remainder of >= 5 MiB, in pieces of at most
+    5 GiB; read: small objects with the neighbouring bytes, ``part_size`` at least)."""
+    parts: list[list[tuple[int, int, int]]] = []
+    buffer: list[tuple[int, int, int]] = []
+    buffered = 0
+    for index, size in enumerate(sizes):
+        pos = 0
+        if not size:
+            continue
+        if buffer:  # fill the part being gathered from this object's head
+            pos = min(size, part_size - buffered)
+            buffer.append((index, 0, pos))
+            buffered += pos
+            if buffered >= part_size:
+                parts.append(buffer)
+                buffer, buffered = [], 0
+        rest = size - pos
+        if rest >= MIN_PART:
+            pieces = math.ceil(rest / _MAX_COPY)
+            bounds = [pos + rest * k // pieces for k in range(pieces + 1)]
+            parts.extend([(index, a, b)] for a, b in itertools.pairwise(bounds))
+        elif rest:
+            buffer.append((index, pos, size))
+            buffered += rest
+    if buffer:
+        parts.append(buffer)
+    return parts
 
 
 class _Hashes:
@@ -974,7 +1260,7 @@ def _translate(exc: Exception, operation: str) -> Exception:
         return _Missing(str(exc))
     if _temporary(exc):
         log.warning("uploadmeter: object store unavailable (%s): %s", operation, exc)
-        return ObjectStoreUnavailable(f"The object store failed ({operation}): {exc}")
+        return ObjectStoreError(f"The object store failed ({operation}): {exc}")
     return exc
 
 
@@ -985,5 +1271,5 @@ def _reading(key: str) -> Iterator[None]:
         yield
     except Exception as exc:
         if _temporary(exc):
-            raise ObjectStoreUnavailable(f"The object store failed reading {key}: {exc}") from exc
+            raise ObjectStoreError(f"The object store failed reading {key}: {exc}") from exc
         raise

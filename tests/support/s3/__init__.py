@@ -29,6 +29,7 @@ from uploadmeter.resumable import ChunkUploads, TusUploads
 
 START = os.path.join(os.path.dirname(os.path.abspath(__file__)), "start_swift.sh")
 SECRET = "s3-test-secret"
+DOWNLOAD = "/s3-download"  # ?key=um/blobs/...: the stored object, through the downloads API
 
 
 def s3_client(endpoint: str, *, attempts: int = 1) -> Any:
@@ -154,13 +155,19 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def make_s3_app(env: dict[str, str] | None = None, **storage_options: Any) -> UploadMeterMiddleware:
+def make_s3_app(
+    env: dict[str, str] | None = None, *, client: Any = None, **storage_options: Any
+) -> UploadMeterMiddleware:
     """The chunk and tus endpoints on an S3Storage (settings from ``env``, by default the
-    environment); ``instant_upload`` is off, so every upload sends its bytes."""
+    environment; ``client``: the boto3 client, by default :func:`s3_client`);
+    ``instant_upload`` is off, so every upload sends its bytes."""
     env = env if env is not None else dict(os.environ)
-    meter = UploadMeterMiddleware(page, SECRET, env["UPLOADMETER_TEST_STORE"])
+    client = client if client is not None else s3_client(env["S3_ENDPOINT_URL"])
+    meter = UploadMeterMiddleware(
+        downloads_or_page(client, env["S3_BUCKET"]), SECRET, env["UPLOADMETER_TEST_STORE"]
+    )
     storage = S3Storage(
-        s3_client(env["S3_ENDPOINT_URL"]),
+        client,
         bucket=env["S3_BUCKET"],
         prefix="um/",
         spool_dir=env.get("S3_SPOOL"),
@@ -172,3 +179,21 @@ def make_s3_app(env: dict[str, str] | None = None, **storage_options: Any) -> Up
     tus = {"lock_ttl": float(env.get("S3_TUS_LOCK_TTL", "15")), "lock_wait": 20.0}
     meter.mount("/tus", TusUploads(meter, storage, on_complete=on_complete, **tus))
     return meter
+
+
+def downloads_or_page(client: Any, bucket: str) -> Any:
+    """The app behind the meter: ``GET /s3-download?key=<a blob's key>`` sends the object
+    (:func:`uploadmeter.downloads.download` of an :class:`S3Object`), anything else the
+    test page."""
+    from werkzeug.wrappers import Request
+
+    from uploadmeter.downloads import S3Object, download
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        key = request.args.get("key", "")
+        if request.path == DOWNLOAD and key.startswith("um/blobs/"):
+            return download(S3Object(client, bucket, key), environ=environ)(environ, start_response)
+        return page(environ, start_response)
+
+    return app
