@@ -53,9 +53,11 @@ def patch(
     return c.request("PATCH", url, data, all_headers)
 
 
-@pytest.fixture
-def server(tmp_path: Any) -> Any:
-    with served(str(tmp_path)) as s:
+@pytest.fixture(params=["wsgi", "asgi"])
+def server(tmp_path: Any, request: Any) -> Any:
+    """The endpoints on each shell: the WSGI middleware (werkzeug's server) and the ASGI
+    middleware (uvicorn), mounted the same way; the same answers are expected."""
+    with served(str(tmp_path), shell=request.param) as s:
         yield s
 
 
@@ -264,7 +266,7 @@ def test_expiration_header_and_expired_uploads(server: Any) -> None:
     expires = time.mktime(time.strptime(h["upload-expires"], "%a, %d %b %Y %H:%M:%S GMT"))
     assert abs(expires - time.timezone - (time.time() + 24 * 3600)) < 120
     # Age the upload past its expiry (white box: the info file holds the date).
-    files = server.meter.endpoints.mounts["/tus"].files
+    files = server.endpoint("/tus").files
     (info_path,) = [
         os.path.join(root, "info.json")
         for root, _, names in os.walk(files.tus_root)
@@ -288,7 +290,7 @@ def test_head_finishes_an_upload_whose_worker_stopped_after_the_last_byte(server
     c = server.client()
     url = create(c, 10)
     patch(c, url, 0, b"01234")
-    files = server.meter.endpoints.mounts["/tus"].files
+    files = server.endpoint("/tus").files
     (data_path,) = [
         os.path.join(root, "data") for root, _, names in os.walk(files.tus_root) if "data" in names
     ]
@@ -499,7 +501,7 @@ def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
     def reject(info: Any) -> None:
         raise UploadRejected("No archives, please.")
 
-    server.meter.endpoints.mounts["/tus"].on_complete = reject
+    server.endpoint("/tus").on_complete = reject
     c = server.client()
     url = create(c, 10)
     status, _, body = patch(c, url, 0, b"0123456789")

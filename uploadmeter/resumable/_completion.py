@@ -46,6 +46,7 @@ def issue_session(context: MeterContext, environ: dict[str, Any]) -> tuple[str, 
     native = environ.get(ASGI_SCOPE, environ)
     return _endpoints.session_for(context, request_head(environ), native)
 
+
 OnComplete = Callable[[FileInfo], "Mapping[str, Any] | ProcessingTask | None"]
 
 

@@ -315,9 +315,7 @@ class ChunkUploads(ResumableEndpoint):
         if done is not None:  # a late duplicate of a finished upload, or an instant upload
             return self._answer(up, params, extra, done=done)
         assert params.chunk_number is not None
-        received, size = yield from body.save(
-            self.files, params.expected_size(params.chunk_number)
-        )
+        received, size = yield from body.save(self.files, params.expected_size(params.chunk_number))
         try:
             # Again with the whole body's parameters; a cancel or a merge may have come
             # while it was read.
