@@ -26,9 +26,10 @@ from tests.support.chunked_support import (
     HookedStore,
     Pause,
     leftovers,
+    run_workers,
     served,
 )
-from tests.support.servers import RawUpload, multipart_body, run_gunicorn, wait_until
+from tests.support.servers import RawUpload, multipart_body, wait_until
 from uploadmeter.core._records import record_key
 from uploadmeter.processing import task
 from uploadmeter.resumable import FileInfo, UploadRejected
@@ -643,15 +644,16 @@ def test_on_complete_hands_over_to_a_processing_task(tmp_path: Any) -> None:
 
 
 @pytest.mark.gunicorn
+@pytest.mark.parametrize("shell", ["wsgi", "asgi"])
 def test_parallel_chunks_on_several_workers_merge_exactly_once(
-    tmp_path: Any, sqlite_path: str
+    shell: str, tmp_path: Any, sqlite_path: str
 ) -> None:
     env = {
         "UPLOADMETER_TEST_STORE": "sqlite://" + sqlite_path,
         "UPLOADMETER_TEST_FILES": str(tmp_path / "files"),
     }
     f = ChunkedFile.random(40 * 8 * KB + 77, 8 * KB)
-    with run_gunicorn("tests.support.chunked_app:make_app()", workers=3, env=env) as url:
+    with run_workers(shell, env) as url:
         c = ChunkClient(url)
         c.start()
         # Every chunk twice, six at a time: duplicates and last chunks race in parallel.

@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 import uvicorn
 from werkzeug.serving import make_server
 
+from tests.support.asgi_servers import run_uvicorn
 from tests.support.chunked_app import make_app
-from tests.support.servers import Client, free_port, multipart_body, wait_until
+from tests.support.servers import Client, free_port, multipart_body, run_gunicorn, wait_until
 from uploadmeter import MemoryStore, UploadMeterMiddleware
 
 CHUNKS = "/uploadmeter/chunks"
@@ -162,6 +163,19 @@ def serve_asgi(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+@contextlib.contextmanager
+def run_workers(shell: str, env: dict[str, str], workers: int = 3) -> Iterator[str]:
+    """:func:`~tests.support.chunked_app.make_app` in ``workers`` processes: gunicorn for
+    ``"wsgi"``, uvicorn for ``"asgi"``; the base URL."""
+    if shell == "asgi":
+        env = {**env, "UPLOADMETER_TEST_SHELL": "asgi"}
+        with run_uvicorn("tests.support.chunked_app:make_app", workers=workers, env=env) as srv:
+            yield srv.url
+        return
+    with run_gunicorn("tests.support.chunked_app:make_app()", workers=workers, env=env) as url:
+        yield url
 
 
 @contextlib.contextmanager
