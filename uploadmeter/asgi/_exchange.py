@@ -39,7 +39,7 @@ from uploadmeter.resumable._completion import ASGI_SCOPE
 # Worker threads per mounted app for the exchanges' steps.  A step is short (one piece
 # written and hashed, a store write) but may wait: a lock (tus: up to lock_wait), a merge
 # or a verification (seconds for a large file), the application's on_complete.
-STEP_THREADS = 16
+STEP_THREADS = 4
 
 
 @runtime_checkable
