@@ -155,7 +155,7 @@ class UploadMeterMiddleware(MeterBase):
 
         The resumable endpoints (:class:`~uploadmeter.resumable.TusUploads`,
         :class:`~uploadmeter.resumable.ChunkUploads`) are mounted as they are under WSGI:
-        their protocol is served natively (:mod:`uploadmeter.asgi._exchange`).
+        their protocol is served natively (``uploadmeter.asgi._exchange``).
         """
         super().mount(path, ExchangeApp(app) if isinstance(app, ExchangeFeature) else app)
 

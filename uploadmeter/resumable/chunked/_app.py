@@ -1,6 +1,6 @@
 """Resumable chunked uploads: the protocol of simple-uploader.js, resumable.js and flow.js.
 
-A WSGI app the middleware mounts under its prefix::
+An endpoint the middleware (WSGI or ASGI: the same line) mounts under its prefix::
 
     meter = UploadMeterMiddleware(app, secret_key="...")
     chunks = ChunkUploads(meter, "/var/lib/myapp/uploads", on_complete=store_file)
@@ -47,6 +47,11 @@ starts a new one, so an edited file of the same name and size is stored again.
 A cancel (``DELETE``, or ``POST {prefix}/cancel``) refuses the requests the client had
 sent before it learnt of the cancel -- chunks in flight are not stored -- and a later
 attempt with the same identifier starts afresh.
+
+Every request is an exchange (:meth:`ChunkUploads.exchange`, see
+``uploadmeter.core._exchange``): the body comes through ``yield`` in pieces of at most
+64 KiB, so the WSGI app (calling the endpoint) and the ASGI middleware's mount
+run the same code.
 """
 
 from __future__ import annotations
@@ -204,8 +209,8 @@ class ChunkUploads(ResumableEndpoint):
         return response(environ, start_response)
 
     def exchange(self, environ: dict[str, Any]) -> Exchange[Response]:
-        """The request as an :mod:`exchange <uploadmeter.core._exchange>`: the protocol
-        for every shell (WSGI: :meth:`__call__`; ASGI: the middleware's mount).
+        """The request as an exchange (``uploadmeter.core._exchange``): the protocol
+        for every shell (WSGI: calling the endpoint; ASGI: the middleware's mount).
         ``environ`` has no body stream of its own: the body comes through ``yield``."""
         arrived = time.time()  # before the body: tells chunks in flight from new ones
         extra: list[tuple[str, str]] = []

@@ -1,4 +1,4 @@
-"""A tus 1.0.0 server (https://tus.io/protocols/resumable-upload) as a WSGI app.
+"""A tus 1.0.0 server (https://tus.io/protocols/resumable-upload), for WSGI and ASGI.
 
 Core protocol plus the ``creation``, ``creation-with-upload``, ``creation-defer-length``,
 ``termination``, ``checksum``, ``expiration`` and ``concatenation`` extensions::
@@ -40,7 +40,9 @@ partial upload of another session reads as not found (``404``).
 ``concatenation-unfinished`` is not offered: an unfinished partial upload gets ``400``.
 
 What the headers mean and which status refuses a request is :mod:`._protocol` (no I/O);
-this module adapts werkzeug's request to it and does the storage, locks and records.
+this module adapts werkzeug's request to it and does the storage, locks and records, as
+an exchange (:meth:`TusUploads.exchange`: the body comes through ``yield``) that the WSGI
+app (calling the endpoint) and the ASGI middleware's mount both drive.
 
 Errors are short JSON (or HTML) messages with the spec's statuses, and every answer
 carries ``Tus-Resumable`` (OPTIONS too, as in the spec's example).
@@ -226,8 +228,8 @@ class TusUploads(ResumableEndpoint):
         return response(environ, start_response)
 
     def exchange(self, environ: WSGIEnvironment) -> Exchange[Response]:
-        """The request as an :mod:`exchange <uploadmeter.core._exchange>`: the protocol
-        for every shell (WSGI: :meth:`__call__`; ASGI: the middleware's mount).
+        """The request as an exchange (``uploadmeter.core._exchange``): the protocol
+        for every shell (WSGI: calling the endpoint; ASGI: the middleware's mount).
         ``environ`` has no body stream of its own: the body comes through ``yield``."""
         try:
             response = yield from self._dispatch(Request(environ))
