@@ -23,6 +23,7 @@ same status, same headers, same body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -93,14 +94,23 @@ class ReceivedBody:
         self._ended = False
         self._left = False
 
+    async def fill(self, size: int) -> None:
+        """Receive until ``size`` bytes wait (or the body ended): the next piece arrives
+        while the last one is written."""
+        while len(self._buffer) < size and not self._ended:
+            await self._receive_one()
+
+    async def _receive_one(self) -> None:
+        message = await self._receive()
+        if message["type"] != "http.request":  # http.disconnect
+            self._ended = self._left = True
+            return
+        self._buffer += message.get("body", b"")
+        self._ended = not message.get("more_body", False)
+
     async def read(self, size: int) -> bytes:
         while len(self._buffer) < size and not self._ended:
-            message = await self._receive()
-            if message["type"] != "http.request":  # http.disconnect
-                self._ended = self._left = True
-                break
-            self._buffer += message.get("body", b"")
-            self._ended = not message.get("more_body", False)
+            await self._receive_one()
         if not self._buffer and self._left:
             raise ClientDisconnected()
         block = bytes(self._buffer[:size])
@@ -142,19 +152,34 @@ class ExchangeApp:
         value: Any = None
         throw = False
         step: Future[tuple[bool, Any]] | None = None
+        ahead = 0  # bytes to receive while a step runs: the size last asked for
+        filling: asyncio.Future[None] | None = None
         try:
             while True:
                 step = self._pool.submit(advance, exchange, value, throw)
-                done, result = await asyncio.wrap_future(step, loop=loop)
+                stepped = asyncio.wrap_future(step, loop=loop)
+                if ahead:
+                    # The next piece comes in meanwhile (the loop receives, the worker
+                    # writes); the step's end is awaited whatever the client does.
+                    filling = asyncio.ensure_future(body.fill(ahead))
+                    await asyncio.wait((stepped, filling), return_when=asyncio.FIRST_COMPLETED)
+                    if not filling.done():
+                        filling.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await filling
+                done, result = await stepped
                 step = None
                 if done:
                     response: Response = result
                     return response
+                ahead = result
                 try:
                     value, throw = await body.read(result), False
                 except ClientDisconnected as exc:
                     value, throw = exc, True
         except BaseException:
+            if filling is not None:
+                filling.cancel()
             # The server cancelled the request (the client left, shutdown): end the
             # exchange where it stands -- its finally clauses release locks and files --
             # on a worker thread, after the step that may still be running.
