@@ -77,7 +77,7 @@ _OUTSIDE_NAMES = (
 )
 _PRIVATE_HELPERS = (
     "HasContext|Fetched|SecretKey|CleanupStats|ResumableEndpoint|_WerkzeugError|OnComplete|"
-    "InstantUpload|Resolver|UploadMeterState"
+    "InstantUpload|Resolver|UploadMeterState|Exchange|ExchangeFeature"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({_OUTSIDE_MODULES})(\..*)?"),

@@ -16,12 +16,14 @@ uploads were reported successful although ``on_complete`` never ran.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.support.asgi_servers import run_uvicorn
 from tests.support.browser_support import make_file, running_chromium, sha256_of
 from tests.support.chunked_app import read_completions
 from tests.support.servers import run_gunicorn
@@ -45,10 +47,32 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: Any) -> Iterator[tuple[str, str]]:
+    with serve_site(tmp_path_factory, "wsgi") as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def uploads() -> int:
+    """Uploads per client."""
+    return UPLOADS
+
+
+@contextlib.contextmanager
+def serve_site(
+    tmp_path_factory: Any, shell: str, store: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """The clients' page and ``ChunkUploads`` on three workers: the Flask app under
+    gunicorn (``"wsgi"``), or its ASGI twin under uvicorn (``"asgi"``)."""
     base = tmp_path_factory.mktemp("stock-clients")
     files, tmpdir = base / "files", base / "tmp"
     tmpdir.mkdir()
     env = {"UPLOADMETER_TEST_FILES": str(files), "TMPDIR": str(tmpdir)}  # the default store
+    if store:
+        env["UM_STORE"] = store
+    if shell == "asgi":
+        with run_uvicorn("tests.support.asgi_resumable_apps:chunk_site", workers=3, env=env) as srv:
+            yield srv.url, str(files)
+        return
     with run_gunicorn("tests.support.stock_clients_app:create_app()", workers=3, env=env) as url:
         yield url, str(files)
 
@@ -73,12 +97,12 @@ def upload_once(browser: Any, url: str, kind: str, path: str) -> list[Any]:
 
 @pytest.mark.parametrize("kind", ["resumable", "flow", "simple-uploader"])
 def test_stock_client_on_defaults_loses_no_upload(
-    browser: Any, site: tuple[str, str], kind: str, tmp_path: Any
+    browser: Any, site: tuple[str, str], uploads: int, kind: str, tmp_path: Any
 ) -> None:
     url, directory = site
     already = len(read_completions(directory))
     sent: list[tuple[str, list[Any]]] = []
-    for i in range(UPLOADS):
+    for i in range(uploads):
         path = make_file(tmp_path / f"{kind}-{i}.bin", SIZE)
         digest = sha256_of(path)
         events = upload_once(browser, url, kind, path)
@@ -90,10 +114,10 @@ def test_stock_client_on_defaults_loses_no_upload(
     failed = [events for _, events in sent if events != [{"event": "success"}]]
     unexpected = set(completed) - {digest for digest, _ in sent}
     summary = (
-        f"{kind}: {len(succeeded)} of {UPLOADS} reported success, {len(lost)} of them lost "
+        f"{kind}: {len(succeeded)} of {uploads} reported success, {len(lost)} of them lost "
         f"(no on_complete with that SHA-256), {len(failed)} failed {failed[:3]}, "
         f"{len(unexpected)} unexpected completions"
     )
     print(summary)
-    assert (len(succeeded), lost, unexpected) == (UPLOADS, [], set()), summary
+    assert (len(succeeded), lost, unexpected) == (uploads, [], set()), summary
     assert all(completed[digest] == 1 for digest, _ in sent), summary

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.asgi_servers import run_uvicorn
 from tests.support.browser_support import make_file, running_chromium, sha256_of
 from tests.support.servers import ROOT, Client, free_port, run_gunicorn, wait_until
 
@@ -40,6 +41,22 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: Any) -> Iterator[tuple[str, str, str]]:
     """``(base url, FileStore directory, completion log)`` of the app under gunicorn -w 3."""
+    with serve_site(tmp_path_factory, "wsgi") as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def uploads() -> int:
+    """Uploads per client and test."""
+    return UPLOADS
+
+
+@contextlib.contextmanager
+def serve_site(
+    tmp_path_factory: Any, shell: str, store: str | None = None
+) -> Iterator[tuple[str, str, str]]:
+    """The clients' page and ``TusUploads`` on three workers: the Flask app under
+    gunicorn (``"wsgi"``), or its ASGI twin under uvicorn (``"asgi"``)."""
     tmp = tmp_path_factory.mktemp("tus-clients")
     # @uppy/core is ESM: bundle it as an IIFE with the pinned esbuild, at test time.
     entry = tmp / "uppy-entry.js"
@@ -60,7 +77,12 @@ def site(tmp_path_factory: Any) -> Iterator[tuple[str, str, str]]:
         "TUS_CLIENTS_LOG": log,
         "TUS_CLIENTS_UPPY": str(bundle),
         "TMPDIR": str(tmp),  # the default store lives in the temp dir: this test's own
+        **({"UM_STORE": store} if store else {}),
     }
+    if shell == "asgi":
+        with run_uvicorn("tests.support.asgi_resumable_apps:tus_site", workers=3, env=env) as srv:
+            yield srv.url, directory, log
+        return
     with run_gunicorn("tests.support.tus_clients_app:create_app()", workers=3, env=env) as url:
         yield url, directory, log
 
@@ -93,14 +115,14 @@ def browser() -> Iterator[Any]:
 @pytest.mark.gunicorn
 @pytest.mark.parametrize("kind", ["uppy", "tus-js-client", "tus-js-client-parallel"])
 def test_browser_clients_on_a_first_visit_lose_nothing(
-    browser: Any, site: tuple[str, str, str], tmp_path: Any, kind: str
+    browser: Any, site: tuple[str, str, str], uploads: int, tmp_path: Any, kind: str
 ) -> None:
     url, _, log = site
     before = set(completions(log))
     successes: dict[str, str] = {}
     failures: list[Any] = []
     errors: list[str] = []
-    for n in range(UPLOADS):
+    for n in range(uploads):
         path = make_file(tmp_path / f"{kind}-{n}.bin", SIZE)
         context = browser.new_context()  # a first visit: no cookie
         page = context.new_page()
@@ -131,7 +153,7 @@ def test_browser_clients_on_a_first_visit_lose_nothing(
         context.close()
         os.unlink(path)
     assert failures == []
-    assert len(successes) == UPLOADS
+    assert len(successes) == uploads
     assert_nothing_lost(log, successes, before)
 
 
@@ -146,11 +168,13 @@ def node_upload(
 
 
 @pytest.mark.gunicorn
-def test_tus_js_client_in_node_loses_nothing(site: tuple[str, str, str], tmp_path: Any) -> None:
+def test_tus_js_client_in_node_loses_nothing(
+    site: tuple[str, str, str], uploads: int, tmp_path: Any
+) -> None:
     url, _, log = site
     before = set(completions(log))
     successes: dict[str, str] = {}
-    for n in range(UPLOADS):
+    for n in range(uploads):
         path = make_file(tmp_path / f"node-{n}.bin", SIZE)
         events = node_upload(url, path)
         assert events[-1]["success"] is True, events
@@ -161,7 +185,7 @@ def test_tus_js_client_in_node_loses_nothing(site: tuple[str, str, str], tmp_pat
 
 @pytest.mark.gunicorn
 def test_tus_js_client_in_node_with_parallel_uploads_loses_nothing(
-    site: tuple[str, str, str], tmp_path: Any
+    site: tuple[str, str, str], uploads: int, tmp_path: Any
 ) -> None:
     """``parallelUploads: 4``: four partial uploads (each PATCHed by whichever worker
     takes it) and one final upload that joins them, delivered once with the file's hash."""
@@ -169,7 +193,7 @@ def test_tus_js_client_in_node_with_parallel_uploads_loses_nothing(
     before = set(completions(log))
     successes: dict[str, str] = {}
     bare, head = Client(url), {"Tus-Resumable": "1.0.0"}
-    for n in range(UPLOADS // 4):
+    for n in range(max(uploads // 4, 1)):
         path = make_file(tmp_path / f"parallel-{n}.bin", SIZE + n)
         events = node_upload(url, path, parallel=4)
         assert events[-1]["success"] is True, events

@@ -26,9 +26,10 @@ from tests.support.chunked_support import (
     HookedStore,
     Pause,
     leftovers,
+    run_workers,
     served,
 )
-from tests.support.servers import RawUpload, multipart_body, run_gunicorn, wait_until
+from tests.support.servers import RawUpload, multipart_body, wait_until
 from uploadmeter.core._records import record_key
 from uploadmeter.processing import task
 from uploadmeter.resumable import FileInfo, UploadRejected
@@ -36,9 +37,11 @@ from uploadmeter.resumable import FileInfo, UploadRejected
 KB = 1024
 
 
-@pytest.fixture
-def server(tmp_path: Any) -> Any:
-    with served(str(tmp_path)) as s:
+@pytest.fixture(params=["wsgi", "asgi"])
+def server(tmp_path: Any, request: Any) -> Any:
+    """The endpoints on each shell: the WSGI middleware (werkzeug's server) and the ASGI
+    middleware (uvicorn), mounted the same way; the same answers are expected."""
+    with served(str(tmp_path), shell=request.param) as s:
         yield s
 
 
@@ -473,7 +476,7 @@ def test_delete_removes_chunks_and_marks_the_record_cancelled(server: Any) -> No
 
 
 def test_cleanup_deletes_abandoned_chunks_and_old_files(server: Any) -> None:
-    files = server.meter.endpoints.mounts["/chunks"].files
+    files = server.endpoint("/chunks").files
     c = server.client()
     abandoned = ChunkedFile.random(6 * KB, 2 * KB)
     c.post_chunk(abandoned, 1)
@@ -576,7 +579,7 @@ def test_on_complete_can_reject_the_file(tmp_path: Any) -> None:
         raise UploadRejected("Only PDF files are accepted.")
 
     with served(str(tmp_path)) as s:
-        chunks = s.meter.endpoints.mounts["/chunks"]
+        chunks = s.endpoint("/chunks")
         chunks.on_complete = reject
         c = s.client()
         f = ChunkedFile.random(2 * KB, 2 * KB)
@@ -597,7 +600,7 @@ def test_on_complete_failure_is_a_500_without_details(tmp_path: Any) -> None:
         raise RuntimeError("secret path /srv/x")
 
     with served(str(tmp_path)) as s:
-        s.meter.endpoints.mounts["/chunks"].on_complete = crash
+        s.endpoint("/chunks").on_complete = crash
         c = s.client()
         f = ChunkedFile.random(2 * KB, 2 * KB)
         status, body = c.post_chunk(f, 1)
@@ -615,7 +618,7 @@ def test_on_complete_hands_over_to_a_processing_task(tmp_path: Any) -> None:
             started.append(t)
             return t.start()
 
-        s.meter.endpoints.mounts["/chunks"].on_complete = on_complete
+        s.endpoint("/chunks").on_complete = on_complete
         c = s.client()
         f = ChunkedFile.random(4 * KB, 2 * KB)
         c.upload(f)
@@ -641,15 +644,16 @@ def test_on_complete_hands_over_to_a_processing_task(tmp_path: Any) -> None:
 
 
 @pytest.mark.gunicorn
+@pytest.mark.parametrize("shell", ["wsgi", "asgi"])
 def test_parallel_chunks_on_several_workers_merge_exactly_once(
-    tmp_path: Any, sqlite_path: str
+    shell: str, tmp_path: Any, sqlite_path: str
 ) -> None:
     env = {
         "UPLOADMETER_TEST_STORE": "sqlite://" + sqlite_path,
         "UPLOADMETER_TEST_FILES": str(tmp_path / "files"),
     }
     f = ChunkedFile.random(40 * 8 * KB + 77, 8 * KB)
-    with run_gunicorn("tests.support.chunked_app:make_app()", workers=3, env=env) as url:
+    with run_workers(shell, env) as url:
         c = ChunkClient(url)
         c.start()
         # Every chunk twice, six at a time: duplicates and last chunks race in parallel.

@@ -20,8 +20,8 @@ from tusclient.exceptions import TusCommunicationError
 from tusclient.storage.filestorage import FileStorage
 
 from tests.support.chunked_app import make_app, read_completions
-from tests.support.chunked_support import ChunkClient, serve_fast, served
-from tests.support.servers import RawUpload, run_gunicorn, wait_until
+from tests.support.chunked_support import ChunkClient, run_workers, serve_asgi, serve_fast, served
+from tests.support.servers import RawUpload, wait_until
 from uploadmeter.resumable import UploadRejected
 from uploadmeter.stores import open_store
 
@@ -53,9 +53,11 @@ def patch(
     return c.request("PATCH", url, data, all_headers)
 
 
-@pytest.fixture
-def server(tmp_path: Any) -> Any:
-    with served(str(tmp_path)) as s:
+@pytest.fixture(params=["wsgi", "asgi"])
+def server(tmp_path: Any, request: Any) -> Any:
+    """The endpoints on each shell: the WSGI middleware (werkzeug's server) and the ASGI
+    middleware (uvicorn), mounted the same way; the same answers are expected."""
+    with served(str(tmp_path), shell=request.param) as s:
         yield s
 
 
@@ -264,7 +266,7 @@ def test_expiration_header_and_expired_uploads(server: Any) -> None:
     expires = time.mktime(time.strptime(h["upload-expires"], "%a, %d %b %Y %H:%M:%S GMT"))
     assert abs(expires - time.timezone - (time.time() + 24 * 3600)) < 120
     # Age the upload past its expiry (white box: the info file holds the date).
-    files = server.meter.endpoints.mounts["/tus"].files
+    files = server.endpoint("/tus").files
     (info_path,) = [
         os.path.join(root, "info.json")
         for root, _, names in os.walk(files.tus_root)
@@ -288,7 +290,7 @@ def test_head_finishes_an_upload_whose_worker_stopped_after_the_last_byte(server
     c = server.client()
     url = create(c, 10)
     patch(c, url, 0, b"01234")
-    files = server.meter.endpoints.mounts["/tus"].files
+    files = server.endpoint("/tus").files
     (data_path,) = [
         os.path.join(root, "data") for root, _, names in os.walk(files.tus_root) if "data" in names
     ]
@@ -374,10 +376,12 @@ def _tuspy_resume(url: str, directory: str, cookie: str, path: str) -> str:
 
 
 @pytest.mark.gunicorn
+@pytest.mark.parametrize("shell", ["wsgi", "asgi"])
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_tuspy_upload_stop_and_resume_under_gunicorn(
-    backend: str, tmp_path: Any, sqlite_path: str, request: Any
+def test_tuspy_upload_stop_and_resume_under_three_workers(
+    backend: str, shell: str, tmp_path: Any, sqlite_path: str, request: Any
 ) -> None:
+    """gunicorn -w 3 (WSGI) or uvicorn --workers 3 (ASGI)."""
     store = (
         "sqlite://" + sqlite_path if backend == "sqlite" else request.getfixturevalue("redis_url")
     )
@@ -386,7 +390,7 @@ def test_tuspy_upload_stop_and_resume_under_gunicorn(
     data = os.urandom(2 * 1024 * KB + 333)
     source = tmp_path / "movie.mp4"
     source.write_bytes(data)
-    with run_gunicorn("tests.support.chunked_app:make_app()", workers=3, env=env) as url:
+    with run_workers(shell, env) as url:
         c = ChunkClient(url)
         c.start()
         upload_url = _tuspy_resume(url, str(tmp_path), c.cookie_header(), str(source))
@@ -406,14 +410,17 @@ def test_tuspy_upload_stop_and_resume_under_gunicorn(
 
 
 @pytest.mark.gunicorn
-def test_concurrent_patches_are_serialized_across_workers(tmp_path: Any, sqlite_path: str) -> None:
+@pytest.mark.parametrize("shell", ["wsgi", "asgi"])
+def test_concurrent_patches_are_serialized_across_workers(
+    shell: str, tmp_path: Any, sqlite_path: str
+) -> None:
     env = {
         "UPLOADMETER_TEST_STORE": "sqlite://" + sqlite_path,
         "UPLOADMETER_TEST_FILES": str(tmp_path / "files"),
         "UPLOADMETER_TEST_TUS_LOCK_WAIT": "1",
     }
     data = os.urandom(256 * KB)
-    with run_gunicorn("tests.support.chunked_app:make_app()", workers=3, env=env) as url:
+    with run_workers(shell, env) as url:
         c = ChunkClient(url)
         c.start()
         upload = create(c, len(data))
@@ -499,7 +506,7 @@ def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
     def reject(info: Any) -> None:
         raise UploadRejected("No archives, please.")
 
-    server.meter.endpoints.mounts["/tus"].on_complete = reject
+    server.endpoint("/tus").on_complete = reject
     c = server.client()
     url = create(c, 10)
     status, _, body = patch(c, url, 0, b"0123456789")
@@ -510,10 +517,12 @@ def test_a_refused_file_does_not_stay_in_the_store(server: Any) -> None:
 @contextlib.contextmanager
 def _short_lock_server(server: str, directory: str, sqlite_path: str) -> Iterator[str]:
     """A server whose tus locks live 2 s (PATCHes wait 0.2 s for one): werkzeug's in this
-    process, or gunicorn with three workers sharing an SQLite store."""
-    if server == "werkzeug":
+    process, or gunicorn (uvicorn: ASGI) with three workers sharing an SQLite store."""
+    if server in ("werkzeug", "uvicorn-thread"):
         options = {"lock_ttl": 2.0, "lock_wait": 0.2}
-        with serve_fast(make_app("memory://", directory, tus_options=options)) as url:
+        shell = "asgi" if server == "uvicorn-thread" else "wsgi"
+        app = make_app("memory://", directory, tus_options=options, shell=shell)
+        with (serve_asgi if shell == "asgi" else serve_fast)(app) as url:
             yield url
         return
     env = {
@@ -522,12 +531,18 @@ def _short_lock_server(server: str, directory: str, sqlite_path: str) -> Iterato
         "UPLOADMETER_TEST_TUS_LOCK_TTL": "2",
         "UPLOADMETER_TEST_TUS_LOCK_WAIT": "0.2",
     }
-    with run_gunicorn("tests.support.chunked_app:make_app()", workers=3, env=env) as url:
+    with run_workers("asgi" if server == "uvicorn" else "wsgi", env) as url:
         yield url
 
 
 @pytest.mark.parametrize(
-    "server", ["werkzeug", pytest.param("gunicorn", marks=pytest.mark.gunicorn)]
+    "server",
+    [
+        "werkzeug",
+        "uvicorn-thread",
+        pytest.param("gunicorn", marks=pytest.mark.gunicorn),
+        pytest.param("uvicorn", marks=pytest.mark.gunicorn),
+    ],
 )
 def test_a_slow_client_keeps_the_lock_and_every_byte_that_arrived(
     server: str, tmp_path: Any, sqlite_path: str

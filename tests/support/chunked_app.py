@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from uploadmeter import UploadMeterMiddleware
+from uploadmeter.asgi import UploadMeterMiddleware as AsgiMiddleware
+from uploadmeter.asgi._types import Receive, Scope, Send
 from uploadmeter.resumable import ChunkUploads, FileInfo, FileStore, TusUploads
 from uploadmeter.stores import ProgressStore
 
@@ -29,6 +31,15 @@ SECRET = "chunked-test-secret"
 def page(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
     return [b"<!doctype html><title>chunked</title><p>ok</p>"]
+
+
+async def asgi_page(scope: Scope, receive: Receive, send: Send) -> None:
+    """:func:`page` for the ASGI shell."""
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-type", b"text/html; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"<!doctype html><title>page</title>"})
 
 
 def completion_log(directory: str) -> Callable[[FileInfo], dict[str, Any]]:
@@ -72,10 +83,18 @@ def make_app(
     tus_options: dict[str, Any] | None = None,
     files_options: dict[str, Any] | None = None,
     meter_options: dict[str, Any] | None = None,
-) -> UploadMeterMiddleware:
+    shell: str = "wsgi",
+) -> Any:
+    """The WSGI middleware with both endpoints mounted; ``shell="asgi"`` (or
+    ``UPLOADMETER_TEST_SHELL=asgi``): the ASGI middleware, the same endpoints mounted
+    the same way (for uvicorn: ``--factory tests.support.chunked_app:make_app``)."""
     store = store or os.environ.get("UPLOADMETER_TEST_STORE")
     directory = directory or os.environ["UPLOADMETER_TEST_FILES"]
-    meter = UploadMeterMiddleware(inner, SECRET, store, **(meter_options or {}))
+    meter: Any
+    if os.environ.get("UPLOADMETER_TEST_SHELL", shell) == "asgi":
+        meter = AsgiMiddleware(asgi_page, SECRET, store, **(meter_options or {}))
+    else:
+        meter = UploadMeterMiddleware(inner, SECRET, store, **(meter_options or {}))
     files = FileStore(directory, **(files_options or {}))
     on_complete = completion_log(directory)
     instant = os.environ.get("UPLOADMETER_TEST_INSTANT", "session")

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+import uvicorn
 from werkzeug.serving import make_server
 
+from tests.support.asgi_servers import run_uvicorn
 from tests.support.chunked_app import make_app
-from tests.support.servers import Client, multipart_body
+from tests.support.servers import Client, free_port, multipart_body, run_gunicorn, wait_until
 from uploadmeter import MemoryStore, UploadMeterMiddleware
 
 CHUNKS = "/uploadmeter/chunks"
@@ -120,6 +122,12 @@ class Served:
     meter: UploadMeterMiddleware
     directory: str
 
+    def endpoint(self, path: str) -> Any:
+        """The feature mounted at ``path`` (``ChunkUploads``, ``TusUploads``), whichever
+        shell serves it (the ASGI middleware wraps it)."""
+        app = self.meter.endpoints.mounts[path]
+        return getattr(app, "feature", app)
+
     def client(self) -> ChunkClient:
         c = ChunkClient(self.url)
         c.start()
@@ -140,9 +148,44 @@ def serve_fast(app: Any) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def served(directory: str, store: Any = "memory://", **options: Any) -> Iterator[Served]:
-    meter = make_app(store, directory, **options)
-    with serve_fast(meter) as url:
+def serve_asgi(app: Any) -> Iterator[str]:
+    """An ASGI app under uvicorn (one worker, h11, asyncio) in a thread of this process."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", http="h11"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def run_workers(shell: str, env: dict[str, str], workers: int = 3) -> Iterator[str]:
+    """:func:`~tests.support.chunked_app.make_app` in ``workers`` processes: gunicorn for
+    ``"wsgi"``, uvicorn for ``"asgi"``; the base URL."""
+    if shell == "asgi":
+        env = {**env, "UPLOADMETER_TEST_SHELL": "asgi"}
+        with run_uvicorn("tests.support.chunked_app:make_app", workers=workers, env=env) as srv:
+            yield srv.url
+        return
+    with run_gunicorn("tests.support.chunked_app:make_app()", workers=workers, env=env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def served(
+    directory: str, store: Any = "memory://", shell: str = "wsgi", **options: Any
+) -> Iterator[Served]:
+    """The test app on ``directory`` (``shell``: ``"wsgi"``, werkzeug's server; ``"asgi"``:
+    the ASGI middleware under uvicorn), in this process."""
+    meter = make_app(store, directory, shell=shell, **options)
+    with (serve_asgi if shell == "asgi" else serve_fast)(meter) as url:
         yield Served(url, meter, directory)
 
 

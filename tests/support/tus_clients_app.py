@@ -11,6 +11,7 @@ Started by gunicorn (``tests.support.tus_clients_app:create_app()``); settings f
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Flask, abort, send_file
 
@@ -52,23 +53,31 @@ window.start = function (kind) {
 </script>"""
 
 
-def create_app() -> Flask:
-    app = Flask(__name__)
-    app.config["SECRET_KEY"] = "tus-clients-test"
-    UploadMeter(app)  # default settings
+def tus_endpoint(meter: Any) -> TusUploads:
+    """``TusUploads`` on the test's FileStore, logging every completion (either shell)."""
     log_path = os.environ["TUS_CLIENTS_LOG"]
 
     def on_complete(info: FileInfo) -> None:
         with open(log_path, "a", encoding="utf-8") as f:  # one short append per upload
             f.write(f"{info.upload_id} {info.sha256} {info.size}\n")
 
-    middleware = app.extensions["uploadmeter"].middleware
-    tus = TusUploads(middleware, os.environ["UPLOADMETER_TEST_FILES"], on_complete=on_complete)
-    middleware.mount("/tus", tus)
-    scripts = {
+    return TusUploads(meter, os.environ["UPLOADMETER_TEST_FILES"], on_complete=on_complete)
+
+
+def client_scripts() -> dict[str, str]:
+    return {
         "tus.js": os.path.join(NODE_MODULES, "tus-js-client", "dist", "tus.js"),
         "uppy.js": os.environ.get("TUS_CLIENTS_UPPY", ""),
     }
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "tus-clients-test"
+    UploadMeter(app)  # default settings
+    middleware = app.extensions["uploadmeter"].middleware
+    middleware.mount("/tus", tus_endpoint(middleware))
+    scripts = client_scripts()
 
     @app.get("/")
     def page() -> str:

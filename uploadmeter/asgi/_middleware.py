@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from uploadmeter.asgi._endpoints import Endpoints
+from uploadmeter.asgi._exchange import ExchangeApp, ExchangeFeature
 from uploadmeter.asgi._receive import CappedReceive, MeteredReceive
 from uploadmeter.asgi._requests import encode_headers, request_head, route_path, send_reply
 from uploadmeter.asgi._types import ASGIApp, Message, Receive, Scope, Send
@@ -143,7 +144,7 @@ class UploadMeterMiddleware(MeterBase):
     def _context_changed(self) -> None:
         self.endpoints.core.context = self._context
 
-    def mount(self, path: str, app: ASGIApp) -> None:
+    def mount(self, path: str, app: ASGIApp | ExchangeFeature) -> None:
         """Serve the ASGI ``app`` under ``{prefix}{path}``: the one way to add an endpoint.
 
         The app gets a copy of the scope whose ``root_path`` ends with ``{prefix}{path}``
@@ -151,8 +152,12 @@ class UploadMeterMiddleware(MeterBase):
         :func:`route_path` gives what follows the mount (WSGI's ``PATH_INFO``).  An app
         with a ``mounted_at(path)`` method is told its path from the site root
         (``{prefix}{path}``), to build its own URLs.
+
+        The resumable endpoints (:class:`~uploadmeter.resumable.TusUploads`,
+        :class:`~uploadmeter.resumable.ChunkUploads`) are mounted as they are under WSGI:
+        their protocol is served natively (``uploadmeter.asgi._exchange``).
         """
-        super().mount(path, app)
+        super().mount(path, ExchangeApp(app) if isinstance(app, ExchangeFeature) else app)
 
     # -- dispatch ------------------------------------------------------------------------
 

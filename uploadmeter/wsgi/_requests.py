@@ -8,8 +8,10 @@ processing) asks through these functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
+
+from werkzeug.wsgi import get_input_stream
 
 from uploadmeter.core import _endpoints
 from uploadmeter.core._context import MeterContext
@@ -47,6 +49,21 @@ class EnvironHeaders(Mapping[str, str]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def body_reader(environ: dict[str, Any]) -> Callable[[int], bytes]:
+    """``read(size)`` of the request body (its ``Content-Length``, or the server's framing),
+    for :func:`uploadmeter.core._exchange.run_exchange`; the stream is opened on the first
+    read."""
+    stream: IO[bytes] | None = None
+
+    def read(size: int) -> bytes:
+        nonlocal stream
+        if stream is None:
+            stream = get_input_stream(environ)
+        return stream.read(size)
+
+    return read
 
 
 def request_head(environ: Mapping[str, Any], path: str | None = None) -> RequestHead:

@@ -1,6 +1,6 @@
 """Resumable chunked uploads: the protocol of simple-uploader.js, resumable.js and flow.js.
 
-A WSGI app the middleware mounts under its prefix::
+An endpoint the middleware (WSGI or ASGI: the same line) mounts under its prefix::
 
     meter = UploadMeterMiddleware(app, secret_key="...")
     chunks = ChunkUploads(meter, "/var/lib/myapp/uploads", on_complete=store_file)
@@ -47,6 +47,11 @@ starts a new one, so an edited file of the same name and size is stored again.
 A cancel (``DELETE``, or ``POST {prefix}/cancel``) refuses the requests the client had
 sent before it learnt of the cancel -- chunks in flight are not stored -- and a later
 attempt with the same identifier starts afresh.
+
+Every request is an exchange (:meth:`ChunkUploads.exchange`, see
+``uploadmeter.core._exchange``): the body comes through ``yield`` in pieces of at most
+64 KiB, so the WSGI app (calling the endpoint) and the ASGI middleware's mount
+run the same code.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
 from uploadmeter.core._context import HasContext, MeterContext
+from uploadmeter.core._exchange import Exchange, run_exchange
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
     DONE,
@@ -78,7 +84,7 @@ from uploadmeter.exceptions import (
     UploadRejected,
 )
 from uploadmeter.processing import ProcessingTask
-from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
+from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint, request_session
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     FileInfo,
@@ -98,7 +104,7 @@ from uploadmeter.resumable.chunked._params import (
     parse_params,
 )
 from uploadmeter.resumable.chunked._progress import PROGRESS_LOCK_WAIT, write_progress
-from uploadmeter.wsgi._requests import session_of
+from uploadmeter.wsgi._requests import body_reader
 from uploadmeter.wsgi._responses import NO_STORE, json_response
 
 if TYPE_CHECKING:
@@ -199,10 +205,17 @@ class ChunkUploads(ResumableEndpoint):
     # -- dispatch ------------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        response = run_exchange(self.exchange(environ), body_reader(environ))
+        return response(environ, start_response)
+
+    def exchange(self, environ: dict[str, Any]) -> Exchange[Response]:
+        """The request as an exchange (``uploadmeter.core._exchange``): the protocol
+        for every shell (WSGI: calling the endpoint; ASGI: the middleware's mount).
+        ``environ`` has no body stream of its own: the body comes through ``yield``."""
         arrived = time.time()  # before the body: tells chunks in flight from new ones
         extra: list[tuple[str, str]] = []
         try:
-            response = self._dispatch(environ, extra, arrived)
+            response = yield from self._dispatch(environ, extra, arrived)
         except Exception as exc:
             refused = _as_refusal(exc)
             body = {
@@ -214,11 +227,11 @@ class ChunkUploads(ResumableEndpoint):
             }
             body.update(refused.extra)
             response = json_response(body, refused.status, [*extra, *refused.headers.items()])
-        return response(environ, start_response)
+        return response
 
     def _dispatch(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
-    ) -> Response:
+    ) -> Exchange[Response]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "").rstrip("/")
         self.files.maybe_cleanup(self.store)
@@ -226,13 +239,13 @@ class ChunkUploads(ResumableEndpoint):
             if method in ("GET", "HEAD"):
                 return self._test(environ, extra, arrived)
             if method == "POST":
-                return self._post_chunk(environ, extra, arrived)
+                return (yield from self._post_chunk(environ, extra, arrived))
             if method == "DELETE":
                 return self._delete(environ, extra)
             allow = "GET, HEAD, POST, DELETE"
         elif path == "/merge":
             if method == "POST":
-                return self._merge_request(environ, extra, arrived)
+                return (yield from self._merge_request(environ, extra, arrived))
             allow = "POST"
         else:
             raise ChunkRefused("not_found", "No such chunk endpoint.", status=404)
@@ -243,7 +256,7 @@ class ChunkUploads(ResumableEndpoint):
     def _session(self, environ: dict[str, Any]) -> str:
         """The request's session; never a new one (parallel first chunks would each get
         their own, and no request would see the whole file)."""
-        session = session_of(self.context, environ)
+        session = request_session(self.context, environ)
         if session is None:
             raise ChunkRefused(
                 "no_session",
@@ -295,19 +308,19 @@ class ChunkUploads(ResumableEndpoint):
 
     def _post_chunk(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
-    ) -> Response:
+    ) -> Exchange[Response]:
         session = self._session(environ)  # before reading the body
         body = ChunkBody(environ, file_field=self.file_field, max_chunk_size=self.max_chunk_size)
         # Checked before a byte of the chunk is read: a refused, cancelled or complete
         # upload costs no disk, and the declared size bounds the read.
-        params = self._params(body.parameters(), chunk=True)
+        params = self._params((yield from body.parameters()), chunk=True)
         up = self._upload(session, params.identifier)
         self.cancels.check(up, arrived)
         done = self.completions.done(up, arrived) or self._instant(up, params)
         if done is not None:  # a late duplicate of a finished upload, or an instant upload
             return self._answer(up, params, extra, done=done)
         assert params.chunk_number is not None
-        received, size = body.save(self.files, params.expected_size(params.chunk_number))
+        received, size = yield from body.save(self.files, params.expected_size(params.chunk_number))
         try:
             # Again with the whole body's parameters; a cancel or a merge may have come
             # while it was read.
@@ -391,9 +404,9 @@ class ChunkUploads(ResumableEndpoint):
 
     def _merge_request(
         self, environ: dict[str, Any], extra: list[tuple[str, str]], arrived: float
-    ) -> Response:
+    ) -> Exchange[Response]:
         session = self._session(environ)  # before a byte of the body
-        params = self._params(merge_values(environ), chunk=False)
+        params = self._params((yield from merge_values(environ)), chunk=False)
         up = self._upload(session, params.identifier)
         self.cancels.check(up, arrived)
         done = self.completions.done(up, arrived) or self._instant(up, params)

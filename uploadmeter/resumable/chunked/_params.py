@@ -13,6 +13,7 @@ permanent (415; 413 for a body larger than its chunk needs), a reason and a shor
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -32,8 +33,9 @@ from werkzeug.sansio.multipart import (
     NeedData,
 )
 from werkzeug.wrappers import Request
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.wsgi import get_content_length
 
+from uploadmeter.core._exchange import Exchange, read_body
 from uploadmeter.core._limits import (
     CHUNK_FORM_OVERHEAD,
     SMALL_BODY,
@@ -208,22 +210,23 @@ class ChunkBody:
         self.multipart = mimetype == "multipart/form-data"
         self._boundary = options.get("boundary", "").encode("latin-1", "replace")
         self._declared = get_content_length(environ)
-        self._stream = get_input_stream(environ)  # Content-Length or the server's framing
         self._read_bytes = 0
         self._cap = chunk_request_cap(max_chunk_size)  # until the chunk's size is known
         self._set_cap(self._cap)
-        self._events: Iterator[Event] | None = None
+        self._decoder: MultipartDecoder | None = None
+        self._body_ended = False  # the decoder was told the body ended
+        self._decoded = False  # ... and gave every event
         self._at_chunk = False  # the chunk's part has begun; its data is next
 
-    def parameters(self) -> MultiDict[str, str]:
+    def parameters(self) -> Exchange[MultiDict[str, str]]:
         """The parameters known before the chunk's bytes: the query's, or for a multipart
         body whose query has no chunk number, also the form fields before the chunk."""
         if self.multipart and param(self.values, "chunkNumber") is None:
             with self._reading():
-                self._find_chunk()
+                yield from self._find_chunk()
         return self.values
 
-    def save(self, files: Storage, expected: int) -> tuple[str, int]:
+    def save(self, files: Storage, expected: int) -> Exchange[tuple[str, int]]:
         """Read the chunk of ``expected`` bytes into a temp file: ``(its path, its size)``.
 
         A body that holds more than that chunk needs is refused with 413 -- at once when
@@ -234,11 +237,11 @@ class ChunkBody:
         with self._reading():
             self._set_cap(chunk_body_cap(expected, multipart=self.multipart))
             if self.multipart:
-                self._find_chunk()
+                yield from self._find_chunk()
             path, out = files.temp_file()
             try:
                 with out:
-                    for block in self._chunk_data():
+                    while (block := (yield from self._chunk_data())) is not None:
                         out.write(block)
                         if out.tell() > expected:
                             raise ChunkRefused(
@@ -247,7 +250,7 @@ class ChunkBody:
                                 status=413,
                             )
                     size = out.tell()
-                self._finish()
+                yield from self._finish()
                 ok = True
             finally:
                 if not ok:
@@ -288,69 +291,71 @@ class ChunkBody:
             "too_large", f"This chunk request may hold at most {self._cap} bytes.", status=413
         )
 
-    def _read(self) -> bytes:
+    def _read(self) -> Exchange[bytes]:
         # One byte past the cap tells a body that goes on from one that ends there.
-        block = self._stream.read(min(_BLOCK, self._cap + 1 - self._read_bytes))
+        block = yield min(_BLOCK, self._cap + 1 - self._read_bytes)
         self._read_bytes += len(block)
         if self._read_bytes > self._cap:
             raise self._too_large()
         return block
 
-    def _chunk_data(self) -> Iterator[bytes]:
+    def _chunk_data(self) -> Exchange[bytes | None]:
+        """The next piece of the chunk, or ``None`` after its last."""
         if not self.multipart:  # method: "octet": the body is the chunk
-            while block := self._read():
-                yield block
-            return
-        for event in self._multipart():
-            if not isinstance(event, Data):  # the decoder ends a part before the next
-                raise ValueError("the chunk's part did not end")
-            yield event.data
-            if not event.more_data:
-                return
+            return (yield from self._read()) or None
+        if not self._at_chunk:
+            return None  # the chunk's part ended
+        event = yield from self._next_event()
+        if not isinstance(event, Data):  # the decoder ends a part before the next
+            raise ValueError("the chunk's part did not end")
+        self._at_chunk = event.more_data
+        return event.data
 
-    def _multipart(self) -> Iterator[Event]:
-        """The events of the multipart body (one generator, resumed across the steps)."""
-        if self._events is None:
-            self._events = self._decode()
-        return self._events
+    def _next_event(self) -> Exchange[Event | None]:
+        """The next event of the multipart body, or ``None`` once it ended."""
+        if self._decoder is None:
+            if not self._boundary:
+                raise ValueError("Missing boundary")
+            self._decoder = MultipartDecoder(
+                self._boundary, max_form_memory_size=_DECODER_BUFFER, max_parts=_MAX_PARTS
+            )
+        while not self._decoded:
+            event = self._decoder.next_event()
+            if isinstance(event, Epilogue):
+                break
+            if not isinstance(event, NeedData):
+                return event
+            if self._body_ended:
+                break
+            block = yield from self._read()
+            self._body_ended = not block
+            self._decoder.receive_data(block or None)
+        self._decoded = True
+        return None
 
-    def _decode(self) -> Iterator[Event]:
-        if not self._boundary:
-            raise ValueError("Missing boundary")
-        decoder = MultipartDecoder(
-            self._boundary, max_form_memory_size=_DECODER_BUFFER, max_parts=_MAX_PARTS
-        )
-        while True:
-            block = self._read()
-            decoder.receive_data(block or None)
-            while not isinstance(event := decoder.next_event(), (NeedData, Epilogue)):
-                yield event
-            if isinstance(event, Epilogue) or not block:
-                return
-
-    def _find_chunk(self) -> None:
+    def _find_chunk(self) -> Exchange[None]:
         """Read the form fields up to the chunk's part (into :attr:`values`)."""
         if not self._at_chunk:
-            self._at_chunk = self._fields_until_chunk()
+            self._at_chunk = yield from self._fields_until_chunk()
         if not self._at_chunk:
             message = f"The request has no file field {self.file_field!r}."
             raise ChunkRefused("no_file", message)
 
-    def _finish(self) -> None:
+    def _finish(self) -> Exchange[None]:
         """Read what follows the chunk (form fields, the closing boundary)."""
         if self.multipart:
             self._at_chunk = False
-            if self._fields_until_chunk():  # a second part of the chunk's name is refused
+            if (yield from self._fields_until_chunk()):  # a second chunk part is refused
                 raise ValueError("two chunk parts")
 
-    def _fields_until_chunk(self) -> bool:
+    def _fields_until_chunk(self) -> Exchange[bool]:
         """Read parts into :attr:`values` until the chunk's part begins (``True``) or the
         body ends (``False``).  What is not the chunk is at most
         :data:`~uploadmeter.core._limits.CHUNK_FORM_OVERHEAD`."""
         name = ""
         value: list[bytes] = []
         other = 0
-        for event in self._multipart():
+        while (event := (yield from self._next_event())) is not None:
             if isinstance(event, File) and event.name == self.file_field:
                 return True
             if isinstance(event, (Field, File)):
@@ -368,16 +373,23 @@ class ChunkBody:
         return False
 
 
-def merge_values(environ: dict[str, Any]) -> MultiDict[str, str]:
+def merge_values(environ: dict[str, Any]) -> Exchange[MultiDict[str, str]]:
     """The parameters of a merge request: its query's, and those of its body (a JSON
     object or a form) over them.
 
     The body is a few parameters: one of more than :data:`SMALL_BODY` bytes is refused
     with 413, before it is read when its ``Content-Length`` says so.
     """
-    request = SmallBodyRequest(environ)
-    values: MultiDict[str, str] = MultiDict(request.args)
+    values: MultiDict[str, str] = MultiDict(Request(environ).args)
     try:
+        declared = get_content_length(environ)
+        # Not a byte when the length is over the limit (the request refuses it unread).
+        data = b"" if (declared or 0) > SMALL_BODY else (yield from read_body(SMALL_BODY))
+        # The body as read, for werkzeug's form and JSON parsing within its limits.
+        body_environ = dict(environ, **{"wsgi.input": io.BytesIO(data)})
+        if declared is None:
+            body_environ["wsgi.input_terminated"] = True
+        request = SmallBodyRequest(body_environ)
         request.load_body()
         if request.is_json:
             data = request.get_data()

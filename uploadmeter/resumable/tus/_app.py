@@ -1,4 +1,4 @@
-"""A tus 1.0.0 server (https://tus.io/protocols/resumable-upload) as a WSGI app.
+"""A tus 1.0.0 server (https://tus.io/protocols/resumable-upload), for WSGI and ASGI.
 
 Core protocol plus the ``creation``, ``creation-with-upload``, ``creation-defer-length``,
 ``termination``, ``checksum``, ``expiration`` and ``concatenation`` extensions::
@@ -40,7 +40,9 @@ partial upload of another session reads as not found (``404``).
 ``concatenation-unfinished`` is not offered: an unfinished partial upload gets ``400``.
 
 What the headers mean and which status refuses a request is :mod:`._protocol` (no I/O);
-this module adapts werkzeug's request to it and does the storage, locks and records.
+this module adapts werkzeug's request to it and does the storage, locks and records, as
+an exchange (:meth:`TusUploads.exchange`: the body comes through ``yield``) that the WSGI
+app (calling the endpoint) and the ASGI middleware's mount both drive.
 
 Errors are short JSON (or HTML) messages with the spec's statuses, and every answer
 carries ``Tus-Resumable`` (OPTIONS too, as in the spec's example).
@@ -60,9 +62,9 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import get_input_stream
 
 from uploadmeter.core._context import HasContext, MeterContext
+from uploadmeter.core._exchange import Exchange, run_exchange
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import (
     CANCELLED,
@@ -85,7 +87,7 @@ from uploadmeter.exceptions import (
     TusError,
     UploadRejected,
 )
-from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint
+from uploadmeter.resumable._completion import OnComplete, ResumableEndpoint, issue_session
 from uploadmeter.resumable._storage import (
     DISK_FULL_MESSAGE,
     DISK_FULL_RETRY_AFTER,
@@ -98,7 +100,7 @@ from uploadmeter.resumable._storage import (
 )
 from uploadmeter.resumable.tus import _protocol as tus
 from uploadmeter.resumable.tus._protocol import Checksum
-from uploadmeter.wsgi._requests import session_for
+from uploadmeter.wsgi._requests import body_reader
 from uploadmeter.wsgi._responses import NO_STORE, error_response
 
 if TYPE_CHECKING:
@@ -222,16 +224,23 @@ class TusUploads(ResumableEndpoint):
     # -- dispatch ------------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        response = run_exchange(self.exchange(environ), body_reader(environ))
+        return response(environ, start_response)
+
+    def exchange(self, environ: WSGIEnvironment) -> Exchange[Response]:
+        """The request as an exchange (``uploadmeter.core._exchange``): the protocol
+        for every shell (WSGI: calling the endpoint; ASGI: the middleware's mount).
+        ``environ`` has no body stream of its own: the body comes through ``yield``."""
         try:
-            response = self._dispatch(Request(environ))
+            response = yield from self._dispatch(Request(environ))
         except Exception as exc:
             error = _as_tus_error(exc)
             response = error_response(environ, error.status, error.message)
             response.headers.update(error.headers)
         response.headers["Tus-Resumable"] = tus.TUS_VERSION
-        return response(environ, start_response)
+        return response
 
-    def _dispatch(self, request: Request) -> Response:
+    def _dispatch(self, request: Request) -> Exchange[Response]:
         method = tus.request_method(request.method, request.headers)
         if method == "OPTIONS":
             return Response(status=204, headers=tus.options_headers(self.max_size))
@@ -239,7 +248,7 @@ class TusUploads(ResumableEndpoint):
         self.files.maybe_cleanup(self.store)
         if request.path in ("", "/"):
             if method == "POST":
-                return self._create(request)
+                return (yield from self._create(request))
             raise TusError(
                 "Use POST to create an upload.", status=405, headers={"Allow": "POST, OPTIONS"}
             )
@@ -250,7 +259,7 @@ class TusUploads(ResumableEndpoint):
         if method == "HEAD":
             return self._head(request, upload_id)
         if method == "PATCH":
-            return self._patch(request, upload_id)
+            return (yield from self._patch(request, upload_id))
         if method == "DELETE":
             return self._delete(request, upload_id)
         raise TusError(
@@ -294,7 +303,7 @@ class TusUploads(ResumableEndpoint):
 
     # -- POST: creation (with upload) ----------------------------------------------------
 
-    def _create(self, request: Request) -> Response:
+    def _create(self, request: Request) -> Exchange[Response]:
         creation = tus.parse_creation(
             request.headers, max_size=self.max_size, max_metadata_length=self.max_metadata_length
         )
@@ -312,7 +321,7 @@ class TusUploads(ResumableEndpoint):
 
         # Without a session (a first visit, a client that keeps no cookies) the upload
         # starts one: the cookie lets a browser poll its progress; the URL needs none.
-        session, cookie = session_for(self.context, request.environ)
+        session, cookie = issue_session(self.context, request.environ)
         if cookie is not None:  # see _anonymous
             self.store.set(self._issued_key(session), "1", self.files.expire_after)
         upload = self._new_upload(session, cookie, creation, filename, length)
@@ -334,9 +343,8 @@ class TusUploads(ResumableEndpoint):
         if has_body or length == 0:
             try:
                 with self._lock(upload) as lock:
-                    headers["Upload-Offset"] = str(
-                        self._receive(request, upload, 0, checksum, lock)
-                    )
+                    offset = yield from self._receive(request, upload, 0, checksum, lock)
+                    headers["Upload-Offset"] = str(offset)
             except BaseException:
                 # Without a Location the client cannot resume this upload: drop it now
                 # rather than let it hold the session's quota until it expires.
@@ -389,7 +397,7 @@ class TusUploads(ResumableEndpoint):
             filename = clean_filename(creation.metadata.filename or "upload")
         except InvalidName as exc:
             raise TusError(exc.message, status=exc.status) from None
-        session, cookie = session_for(self.context, request.environ)
+        session, cookie = issue_session(self.context, request.environ)
         urls = creation.concat.urls
         named = list(zip(creation.concat.upload_names, urls, strict=True))
         partials = [self._partial(name, url, session) for name, url in named]
@@ -515,7 +523,7 @@ class TusUploads(ResumableEndpoint):
 
     # -- PATCH ---------------------------------------------------------------------------
 
-    def _patch(self, request: Request, upload_id: str) -> Response:
+    def _patch(self, request: Request, upload_id: str) -> Exchange[Response]:
         patch = tus.parse_patch(request.headers)
         upload = self._find(upload_id)
         if upload.is_final:
@@ -531,7 +539,7 @@ class TusUploads(ResumableEndpoint):
                 self._declare_length(upload, length)
             if upload.complete:  # an empty PATCH at the end of a finished upload
                 return Response(status=204, headers=self._headers(upload, current))
-            new_offset = self._receive(request, upload, current, patch.checksum, lock)
+            new_offset = yield from self._receive(request, upload, current, patch.checksum, lock)
         return Response(status=204, headers=self._headers(upload, new_offset))
 
     def _declare_length(self, upload: _Upload, length: int) -> None:
@@ -559,7 +567,7 @@ class TusUploads(ResumableEndpoint):
         start: int,
         checksum: Checksum | None,
         lock: StoreLock,
-    ) -> int:
+    ) -> Exchange[int]:
         """Append the request body at ``start``; finish the upload when it is whole.
 
         Called with the upload's ``lock`` held.  Returns the new offset.  The bytes are
@@ -578,7 +586,9 @@ class TusUploads(ResumableEndpoint):
             raise tus.not_found() from None
         with writer as f:
             try:
-                written, failure = self._append(request, f, upload, start, hasher, lock, tracker)
+                written, failure = yield from self._append(
+                    request, f, upload, start, hasher, lock, tracker
+                )
                 # Still ours?  Otherwise another PATCH writes this file now: leave it be.
                 self._keep_lock(lock, upload, f.committed)
             except LockLost:
@@ -625,7 +635,7 @@ class TusUploads(ResumableEndpoint):
         hasher: Any,
         lock: StoreLock,
         tracker: UploadTracker,
-    ) -> tuple[int, TusError | None]:
+    ) -> Exchange[tuple[int, TusError | None]]:
         """Copy the body into ``f``: ``(bytes written, the failure that stopped it)``.
 
         Keeps what arrived when the client goes away (the spec asks servers to), and
@@ -637,13 +647,14 @@ class TusUploads(ResumableEndpoint):
         written = 0
         size = _MIN_READ
         try:
-            # One byte more than fits, to tell a body that is too long from one that ends.
-            stream = get_input_stream(request.environ, max_content_length=remaining + 1)
+            declared = request.content_length
+            if declared is not None and declared > remaining:
+                raise RequestEntityTooLarge()  # before a byte is read
             while True:
                 # Up to the next multiple of ``size``: a client that pauses at a round
                 # offset has every byte it sent written, none waiting in a half-read piece.
                 began = time.monotonic()
-                block = stream.read(size - written % size)
+                block = yield size - written % size
                 took = time.monotonic() - began
                 if not block:
                     break
