@@ -90,14 +90,17 @@ The component
     templates = Jinja2Templates(env=template_environment())
 """
 
+from uploadmeter.asgi._downloads import DownloadResponse, download
 from uploadmeter.asgi._middleware import UploadHandle, UploadMeterMiddleware, current_upload
 from uploadmeter.asgi._receive import MeteredReceive
 from uploadmeter.asgi._requests import route_path
 
 __all__ = [
+    "DownloadResponse",
     "MeteredReceive",
     "UploadHandle",
     "UploadMeterMiddleware",
     "current_upload",
+    "download",
     "route_path",
 ]

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from uploadmeter.asgi._endpoints import Endpoints
 from uploadmeter.asgi._receive import CappedReceive, MeteredReceive
+from uploadmeter.asgi._responses import WerkzeugApp
 from uploadmeter.asgi._requests import encode_headers, request_head, route_path, send_reply
 from uploadmeter.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from uploadmeter.core._http import Reply, error_reply
+from uploadmeter.core._limits import SMALL_BODY
 from uploadmeter.core._meter import (
     CANCELLED_FAILURE,
     BodyMeter,
@@ -151,8 +153,16 @@ class UploadMeterMiddleware(MeterBase):
         :func:`route_path` gives what follows the mount (WSGI's ``PATH_INFO``).  An app
         with a ``mounted_at(path)`` method is told its path from the site root
         (``{prefix}{path}``), to build its own URLs.
+
+        The package's endpoints that serve both shells -- ``DownloadLinks`` -- are mounted
+        here as they are under WSGI: they say so (``shell_neutral = True``), decide with
+        ``respond(environ)``, and this shell writes the answer
+        (:class:`~uploadmeter.asgi._responses.WerkzeugApp`).
         """
         super().mount(path, app)
+        if getattr(app, "shell_neutral", False) is True:
+            # A small form (a share's code) at most: SMALL_BODY, as the WSGI shell reads.
+            self.mounts["/" + path.strip("/")] = WerkzeugApp(app.respond, body_limit=SMALL_BODY)
 
     # -- dispatch ------------------------------------------------------------------------
 

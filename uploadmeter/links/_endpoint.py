@@ -79,6 +79,10 @@ class DownloadLinks:
         redirect to a presigned URL of the store, valid this many seconds.
     """
 
+    # Mounted on either shell: :meth:`respond` decides, the shell writes (WSGI: as a
+    # WSGI app; ASGI: uploadmeter.asgi reads the request and pumps the body off the loop).
+    shell_neutral = True
+
     def __init__(
         self,
         resolver: Resolver,
