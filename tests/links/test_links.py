@@ -52,8 +52,9 @@ class Site:
         return Client(self.base).request("POST", url, body=form.encode(), headers=headers)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=["wsgi", "asgi"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The links mounted on each shell's middleware, the same way."""
     folder = tmp_path_factory.mktemp("files")
     (folder / "q3-report.pdf").write_bytes(CONTENT)
     files: dict[str, Any] = {
@@ -65,8 +66,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         return Response("the app")(environ, start_response)
 
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"the app"})
+
     store = MemoryStore()
-    meter = UploadMeterMiddleware(app, secret_key="cookie key", store=store)
+    meter: Any
+    if request.param == "asgi":
+        from uploadmeter.asgi import UploadMeterMiddleware as AsgiMeter
+
+        meter = AsgiMeter(asgi_app, secret_key="cookie key", store=store)
+    else:
+        meter = UploadMeterMiddleware(app, secret_key="cookie key", store=store)
     links = DownloadLinks(
         resolver=lambda target: files[target],  # KeyError -> 404
         secret_key=["old key", "new key"],
@@ -74,6 +85,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         downloader=Downloader(root=folder),
     )
     meter.mount("/d", links)
+    if request.param == "asgi":
+        from tests.support.asgi_servers import serve_asgi_in_thread
+
+        with serve_asgi_in_thread(meter) as base:
+            yield Site(base, links, files, store)
+        return
     with serve_in_thread(meter) as base:
         yield Site(base, links, files, store)
 
