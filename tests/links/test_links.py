@@ -53,7 +53,9 @@ class Site:
 
 
 @pytest.fixture(scope="module", params=["wsgi", "asgi"])
-def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     """The links mounted on each shell's middleware, the same way."""
     folder = tmp_path_factory.mktemp("files")
     (folder / "q3-report.pdf").write_bytes(CONTENT)

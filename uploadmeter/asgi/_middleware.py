@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from uploadmeter.asgi._endpoints import Endpoints
 from uploadmeter.asgi._receive import CappedReceive, MeteredReceive
-from uploadmeter.asgi._responses import WerkzeugApp
 from uploadmeter.asgi._requests import encode_headers, request_head, route_path, send_reply
+from uploadmeter.asgi._responses import WerkzeugApp
 from uploadmeter.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from uploadmeter.core._http import Reply, error_reply
 from uploadmeter.core._limits import SMALL_BODY
@@ -162,7 +162,8 @@ class UploadMeterMiddleware(MeterBase):
         super().mount(path, app)
         if getattr(app, "shell_neutral", False) is True:
             # A small form (a share's code) at most: SMALL_BODY, as the WSGI shell reads.
-            self.mounts["/" + path.strip("/")] = WerkzeugApp(app.respond, body_limit=SMALL_BODY)
+            respond = getattr(app, "respond")  # noqa: B009 (an ASGIApp has none)
+            self.mounts["/" + path.strip("/")] = WerkzeugApp(respond, body_limit=SMALL_BODY)
 
     # -- dispatch ------------------------------------------------------------------------
 

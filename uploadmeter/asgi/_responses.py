@@ -103,11 +103,12 @@ async def pump_body(chunks: Iterator[bytes], receive: Receive, send: Send) -> bo
     thread while the previous piece is being sent; the thread is held for one read only.
     """
     loop = asyncio.get_running_loop()
-    gone = asyncio.ensure_future(_disconnected(receive))
-    reading = loop.run_in_executor(None, next, chunks, _END)
+    gone: asyncio.Future[None] = asyncio.ensure_future(_disconnected(receive))
+    reading: asyncio.Future[Any] = loop.run_in_executor(None, next, chunks, _END)
     try:
         while True:
-            done, _ = await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {reading, gone}
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if reading not in done:
                 return False  # the client left: stop reading
             chunk = reading.result()
