@@ -8,10 +8,13 @@ checks of every source and option run on both shells in tests/downloads and test
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,3 +177,48 @@ def _rss_kib(pid: int) -> int:
 def _record(client: Client, uid: str, predicate: Any) -> Any:
     record = client.progress(uid)
     return record if predicate(record) else None
+
+
+def test_zip64_past_4_gib_through_the_asgi_response(tmp_path: Path) -> None:
+    """The WSGI test's 4.2 GiB member and one after it (tests/downloads), through
+    ``uploadmeter.asgi.download()``'s own pump, called in this process."""
+    from tests.support.download_support import Zeros
+    from uploadmeter.asgi import download
+    from uploadmeter.downloads import Item
+
+    size = (4 << 30) + (200 << 20)
+    (tmp_path / "after.txt").write_text("after the big one")
+    out = tmp_path / "out.zip"
+    start: dict[str, Any] = {}
+    received = 0
+
+    async def run() -> None:
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client never leaves
+            return {}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal received
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunk = message["body"]
+            if chunk.count(0) != len(chunk):  # keep the copy sparse
+                fp.seek(received)
+                fp.write(chunk)
+            received += len(chunk)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+        response = download([Item(Zeros(size), "big.bin"), tmp_path / "after.txt"])
+        await response(scope, receive, send)
+
+    with open(out, "wb") as fp:
+        asyncio.run(run())
+        fp.truncate(received)
+    assert start["status"] == 200
+    assert int(dict(start["headers"])[b"content-length"]) == received
+    archive = zipfile.ZipFile(out)
+    first, second = archive.infolist()
+    assert first.file_size == size
+    assert second.header_offset > 0xFFFFFFFF  # only expressible with ZIP64 records
+    assert archive.read("after.txt") == b"after the big one"
