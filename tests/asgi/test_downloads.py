@@ -222,3 +222,31 @@ def test_zip64_past_4_gib_through_the_asgi_response(tmp_path: Path) -> None:
     assert first.file_size == size
     assert second.header_offset > 0xFFFFFFFF  # only expressible with ZIP64 records
     assert archive.read("after.txt") == b"after the big one"
+
+
+def test_the_session_hook_is_called_with_the_scope_for_a_tracked_download(
+    tmp_path: Path,
+) -> None:
+    """On ASGI the ``session_id`` hook gets the scope, for downloads as for uploads."""
+    from tests.support.asgi_servers import serve_asgi_in_thread
+    from uploadmeter.asgi import UploadMeterMiddleware, download
+
+    (tmp_path / "a.txt").write_text("a")
+    seen: list[str] = []
+
+    def session_id(scope: Any) -> str:
+        seen.append(scope["type"])  # a WSGI environ has no "type": a KeyError, a 500
+        return "user-7"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await download(tmp_path / "a.txt", meter=meter)(scope, receive, send)
+
+    meter = UploadMeterMiddleware(app, secret_key="k", store="memory://", session_id=session_id)
+    with serve_asgi_in_thread(meter) as base:
+        client = Client(base)
+        uid = new_upload_id()
+        status, _, body = client.request("GET", f"/a?uploadmeter_id={uid}")
+        assert (status, body) == (200, b"a")
+        assert seen and set(seen) == {"http"}
+        record = wait_until(lambda: _record(client, uid, lambda r: r["state"] == "done"))
+        assert record["bytes_received"] == 1
