@@ -85,6 +85,13 @@ def test_single_file_range_etag_304_416_head(app: str) -> None:
     assert get(app, "/file/missing.bin")[0] == 404
 
 
+def test_a_fastapi_view_returns_the_download(app: str) -> None:
+    status, headers, body = get(app, "/api/report", Range="bytes=5-9")
+    assert (status, body) == (206, CONTENT[5:10])
+    assert headers["content-range"] == f"bytes 5-9/{len(CONTENT)}"
+    assert get(app, "/api/report")[2] == CONTENT
+
+
 def test_zip_is_valid_and_its_progress_recorded(app: str) -> None:
     client = Client(app)
     client.progress(new_upload_id())  # the session cookie: polls land on any worker

@@ -8,6 +8,7 @@ middleware's SQLite file), ``UM_S3_ENDPOINT`` (an S3 store for ``/s3``).  Routes
 * ``GET /zip?uploadmeter_id=ID`` -- every file of ``$UM_FILES/zip`` as one zip, with progress;
 * ``GET /file/NAME`` -- one file of ``$UM_FILES`` (Range, ETag, 304, 416, HEAD);
 * ``GET /s3?bucket=B&key=K`` -- an object of the S3 store;
+* ``GET /api/report`` -- ``report.bin`` from a FastAPI view;
 * ``POST /make/link?target=T[&single_use=1]``, ``POST /make/share?target=T&code=C``;
 * ``{prefix}/d/...`` -- the links, mounted as under WSGI.
 
@@ -23,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastapi import BackgroundTasks, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tests.support.asgi_apps import with_pid
 from tests.support.download_apps import TARGETS
@@ -75,8 +77,16 @@ def make_app() -> ASGIApp:
         share = links.share(args["target"], code=args["code"])
         return JSONResponse({"url": links.share_url(share.id)})
 
+    api = FastAPI()  # FastAPI returns a Response subclass as it is: download()'s is one
+
+    @api.get("/report")
+    async def fastapi_report(tasks: BackgroundTasks) -> Any:
+        tasks.add_task(lambda: None)
+        return download(files / "report.bin", "report.bin", meter=meter)
+
     app = Starlette(
         routes=[
+            Mount("/api", api),
             Route("/zip", zip_all),
             Route("/file/{name}", one_file, methods=["GET", "HEAD"]),
             Route("/s3", s3_object, methods=["GET", "HEAD"]),
