@@ -116,6 +116,10 @@ def test_signed_single_use_links_and_shares(app: str) -> None:
         assert headers["referrer-policy"] == "no-referrer"
     assert get(app, url, Range="bytes=8-12")[:3:2] == (206, b"notes")
 
+    absolute = post_json(app, "/make/link?target=notes&external=1")["url"]
+    assert absolute.startswith(app + "/uploadmeter/d/l/")  # the request's scheme and host
+    assert get(app, absolute[len(app) :])[2] == b"meeting notes\n"
+
     once = post_json(app, "/make/link?target=notes&single_use=1")["url"]
     results = together(app, 3, "GET", once)  # 3 at once, on any of the 3 workers
     assert sorted(status for status, _, _ in results) == [200, 410, 410]

@@ -132,6 +132,30 @@ def test_signed_url_with_script_root_and_external() -> None:
     )
 
 
+def test_signed_url_from_an_asgi_scope_or_request() -> None:
+    links = DownloadLinks(lambda t: t, "k", MemoryStore(), base_path="/uploadmeter/d")
+    scope = {
+        "type": "http",
+        "root_path": "/app",
+        "scheme": "https",
+        "headers": [(b"host", b"files.example.com")],
+        "server": ("10.0.0.1", 8443),
+    }
+    assert links.signed_url("x", environ=scope).startswith("/app/uploadmeter/d/l/")
+    assert links.share_url("s1", environ=scope, external=True) == (
+        "https://files.example.com/app/uploadmeter/d/s/s1"
+    )
+
+    class Request:  # Starlette's, FastAPI's, ...: the scope is .scope
+        pass
+
+    request = Request()
+    request.scope = dict(scope, headers=[])  # type: ignore[attr-defined]
+    assert links.signed_url("x", environ=request, external=True).startswith(
+        "https://10.0.0.1:8443/app/uploadmeter/d/l/"
+    )
+
+
 @pytest.mark.parametrize("accept", ["application/json", "text/html"])
 def test_tampered_and_foreign_links_are_403(site: Site, accept: str) -> None:
     url = site.links.signed_url("notes")

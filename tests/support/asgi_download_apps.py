@@ -9,7 +9,7 @@ middleware's SQLite file), ``UM_S3_ENDPOINT`` (an S3 store for ``/s3``).  Routes
 * ``GET /file/NAME`` -- one file of ``$UM_FILES`` (Range, ETag, 304, 416, HEAD);
 * ``GET /s3?bucket=B&key=K`` -- an object of the S3 store;
 * ``GET /api/report`` -- ``report.bin`` from a FastAPI view;
-* ``POST /make/link?target=T[&single_use=1]``, ``POST /make/share?target=T&code=C``;
+* ``POST /make/link?target=T[&single_use=1][&external=1]``, ``POST /make/share?target=T&code=C``;
 * ``{prefix}/d/...`` -- the links, mounted as under WSGI.
 
 ``X-Barrier: NAME:N`` holds a request until N requests carrying it arrived (the store
@@ -69,7 +69,12 @@ def make_app() -> ASGIApp:
 
     async def make_link(request: Request) -> Any:
         args = request.query_params
-        url = links.signed_url(args["target"], single_use=bool(args.get("single_use")))
+        url = links.signed_url(
+            args["target"],
+            single_use=bool(args.get("single_use")),
+            environ=request,  # the request's scope: its root path, and its host if external
+            external=bool(args.get("external")),
+        )
         return JSONResponse({"url": url})
 
     async def make_share(request: Request) -> Any:

@@ -30,6 +30,7 @@ from werkzeug.wrappers import Response
 
 from uploadmeter.asgi._requests import route_path, scope_headers
 from uploadmeter.asgi._types import Receive, Scope, Send
+from uploadmeter.exceptions import DownloadCancelled
 
 __all__ = ["WerkzeugApp", "pump_body", "wsgi_environ"]
 
@@ -193,6 +194,11 @@ async def send_response(
             await send({"type": "http.response.body", "body": body, "more_body": False})
         else:
             await pump_body(iter(app_iter), receive, send)
+    except DownloadCancelled:
+        # The user cancelled: the body ends short and the server drops the connection.
+        # ASGI has no quiet abort: returning unfinished costs one line in the server's log
+        # ("returned without completing response") where raising costs a traceback.
+        return
     finally:
         # Closing settles a tracked download's record: a store write, off the loop.
         await asyncio.shield(asyncio.to_thread(_close_quietly, closer))
