@@ -42,10 +42,12 @@ PUBLIC_API: dict[str, list[str]] = {
         "render_file_upload",
     ],
     "uploadmeter.asgi": [
+        "DownloadResponse",
         "MeteredReceive",
         "UploadHandle",
         "UploadMeterMiddleware",
         "current_upload",
+        "download",
         "route_path",
     ],
     "uploadmeter.core": [

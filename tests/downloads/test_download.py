@@ -79,14 +79,30 @@ class Views:
         return view(environ)(environ, start_response)
 
 
+class AsgiViews(Views):
+    """The same views on the ASGI shell: each view decides its werkzeug response from
+    the environ the ASGI shell builds, and the shell writes it (as ``uploadmeter.asgi``'s
+    ``download()`` does)."""
+
+    async def asgi(self, scope: Any, receive: Any, send: Any) -> None:
+        from uploadmeter.asgi._responses import WerkzeugApp
+
+        view = self.routes.get(scope["path"])
+        if view is None:
+            await WerkzeugApp(lambda env: Response("no view", status=404))(scope, receive, send)
+            return
+        await WerkzeugApp(view)(scope, receive, send)
+
+
 @dataclass
 class Harness:
     base: str
     remote: str
     site: RemoteSite
     views: Views
-    meter: UploadMeterMiddleware
+    meter: Any  # the WSGI or the ASGI middleware
     store: RecordingStore
+    shell: str = "wsgi"
 
     def route(self, path: str, view: View) -> None:
         self.views.routes[path] = view
@@ -113,12 +129,39 @@ def harness() -> Iterator[Harness]:
             site.close()  # frees /slow before the servers stop
 
 
+@pytest.fixture(scope="module")
+def asgi_harness() -> Iterator[Harness]:
+    from tests.support.asgi_servers import serve_asgi_in_thread
+    from uploadmeter.asgi import UploadMeterMiddleware as AsgiMeter
+
+    site = RemoteSite()
+    views = AsgiViews()
+    store = RecordingStore()
+    meter = AsgiMeter(views.asgi, secret_key="test secret", store=store, update_interval=0.02)
+    with serve_in_thread(site) as remote, serve_asgi_in_thread(meter) as base:
+        try:
+            yield Harness(base, remote, site, views, meter, store, "asgi")
+        finally:
+            site.close()
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def hx(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The harness on each shell: the same views, the same checks."""
+    harness = request.getfixturevalue("harness" if request.param == "wsgi" else "asgi_harness")
+    yield _fresh(harness)
+
+
 @pytest.fixture
 def h(harness: Harness) -> Iterator[Harness]:
+    yield _fresh(harness)
+
+
+def _fresh(harness: Harness) -> Harness:
     harness.views.routes.clear()
     harness.site.gate.clear()
     harness.site.release.clear()
-    yield harness
+    return harness
 
 
 def get(h: Harness, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
@@ -128,7 +171,8 @@ def get(h: Harness, path: str, **headers: str) -> tuple[int, dict[str, str], byt
 # -- single files: Range and conditional requests ----------------------------------------
 
 
-def test_single_file_range_etag_and_conditional_requests(h: Harness, tmp_path: Path) -> None:
+def test_single_file_range_etag_and_conditional_requests(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     data = bytes(range(256)) * 40
     path = tmp_path / "report.bin"
     path.write_bytes(data)
@@ -164,7 +208,8 @@ def test_single_file_range_etag_and_conditional_requests(h: Harness, tmp_path: P
     assert (status, body) == (206, data[:10])
 
 
-def test_text_with_charset_and_bytes(h: Harness) -> None:
+def test_text_with_charset_and_bytes(hx: Harness) -> None:
+    h = hx
     text = "naïve café — 二维码"
     h.route("/latin", lambda env: download("héllo", "hello.txt", environ=env, charset="latin-1"))
     h.route("/text", lambda env: download(text, "notes.txt", environ=env))
@@ -195,7 +240,8 @@ def test_text_with_charset_and_bytes(h: Harness) -> None:
     assert headers["content-security-policy"] == "sandbox"
 
 
-def test_file_like_sources_seekable_and_not(h: Harness) -> None:
+def test_file_like_sources_seekable_and_not(hx: Harness) -> None:
+    h = hx
     data = os.urandom(50_000)
     h.route("/seekable", lambda env: download(io.BytesIO(data), "data.bin", environ=env))
     streams: list[Unseekable] = []
@@ -216,7 +262,8 @@ def test_file_like_sources_seekable_and_not(h: Harness) -> None:
     wait_until(lambda: streams[-1].closed_by_download)  # closed once the server is done
 
 
-def test_missing_file_and_root_confinement(h: Harness, tmp_path: Path) -> None:
+def test_missing_file_and_root_confinement(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     root = tmp_path / "files"
     root.mkdir()
     (root / "ok.txt").write_text("ok")
@@ -326,7 +373,8 @@ def test_unique_names_never_clash_files_and_folders() -> None:
     assert names.claim("logs.tar.gz") + names.claim("logs.tar.gz") == "logs.tar.gzlogs (1).tar.gz"
 
 
-def test_zip_extracts_everywhere(h: Harness, tmp_path: Path) -> None:
+def test_zip_extracts_everywhere(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     sources = {"a": b"file a", "a/b.txt": b"inside a", "../../evil.txt": b"x", "C:\\x.txt": b"c"}
     h.route("/clash", lambda env: download(sources, environ=env))
     archive = open_zip(get(h, "/clash")[2])
@@ -478,7 +526,8 @@ def _tree(tmp_path: Path) -> Path:
     return folder
 
 
-def test_directory_becomes_a_zip_with_relative_names(h: Harness, tmp_path: Path) -> None:
+def test_directory_becomes_a_zip_with_relative_names(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     folder = _tree(tmp_path)
     h.route("/dir", lambda env: download(folder, environ=env))
     status, headers, body = get(h, "/dir")
@@ -492,7 +541,8 @@ def test_directory_becomes_a_zip_with_relative_names(h: Harness, tmp_path: Path)
     assert archive.read("alias.jpg") == b"jpeg a"  # a link inside the folder is fine
 
 
-def test_mixed_collection_every_source_type(h: Harness, tmp_path: Path) -> None:
+def test_mixed_collection_every_source_type(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     folder = _tree(tmp_path)
     (tmp_path / "a.txt").write_text("file a")
     (tmp_path / "other").mkdir()
@@ -559,7 +609,8 @@ def test_mixed_collection_every_source_type(h: Harness, tmp_path: Path) -> None:
     assert archive.getinfo("résumé.pdf").flag_bits & 0x800  # UTF-8 name flag
 
 
-def test_single_object_source_and_as_zip(h: Harness) -> None:
+def test_single_object_source_and_as_zip(hx: Harness) -> None:
+    h = hx
     fetcher = h.fetcher()
     device = Device("Printer 1", f"{h.remote}/qr/9")
     h.route("/device", lambda env: download(device, environ=env, remote=fetcher))
@@ -576,7 +627,8 @@ def test_single_object_source_and_as_zip(h: Harness) -> None:
     assert headers["content-disposition"] == 'attachment; filename="one.zip"'
 
 
-def test_zip64_forced_for_entries_of_unknown_size(h: Harness) -> None:
+def test_zip64_forced_for_entries_of_unknown_size(hx: Harness) -> None:
+    h = hx
     data = os.urandom(300_000)
     h.route(
         "/zip64",
@@ -632,7 +684,8 @@ def test_zip64_past_4_gib(tmp_path: Path) -> None:
     assert crc == first.CRC
 
 
-def test_compressed_zip(h: Harness, tmp_path: Path) -> None:
+def test_compressed_zip(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     (tmp_path / "text.txt").write_text("compress me " * 10_000)
     h.route(
         "/deflate",
@@ -647,7 +700,8 @@ def test_compressed_zip(h: Harness, tmp_path: Path) -> None:
     assert archive.read("text.txt") == b"compress me " * 10_000
 
 
-def test_head_sends_headers_only(h: Harness, tmp_path: Path) -> None:
+def test_head_sends_headers_only(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     (tmp_path / "a.txt").write_text("a")
     h.route("/pair", lambda env: download([tmp_path / "a.txt", b"b"], environ=env, meter=h.meter))
     full = get(h, "/pair")
@@ -675,7 +729,8 @@ def test_remote_fetched_concurrently(h: Harness) -> None:
     ]
 
 
-def test_failing_remote_source_fails_cleanly_before_headers(h: Harness) -> None:
+def test_failing_remote_source_fails_cleanly_before_headers(hx: Harness) -> None:
+    h = hx
     fetcher = h.fetcher()
     sources = [Url(f"{h.remote}/files/ok.txt"), Url(f"{h.remote}/fail")]
     h.route("/fail", lambda env: download(sources, environ=env, remote=fetcher, meter=h.meter))
@@ -893,7 +948,8 @@ def _big_zip(h: Harness, tmp_path: Path, files: int, size: int) -> list[Path]:
     return paths
 
 
-def test_zip_progress_is_recorded_while_streaming(h: Harness, tmp_path: Path) -> None:
+def test_zip_progress_is_recorded_while_streaming(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     _big_zip(h, tmp_path, files=4, size=16 << 20)
     client = Client(h.base)
     uid = new_upload_id()
@@ -922,8 +978,9 @@ def test_zip_progress_is_recorded_while_streaming(h: Harness, tmp_path: Path) ->
 
 @pytest.mark.parametrize("compress", [False, True], ids=["content-length", "chunked"])
 def test_download_cancelled_through_the_cancel_endpoint(
-    h: Harness, tmp_path: Path, compress: bool
+    hx: Harness, tmp_path: Path, compress: bool
 ) -> None:
+    h = hx
     paths = [tmp_path / f"random{i}.bin" for i in range(3)]
     for path in paths:  # incompressible: deflated, it still fills the socket buffers
         path.write_bytes(os.urandom(8 << 20))
@@ -956,7 +1013,8 @@ def _cancel_mid_stream(client: Client, path: str) -> str:
     return uid
 
 
-def test_cancel_while_remote_sources_load_stays_cancelled(h: Harness) -> None:
+def test_cancel_while_remote_sources_load_stays_cancelled(hx: Harness) -> None:
+    h = hx
     fetcher = h.fetcher()
     sources = [Url(f"{h.remote}/files/first.txt"), Url(f"{h.remote}/gate", "gated.txt")]
     h.route("/gated", lambda env: download(sources, environ=env, remote=fetcher, meter=h.meter))
@@ -988,7 +1046,8 @@ def test_cancel_while_remote_sources_load_stays_cancelled(h: Harness) -> None:
     assert client.progress(uid)["state"] == "cancelled"
 
 
-def test_client_disconnect_marks_the_download_failed(h: Harness, tmp_path: Path) -> None:
+def test_client_disconnect_marks_the_download_failed(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     _big_zip(h, tmp_path, files=2, size=32 << 20)
     client = Client(h.base)
     uid = new_upload_id()
@@ -1000,7 +1059,8 @@ def test_client_disconnect_marks_the_download_failed(h: Harness, tmp_path: Path)
     assert record["error"]["message"].startswith("The connection closed after ")
 
 
-def test_single_file_progress_and_loading_phase(h: Harness, tmp_path: Path) -> None:
+def test_single_file_progress_and_loading_phase(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     fetcher = h.fetcher()
     sources = [Url(f"{h.remote}/files/first.txt"), Url(f"{h.remote}/gate", "gated.txt")]
     h.route("/gated", lambda env: download(sources, environ=env, remote=fetcher, meter=h.meter))
@@ -1038,7 +1098,8 @@ def test_single_file_progress_and_loading_phase(h: Harness, tmp_path: Path) -> N
     assert record["processing"] is None
 
 
-def test_tracking_id_validation_and_conflict(h: Harness, tmp_path: Path) -> None:
+def test_tracking_id_validation_and_conflict(hx: Harness, tmp_path: Path) -> None:
+    h = hx
     _big_zip(h, tmp_path, files=2, size=32 << 20)
     client = Client(h.base)
     status, _, body = client.request(

@@ -50,6 +50,9 @@ class Site:
 
 def object_app(site_of: Any) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return respond(environ)(environ, start_response)
+
+    def respond(environ: dict[str, Any]) -> Response:
         site: Site = site_of()
         request = Request(environ)
         objects = [S3Object(site.client, site.bucket, k) for k in request.args.getlist("key")]
@@ -62,15 +65,24 @@ def object_app(site_of: Any) -> Any:
             response = download(objects[0], environ=environ)
         else:
             response = Response("no", status=404)
-        return response(environ, start_response)
+        return response
 
+    app.respond = respond  # type: ignore[attr-defined]
     return app
 
 
 @contextlib.contextmanager
-def serving(client: Any, bucket: str) -> Iterator[Site]:
+def serving(client: Any, bucket: str, shell: str = "wsgi") -> Iterator[Site]:
     holder: list[Site] = []
-    with serve_in_thread(object_app(lambda: holder[0])) as base:
+    app = object_app(lambda: holder[0])
+    if shell == "asgi":  # the same views, written by the ASGI shell (uvicorn)
+        from tests.support.asgi_servers import serve_asgi_in_thread
+        from uploadmeter.asgi._responses import WerkzeugApp
+
+        server = serve_asgi_in_thread(WerkzeugApp(app.respond))
+    else:
+        server = serve_in_thread(app)
+    with server as base:
         site = Site(client, bucket, base)
         client.meta.events.register(
             "provide-client-params.s3.GetObject", lambda params, **_: site.gets.append(dict(params))
@@ -79,10 +91,10 @@ def serving(client: Any, bucket: str) -> Iterator[Site]:
         yield site
 
 
-@pytest.fixture
-def site(bucket: tuple[Any, str]) -> Iterator[Site]:
+@pytest.fixture(params=["wsgi", "asgi"])
+def site(request: pytest.FixtureRequest, bucket: tuple[Any, str]) -> Iterator[Site]:
     client, name = bucket
-    with serving(client, name) as s:
+    with serving(client, name, request.param) as s:
         yield s
 
 
@@ -248,8 +260,9 @@ def test_wrong_credentials_are_502_not_a_retry(object_store: Any, bucket: tuple[
 
 
 @pytest.mark.parametrize("presign", [None, 60])
+@pytest.mark.parametrize("shell", ["wsgi", "asgi"])
 def test_a_signed_link_streams_or_redirects_to_a_presigned_url(
-    bucket: tuple[Any, str], presign: int | None
+    bucket: tuple[Any, str], presign: int | None, shell: str
 ) -> None:
     client, name = bucket
     data = os.urandom(MIB + 3)
@@ -258,11 +271,24 @@ def test_a_signed_link_streams_or_redirects_to_a_presigned_url(
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         return Response("the app")(environ, start_response)
 
-    meter = UploadMeterMiddleware(app, secret_key="cookie key", store=MemoryStore())
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"the app"})
+
+    server: Any
+    if shell == "asgi":
+        from tests.support.asgi_servers import serve_asgi_in_thread
+        from uploadmeter.asgi import UploadMeterMiddleware as AsgiMeter
+
+        meter: Any = AsgiMeter(asgi_app, secret_key="cookie key", store=MemoryStore())
+        server = serve_asgi_in_thread
+    else:
+        meter = UploadMeterMiddleware(app, secret_key="cookie key", store=MemoryStore())
+        server = serve_in_thread
     links = DownloadLinks(lambda key: Item(S3Object(client, name, key), "季度报告.bin"),
                           "link key", meter.store, presign_objects=presign)  # fmt: skip
     meter.mount("/d", links)
-    with serve_in_thread(meter) as base:
+    with server(meter) as base:
         url = links.signed_url("k/report.bin", expires_in=60, single_use=True)
         status, headers, body = Client(base).request("GET", url)
         if presign is None:

@@ -52,8 +52,11 @@ class Site:
         return Client(self.base).request("POST", url, body=form.encode(), headers=headers)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=["wsgi", "asgi"])
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """The links mounted on each shell's middleware, the same way."""
     folder = tmp_path_factory.mktemp("files")
     (folder / "q3-report.pdf").write_bytes(CONTENT)
     files: dict[str, Any] = {
@@ -65,8 +68,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         return Response("the app")(environ, start_response)
 
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"the app"})
+
     store = MemoryStore()
-    meter = UploadMeterMiddleware(app, secret_key="cookie key", store=store)
+    meter: Any
+    if request.param == "asgi":
+        from uploadmeter.asgi import UploadMeterMiddleware as AsgiMeter
+
+        meter = AsgiMeter(asgi_app, secret_key="cookie key", store=store)
+    else:
+        meter = UploadMeterMiddleware(app, secret_key="cookie key", store=store)
     links = DownloadLinks(
         resolver=lambda target: files[target],  # KeyError -> 404
         secret_key=["old key", "new key"],
@@ -74,6 +87,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         downloader=Downloader(root=folder),
     )
     meter.mount("/d", links)
+    if request.param == "asgi":
+        from tests.support.asgi_servers import serve_asgi_in_thread
+
+        with serve_asgi_in_thread(meter) as base:
+            yield Site(base, links, files, store)
+        return
     with serve_in_thread(meter) as base:
         yield Site(base, links, files, store)
 
@@ -110,6 +129,30 @@ def test_signed_url_with_script_root_and_external() -> None:
     assert links.signed_url("x", environ=environ).startswith("/app/uploadmeter/d/l/")
     assert links.signed_url("x", environ=environ, external=True).startswith(
         "https://files.example.com/app/uploadmeter/d/l/"
+    )
+
+
+def test_signed_url_from_an_asgi_scope_or_request() -> None:
+    links = DownloadLinks(lambda t: t, "k", MemoryStore(), base_path="/uploadmeter/d")
+    scope = {
+        "type": "http",
+        "root_path": "/app",
+        "scheme": "https",
+        "headers": [(b"host", b"files.example.com")],
+        "server": ("10.0.0.1", 8443),
+    }
+    assert links.signed_url("x", environ=scope).startswith("/app/uploadmeter/d/l/")
+    assert links.share_url("s1", environ=scope, external=True) == (
+        "https://files.example.com/app/uploadmeter/d/s/s1"
+    )
+
+    class Request:  # Starlette's, FastAPI's, ...: the scope is .scope
+        pass
+
+    request = Request()
+    request.scope = dict(scope, headers=[])  # type: ignore[attr-defined]
+    assert links.signed_url("x", environ=request, external=True).startswith(
+        "https://10.0.0.1:8443/app/uploadmeter/d/l/"
     )
 
 

@@ -72,3 +72,27 @@ def run_hypercorn(
     ]  # fmt: skip
     with _server(command, port, env) as server:
         yield server
+
+
+@contextlib.contextmanager
+def serve_asgi_in_thread(app: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn (httptools) on a thread of this process, so a
+    test can share objects with it (the ASGI counterpart of ``serve_in_thread``)."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http="httptools", loop="asyncio",
+        lifespan="off", log_level="warning", timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -80,6 +80,25 @@ Mounting
 gets a scope whose ``root_path`` ends at the mount, and :func:`route_path` is its path
 below it.
 
+Downloads and links
+-------------------
+
+:func:`download` is :func:`uploadmeter.downloads.download` for ASGI views: it returns the
+response as an ASGI app (a Starlette ``Response`` too, where Starlette is installed), and
+the request's ``Range``, conditional headers and tracking id are read from the scope it is
+called with::
+
+    from uploadmeter.asgi import download
+
+    @api.get("/report")
+    async def report():
+        return download(Path("reports/2024.pdf"), meter=meter)
+
+The body goes out with backpressure, each piece read on a worker thread while the loop
+sends the previous one (no thread is held while a client reads).  ``DownloadLinks``
+mounts as under WSGI: ``meter.mount("/d", DownloadLinks(...))``.  More:
+``docs/asgi.rst``.
+
 The component
 -------------
 
@@ -92,14 +111,17 @@ The component
     templates = Jinja2Templates(env=template_environment())
 """
 
+from uploadmeter.asgi._downloads import DownloadResponse, download
 from uploadmeter.asgi._middleware import UploadHandle, UploadMeterMiddleware, current_upload
 from uploadmeter.asgi._receive import MeteredReceive
 from uploadmeter.asgi._requests import route_path
 
 __all__ = [
+    "DownloadResponse",
     "MeteredReceive",
     "UploadHandle",
     "UploadMeterMiddleware",
     "current_upload",
+    "download",
     "route_path",
 ]

@@ -18,8 +18,10 @@ from uploadmeter.asgi._endpoints import Endpoints
 from uploadmeter.asgi._exchange import ExchangeApp, ExchangeFeature
 from uploadmeter.asgi._receive import CappedReceive, MeteredReceive
 from uploadmeter.asgi._requests import encode_headers, request_head, route_path, send_reply
+from uploadmeter.asgi._responses import WerkzeugApp
 from uploadmeter.asgi._types import ASGIApp, Message, Receive, Scope, Send
 from uploadmeter.core._http import Reply, error_reply
+from uploadmeter.core._limits import SMALL_BODY
 from uploadmeter.core._meter import (
     CANCELLED_FAILURE,
     BodyMeter,
@@ -155,9 +157,16 @@ class UploadMeterMiddleware(MeterBase):
 
         The resumable endpoints (:class:`~uploadmeter.resumable.TusUploads`,
         :class:`~uploadmeter.resumable.ChunkUploads`) are mounted as they are under WSGI:
-        their protocol is served natively (``uploadmeter.asgi._exchange``).
+        their protocol is served natively (``uploadmeter.asgi._exchange``).  The package's
+        other endpoints that serve both shells -- ``DownloadLinks`` -- say so
+        (``shell_neutral = True``), decide with ``respond(environ)``, and this shell writes
+        the answer (:class:`~uploadmeter.asgi._responses.WerkzeugApp`).
         """
         super().mount(path, ExchangeApp(app) if isinstance(app, ExchangeFeature) else app)
+        if getattr(app, "shell_neutral", False) is True:
+            # A small form (a share's code) at most: SMALL_BODY, as the WSGI shell reads.
+            respond = getattr(app, "respond")  # noqa: B009 (an ASGIApp has none)
+            self.mounts["/" + path.strip("/")] = WerkzeugApp(respond, body_limit=SMALL_BODY)
 
     # -- dispatch ------------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ zip it streams as it is read.  A missing object is ``404``; a store that fails
 (:class:`ObjectStoreError`) -- decided by a ``HEAD`` before anything is sent.  Signed
 links can hand out a presigned URL instead (``DownloadLinks(presign_objects=60)``).
 ``import uploadmeter`` never imports boto3.  More: ``docs/object-storage-downloads.rst``.
+
+On ASGI (Starlette, FastAPI, ...), ``uploadmeter.asgi.download()`` takes the same
+sources and options (less ``environ``) and returns an ASGI response: the same decisions,
+its body pumped with backpressure off the event loop (``docs/asgi.rst``).
 """
 
 from uploadmeter.downloads._api import Downloader, download

@@ -1,4 +1,8 @@
-"""Download links that need no session: signed links and shares (see :class:`DownloadLinks`)."""
+"""Download links that need no session: signed links and shares (see :class:`DownloadLinks`).
+
+``meter.mount("/d", DownloadLinks(...))`` works on both middlewares, WSGI and ASGI
+(:mod:`uploadmeter.asgi`): the same URLs, statuses and records.
+"""
 
 from uploadmeter.exceptions import (
     LinkError,

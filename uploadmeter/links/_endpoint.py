@@ -25,15 +25,16 @@ covers a redirect being followed), the signed link stays the one that is handed 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.http import http_date
 from werkzeug.routing import Map, Rule
+from werkzeug.sansio.utils import get_current_url, get_host
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
-from werkzeug.wsgi import get_current_url
+from werkzeug.wsgi import get_current_url as get_current_url_of
 
 from uploadmeter.core._limits import SMALL_BODY
 from uploadmeter.downloads import Downloader, Item, S3Object
@@ -79,6 +80,10 @@ class DownloadLinks:
         redirect to a presigned URL of the store, valid this many seconds.
     """
 
+    # Mounted on either shell: :meth:`respond` decides, the shell writes (WSGI: as a
+    # WSGI app; ASGI: uploadmeter.asgi reads the request and pumps the body off the loop).
+    shell_neutral = True
+
     def __init__(
         self,
         resolver: Resolver,
@@ -121,12 +126,13 @@ class DownloadLinks:
         expires_in: float = 300,
         single_use: bool = False,
         filename: str | None = None,
-        environ: WSGIEnvironment | None = None,
+        environ: WSGIEnvironment | Any = None,
         external: bool = False,
     ) -> str:
         """A URL downloading ``target`` without a session (see :meth:`LinkSigner.create`).
 
-        ``environ`` adds the app's script root; ``external`` makes the URL absolute.
+        ``environ`` (a WSGI environ; on ASGI the scope, or a request with ``.scope``)
+        adds the app's root path; ``external`` makes the URL absolute.
         """
         link = self.signer.create(
             target, expires_in=expires_in, single_use=single_use, filename=filename
@@ -138,20 +144,29 @@ class DownloadLinks:
         return self.shares.create(target, **options)
 
     def share_url(
-        self, share_id: str, *, environ: WSGIEnvironment | None = None, external: bool = False
+        self, share_id: str, *, environ: WSGIEnvironment | Any = None, external: bool = False
     ) -> str:
         """The URL of a share's page (``{prefix}{mount}/s/<id>``); ``external``: absolute."""
         return self._url(f"/s/{share_id}", environ, external)
 
-    def _url(self, path: str, environ: WSGIEnvironment | None, external: bool) -> str:
+    def _url(self, path: str, environ: WSGIEnvironment | Any, external: bool) -> str:
         if environ is None:
             if external:
                 raise ValueError("external URLs need the request's environ")
             return self.base_path + path
-        if external:
-            root = get_current_url(environ, root_only=True).rstrip("/")
+        scope = getattr(environ, "scope", environ)  # an ASGI app's request or scope
+        if isinstance(scope, Mapping) and scope.get("type") == "http":
+            root = str(scope.get("root_path", "")).rstrip("/")
+            if external:
+                headers = dict(scope.get("headers", ()))
+                host_header = headers.get(b"host", b"").decode("latin-1") or None
+                scheme = scope.get("scheme", "http")
+                host = get_host(scheme, host_header, scope.get("server"))
+                root = get_current_url(scheme, host, root).rstrip("/")
+        elif external:
+            root = get_current_url_of(environ, root_only=True).rstrip("/")
         else:
-            root = environ.get("SCRIPT_NAME", "").rstrip("/")
+            root = str(environ.get("SCRIPT_NAME", "")).rstrip("/")
         return root + self.base_path + path
 
     # -- serving -------------------------------------------------------------------------

@@ -79,13 +79,20 @@ def request_head(environ: Mapping[str, Any], path: str | None = None) -> Request
 
 def session_of(context: MeterContext, environ: dict[str, Any]) -> str | None:
     """The request's session, or ``None``; never issues one (chunks, tasks)."""
-    return _endpoints.session_of(context, request_head(environ), environ)
+    return _endpoints.session_of(context, request_head(environ), _hook_request(environ))
 
 
 def session_for(context: MeterContext, environ: dict[str, Any]) -> tuple[str, str | None]:
     """``(session, Set-Cookie value or None)``; issues a session when the request has none
     (requests that start one thing: an upload, a tus creation, a download, a poll)."""
-    return _endpoints.session_for(context, request_head(environ), environ)
+    return _endpoints.session_for(context, request_head(environ), _hook_request(environ))
+
+
+def _hook_request(environ: dict[str, Any]) -> Any:
+    """What the ``session_id`` hook is called with: the environ, or -- for an environ the
+    ASGI shell built to run a feature (downloads, links) -- the ASGI scope, as every other
+    request of an ASGI app."""
+    return environ.get("asgi.scope", environ)
 
 
 def page_needs_cookie(context: MeterContext, environ: dict[str, Any]) -> bool:
