@@ -63,7 +63,8 @@ nitpicky = True
 _OUTSIDE_MODULES = (
     "_typeshed|typing|collections|werkzeug|flask|jinja2|markupsafe|redis|urllib3|zipstream|"
     "datetime|pathlib|os|io|enum|concurrent|threading|logging|sqlite3|ipaddress|types|re|json|"
-    "hashlib|email|http|socket|tempfile|dataclasses|contextlib|builtins|abc"
+    "hashlib|email|http|socket|tempfile|dataclasses|contextlib|builtins|abc|starlette|django|"
+    "asyncio|boto3|botocore"
 )
 _OUTSIDE_NAMES = (
     "WSGIApplication|WSGIEnvironment|StartResponse|StrPath|Markup|Response|Request|Path|"
@@ -77,7 +78,9 @@ _OUTSIDE_NAMES = (
 )
 _PRIVATE_HELPERS = (
     "HasContext|Fetched|SecretKey|CleanupStats|ResumableEndpoint|_WerkzeugError|OnComplete|"
-    "InstantUpload|Resolver|UploadMeterState|Exchange|ExchangeFeature"
+    "InstantUpload|Resolver|UploadMeterState|Exchange|ExchangeFeature|HandleBase|MeterBase|"
+    "MeterOptions|BodyMeter|OffLoop|UploadStart|WerkzeugApp|Digests|DataWriter|Receive|Send|"
+    "Scope|Message|ASGIApp|_T"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({_OUTSIDE_MODULES})(\..*)?"),

@@ -102,12 +102,27 @@ def literal(cell: str) -> str | None:
 
 def test_configuration_table_matches_the_code() -> None:
     from uploadmeter import UploadMeterMiddleware
+    from uploadmeter.asgi import UploadMeterMiddleware as ASGIMiddleware
+    from uploadmeter.core._config import OPTION_DEFAULTS
+    from uploadmeter.core._shell import MeterOptions
     from uploadmeter.flask import CONFIG_DEFAULTS
     from uploadmeter.ui import render_file_upload
 
     rows = list_table_rows((DOCS / "configuration.rst").read_text(encoding="utf-8"))[1:]
+    # The shells' own parameters, then the options both take (**options: MeterOptions),
+    # whose defaults are core._config's.
     options = dict(inspect.signature(UploadMeterMiddleware).parameters)
-    del options["app"]
+    options.update(inspect.signature(ASGIMiddleware).parameters)
+    for name in ("app", "options"):
+        del options[name]
+    assert set(MeterOptions.__annotations__) <= set(OPTION_DEFAULTS)
+    kind = inspect.Parameter.KEYWORD_ONLY
+    options.update(
+        {
+            name: inspect.Parameter(name, kind, default=OPTION_DEFAULTS[name])
+            for name in MeterOptions.__annotations__
+        }
+    )
     component = inspect.signature(render_file_upload).parameters
     options.update({name: component[name] for name in ("poll_interval", "first_poll")})
     documented_options, documented_keys = set(), set()

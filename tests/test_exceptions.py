@@ -34,7 +34,11 @@ def _all_modules() -> list[Any]:
 def _library_exceptions() -> set[type[BaseException]]:
     found: set[type[BaseException]] = set()
     for module in _all_modules():
-        for _, obj in inspect.getmembers(module, inspect.isclass):
+        # type(obj), not isinstance/getmembers: a lazy proxy (django.conf.settings) would
+        # otherwise be evaluated, and needs a configured Django.
+        for obj in vars(module).values():
+            if not issubclass(type(obj), type):
+                continue
             if issubclass(obj, BaseException) and obj.__module__.startswith("uploadmeter"):
                 found.add(obj)
     return found

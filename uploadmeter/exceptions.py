@@ -333,6 +333,14 @@ class ObjectStoreError(StoreError, SourceError):
 ObjectStoreUnavailable = ObjectStoreError  # its name on the resumable side, kept
 
 
+class _ObjectMissing(UploadMeterError, LookupError):
+    """An object or multipart upload the object store does not have (``NoSuchKey``,
+    ``NoSuchUpload``, 404).  Private: :class:`~uploadmeter.S3Storage` raises and handles
+    it inside its own calls; it never reaches an application."""
+
+    status = 404
+
+
 class RemoteError(SourceError):
     """A remote source could not be fetched (502 when it fails the download)."""
 

@@ -173,12 +173,12 @@ class UploadMeter:
 
     @property
     def store(self) -> ProgressStore:
-        """The middleware's store (:attr:`UploadMeterMiddleware.store`)."""
+        """The middleware's store (``UploadMeterMiddleware.store``)."""
         return self.middleware.store
 
     def mount(self, path: str, wsgi_app: WSGIApplication, app: Flask | None = None) -> None:
         """Serve ``wsgi_app`` under ``{UPLOADMETER_PREFIX}{path}``, as
-        :meth:`UploadMeterMiddleware.mount` does (``app``: as for :meth:`state`)::
+        ``UploadMeterMiddleware.mount()`` does (``app``: as for :meth:`state`)::
 
             with app.app_context():
                 meter.mount("/chunks", ChunkUploads(meter.middleware, FileStore(folder)))

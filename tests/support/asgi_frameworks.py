@@ -106,6 +106,9 @@ def litestar_app() -> ASGIApp:
                 files.append(_file(name, value.filename, await value.read()))
             else:
                 form[name] = value
+        # Litestar groups the parts by field, in an order that follows the process's
+        # string hashing (PYTHONHASHSEED): by field, so two processes answer alike.
+        files.sort(key=lambda f: f["field"])
         return _answer(form, files, request)
 
     return Litestar(route_handlers=[upload], request_max_body_size=64 * 1024 * 1024)

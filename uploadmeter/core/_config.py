@@ -33,6 +33,12 @@ _OPTIONS: dict[str, tuple[str, Any, Callable[[Any], Any] | None]] = {
     "SET_COOKIE_ON_PAGES": ("set_cookie_on_pages", True, bool),
 }
 
+#: The middleware's options and their defaults, by keyword (``secret_key`` is required):
+#: the one place a default is written; both shells' ``MeterBase`` reads it.
+OPTION_DEFAULTS: dict[str, Any] = {
+    keyword: default for keyword, default, _ in _OPTIONS.values() if keyword != "secret_key"
+}
+
 #: The middleware's settings and their defaults (``SECRET_KEY`` and ``MAX_CONTENT_LENGTH``
 #: fall back to the framework's own, see :func:`middleware_options`).
 MIDDLEWARE_SETTINGS: dict[str, Any] = {name: spec[1] for name, spec in _OPTIONS.items()}

@@ -11,8 +11,8 @@
 returns a :class:`~uploadmeter.core._http.Reply` when no store is needed, or a
 :data:`StoreStep` -- a function that talks to the store and returns the reply -- which the
 shell runs where blocking is allowed (WSGI: at once; ASGI: on a worker thread, never on
-the event loop).  Polls never reach the application (the JSF design's
-``PagePhaseListener``), so they stay cheap however busy the app is.
+the event loop).  Polls never reach the application, so they stay cheap however busy
+the app is.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from uploadmeter.core._config import OPTION_DEFAULTS
 from uploadmeter.core._context import MeterContext
 from uploadmeter.core._records import Records
 from uploadmeter.core._sessions import CookieSettings, SessionHook, Sessions
@@ -40,7 +41,7 @@ class MeterOptions(TypedDict, total=False):
 
 
 class MeterBase:
-    """The options and context of a middleware (the defaults live here, once)."""
+    """The options and context of a middleware (their defaults: ``core._config``)."""
 
     def __init__(
         self,
@@ -50,30 +51,30 @@ class MeterBase:
     ) -> None:
         if not secret_key:
             raise ValueError("UploadMeterMiddleware needs a secret_key to sign its cookie")
-        self.max_tracked_fields = options.get("max_tracked_fields", 256)
-        self.set_cookie_on_pages = options.get("set_cookie_on_pages", True)
-        update_interval = options.get("update_interval", 0.2)
+        settings: dict[str, Any] = {**OPTION_DEFAULTS, **options}
+        self.max_tracked_fields = settings["max_tracked_fields"]
+        self.set_cookie_on_pages = settings["set_cookie_on_pages"]
         self._context = MeterContext(
             store=open_store(store),
             settings=TrackerSettings(
-                ttl=options.get("ttl", 300.0),
-                stale_after=options.get("stale_after", 120.0),
-                update_interval=update_interval,
+                ttl=settings["ttl"],
+                stale_after=settings["stale_after"],
+                update_interval=settings["update_interval"],
             ),
             sessions=Sessions(
                 secret_key,
                 CookieSettings(
-                    options.get("cookie_name", "uploadmeter_session"),
-                    options.get("cookie_path", "/"),
-                    options.get("cookie_domain"),
-                    options.get("cookie_samesite", "Lax"),
-                    options.get("cookie_secure"),
+                    settings["cookie_name"],
+                    settings["cookie_path"],
+                    settings["cookie_domain"],
+                    settings["cookie_samesite"],
+                    settings["cookie_secure"],
                 ),
-                hook=options.get("session_id"),
+                hook=settings["session_id"],
             ),
-            prefix="/" + options.get("prefix", "/uploadmeter").strip("/"),
+            prefix="/" + settings["prefix"].strip("/"),
             mount=self.mount,
-            max_content_length=options.get("max_content_length"),
+            max_content_length=settings["max_content_length"],
         )
         self._prefix_slash = self.prefix + "/"
 

@@ -89,7 +89,7 @@ class UploadTracker:
 
     def progress_work(self, received: int, now: float) -> int:
         """What :meth:`progress` would do now, without doing it (no I/O): ``0`` nothing,
-        :data:`LOOK` a look for a cancel, :data:`WRITE` a write.  A shell that runs store
+        ``LOOK`` a look for a cancel, ``WRITE`` a write.  A shell that runs store
         calls elsewhere (ASGI: on a thread) asks first and skips the trip for ``0``."""
         if now < self._store_down_until:
             return 0

@@ -72,7 +72,7 @@ class S3Object:
         no request goes to the store.
 
         :raises SourceError: boto3 could not sign (e.g. no credentials): see
-            :func:`object_store_error`.
+            ``object_store_error()``.
         """
         params = {
             "Bucket": self.bucket,
@@ -107,7 +107,7 @@ class ObjectHead:
 
 def head_object(obj: S3Object) -> ObjectHead:
     """The object's size, ETag, date and type; raises :class:`SourceError` (see
-    :func:`object_store_error`)."""
+    ``object_store_error()``)."""
     try:
         head = obj.client.head_object(Bucket=obj.bucket, Key=obj.key)
     except Exception as exc:

@@ -72,7 +72,7 @@ class DownloadLinks:
     :param secret_key: signs links and keys code signatures (a list for rotation).
     :param store: shared by all workers; usually the middleware's.
     :param base_path: where the app is mounted, from the site root (``{prefix}/d``);
-        :meth:`UploadMeterMiddleware.mount` sets it.
+        ``UploadMeterMiddleware.mount()`` sets it.
     :param downloader: how files are sent (e.g. ``Downloader(root=..., remote=...)``).
     :param share_link_ttl: seconds the link handed out after a share's code is valid;
         single-use when the share has ``max_downloads``.
@@ -114,7 +114,7 @@ class DownloadLinks:
         )
 
     def mounted_at(self, path: str) -> None:
-        """Called by :meth:`UploadMeterMiddleware.mount`: links are built under ``path``."""
+        """Called by ``UploadMeterMiddleware.mount()``: links are built under ``path``."""
         self.base_path = "/" + path.strip("/")
 
     # -- making links --------------------------------------------------------------------

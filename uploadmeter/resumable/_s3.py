@@ -110,7 +110,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
-from uploadmeter.exceptions import ObjectStoreError
+from uploadmeter.exceptions import ObjectStoreError, _ObjectMissing
 from uploadmeter.resumable._storage import (
     BLOCK,
     CleanupStats,
@@ -137,10 +137,6 @@ _TEMPORARY_CODES = frozenset(
      "InternalError", "RequestTimeTooSkewed"}
 )  # fmt: skip
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchUpload", "404", "NotFound"})
-
-
-class _Missing(Exception):
-    """The object (or multipart upload) does not exist."""
 
 
 def _temporary(exc: BaseException) -> bool:
@@ -239,7 +235,7 @@ class S3Storage(Storage):
     # -- calls ---------------------------------------------------------------------------
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
-        """One S3 call: missing -> :class:`_Missing`, temporary trouble ->
+        """One S3 call: missing -> :class:`_ObjectMissing`, temporary trouble ->
         :class:`ObjectStoreError`; anything else propagates (a 500: a bug)."""
         try:
             return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
@@ -257,7 +253,7 @@ class S3Storage(Storage):
             body = self._call("get_object", Key=key)["Body"]
             with _reading(key):
                 return bytes(body.read())
-        except _Missing:
+        except _ObjectMissing:
             return None
 
     def _put_file(self, key: str, path: str) -> None:
@@ -265,7 +261,7 @@ class S3Storage(Storage):
             self._call("put_object", Key=key, Body=f, ContentLength=os.fstat(f.fileno()).st_size)
 
     def _delete(self, key: str) -> None:
-        with contextlib.suppress(_Missing):
+        with contextlib.suppress(_ObjectMissing):
             self._call("delete_object", Key=key)
 
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
@@ -400,7 +396,7 @@ class S3Storage(Storage):
         """:meth:`_state`, remembered by this process for the chunks that follow.  A
         remembered state can be stale only when another process removed the upload (and
         maybe began it again): its multipart upload is then gone, S3 says so
-        (:class:`_Missing`), and the caller asks again with ``fresh``."""
+        (:class:`_ObjectMissing`), and the caller asks again with ``fresh``."""
         state = None if fresh else self._chunk_states.get(location)
         if state is None:
             state = self._state(location)
@@ -436,7 +432,7 @@ class S3Storage(Storage):
             self._store.delete(self._note_key(location, ""))
         state = self._state(location)
         if state is not None and not state.get("completed"):
-            with contextlib.suppress(_Missing):
+            with contextlib.suppress(_ObjectMissing):
                 self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
         elif state is not None and state.get("own"):  # a partial upload's own object
             self._delete(state["key"])
@@ -458,7 +454,7 @@ class S3Storage(Storage):
                 return False
             try:
                 return self._put_chunk(location, state, number, received, chunk_size, total_chunks)
-            except _Missing:  # the multipart upload is gone: removed (and begun again?)
+            except _ObjectMissing:  # the multipart upload is gone: removed (and begun again?)
                 self._chunk_states.pop(location, None)
         return False
 
@@ -524,7 +520,7 @@ class S3Storage(Storage):
                 return []
             try:
                 parts = self._noted_parts(location, state, math.ceil(total_chunks / g))
-            except _Missing:
+            except _ObjectMissing:
                 self._chunk_states.pop(location, None)
                 continue
             # With one chunk per part no chunk waits as an object.
@@ -595,8 +591,8 @@ class S3Storage(Storage):
         """Complete the multipart upload (idempotent: a retry after a fault finds the
         object) and hash the object -- or, with the ``known`` hashes of every byte as it
         was sent (each part checked by its Content-MD5), check only its size."""
-        # _Missing: completed by an earlier attempt; the object is there (checked next).
-        with contextlib.suppress(_Missing):
+        # _ObjectMissing: completed by an earlier attempt; the object is there (checked next).
+        with contextlib.suppress(_ObjectMissing):
             self._complete(state)
         # The multipart upload is now the object: never abort it again (on Swift an abort
         # after the completion would delete the object's segments).
@@ -633,7 +629,7 @@ class S3Storage(Storage):
         if state.get("completed"):
             try:
                 return int(self._call("head_object", Key=state["key"])["ContentLength"])
-            except _Missing:  # adopted as another upload's identical file
+            except _ObjectMissing:  # adopted as another upload's identical file
                 return 0
         parts = self._parts(state)
         pending = self._pending(location, parts)
@@ -743,13 +739,13 @@ class S3Storage(Storage):
             raise FileNotFoundError(location)
         if not state.get("completed"):
             self._seal(location, state)
-            with contextlib.suppress(_Missing):  # completed by an earlier join
+            with contextlib.suppress(_ObjectMissing):  # completed by an earlier join
                 self._complete(state)
             state = dict(state, completed=True, own=True)
             self.write_json(f"{location}/{_MULTIPART}", state)
         try:
             head = self._call("head_object", Key=state["key"])
-        except _Missing:
+        except _ObjectMissing:
             raise FileNotFoundError(location) from None
         return str(state["key"]), int(head["ContentLength"])
 
@@ -804,7 +800,7 @@ class S3Storage(Storage):
             state = self._orphans[0]
             try:
                 self._call("abort_multipart_upload", Key=state["key"], UploadId=state["id"])
-            except _Missing:
+            except _ObjectMissing:
                 pass
             except Exception as exc:
                 log.warning("uploadmeter: cannot abort %s yet: %s", state["key"], exc)
@@ -834,14 +830,14 @@ class S3Storage(Storage):
             return path, True
 
     def existing(self, sha256: str, size: int) -> str | None:
-        """The blob with these bytes, claimed (see :meth:`_claim`), or ``None``."""
+        """The blob with these bytes, claimed (see ``_claim()``), or ``None``."""
         with self._lock("file:" + sha256):
             index = self.read_json(self._index_key(sha256))
             if index is None:
                 return None
             try:
                 head = self._call("head_object", Key=index["key"])
-            except _Missing:
+            except _ObjectMissing:
                 return None
             if int(head["ContentLength"]) != size:
                 return None
@@ -970,7 +966,7 @@ class S3Storage(Storage):
         for upload in page.get("Uploads", []):
             started = upload["Initiated"].timestamp()
             if upload["UploadId"] not in live and started < now - self.temp_ttl:
-                with contextlib.suppress(_Missing):
+                with contextlib.suppress(_ObjectMissing):
                     self._call(
                         "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
                     )
@@ -1257,7 +1253,7 @@ class _S3Writer:
 
 def _translate(exc: Exception, operation: str) -> Exception:
     if _missing(exc):
-        return _Missing(str(exc))
+        return _ObjectMissing(str(exc))
     if _temporary(exc):
         log.warning("uploadmeter: object store unavailable (%s): %s", operation, exc)
         return ObjectStoreError(f"The object store failed ({operation}): {exc}")

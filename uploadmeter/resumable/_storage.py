@@ -269,7 +269,7 @@ class Storage(abc.ABC):
     The chunk and tus endpoints only ever call these methods.  ``location`` arguments are
     the storage's own names (paths or object keys built by :meth:`upload_dir`), never
     the client's.  Small state documents (``meta.json``, ``info.json``) go through
-    :meth:`read_json` / :meth:`write_json`; partial bytes through :meth:`put_chunk` (chunks)
+    ``read_json()`` / ``write_json()``; partial bytes through :meth:`put_chunk` (chunks)
     and :meth:`open_data` (tus); :meth:`join_chunks` / :meth:`join_data` make the whole
     file and hash it in one streaming read, :meth:`adopt` files it under its SHA-256
     (stored once), :meth:`release` lets go of it.  (A future ``concat`` -- tus
@@ -366,7 +366,7 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def open_data(self, location: str, start: int, *, length: int | None, hold: bool) -> DataWriter:
         """A writer appending at ``start`` (the current size).  ``hold``: keep every byte
-        takeable back (:meth:`DataWriter.truncate`) until :meth:`DataWriter.sync`."""
+        takeable back (``DataWriter.truncate()``) until ``DataWriter.sync()``."""
 
     @abc.abstractmethod
     def join_data(
@@ -447,7 +447,7 @@ class Storage(abc.ABC):
         return self.partial_root
 
     def maybe_cleanup(self, store: ProgressStore | None = None) -> CleanupStats | None:
-        """Run :meth:`cleanup` if this process, and (given a store) every process, has not
+        """Run ``cleanup()`` if this process, and (given a store) every process, has not
         for ``cleanup_interval`` seconds.  Never raises: requests call this on the way."""
         now = time.time()
         if now < self._next_cleanup:
@@ -636,7 +636,7 @@ class FileStore(Storage):
         self, locations: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> tuple[str, Digests]:
         """Join the uploads' data in order into a new file in ``tmp/`` (one read of each
-        part, one write); ``progress`` as for :func:`copy_and_hash`."""
+        part, one write); ``progress`` as for ``copy_and_hash()``."""
         tmp, out = self.temp_file()
         try:
             with out:

@@ -97,8 +97,9 @@ class UploadMeterMiddleware(MeterBase):
     :param max_tracked_fields: parts listed per record (more are counted, not listed).
     :param session_id: ``hook(environ) -> str | None`` giving the app's own session id;
         when it returns a value the cookie is not used.
-    :param cookie_name, cookie_path, cookie_domain, cookie_samesite, cookie_secure:
-        the session cookie (``cookie_secure=None``: Secure when the request is https).
+    :param cookie_name: the session cookie's name (``cookie_path``, ``cookie_domain``,
+        ``cookie_samesite`` and ``cookie_secure`` its attributes; ``cookie_secure=None``:
+        Secure when the request is https).
     :param set_cookie_on_pages: set the cookie on the app's HTML pages (``GET``,
         ``text/html``) when the request has no valid one, so a browser has its session
         before its first upload request (chunk requests never issue one: parallel first
