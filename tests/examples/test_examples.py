@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.asgi_servers import serve_asgi_in_thread
 from tests.support.browser_support import make_file, running_chromium, sha256_of
 from tests.support.servers import ROOT, Client, multipart_body, new_upload_id, serve_in_thread
 
@@ -92,6 +93,12 @@ def test_flask_example(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_wsgi_example(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     example = load_example("wsgi_app", tmp_path, monkeypatch)
     with serve_in_thread(example.application) as base:
+        upload_with_the_component(base, tmp_path)
+
+
+def test_fastapi_example(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = load_example("fastapi_app", tmp_path, monkeypatch)
+    with serve_asgi_in_thread(example.app) as base:
         upload_with_the_component(base, tmp_path)
 
 

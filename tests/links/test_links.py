@@ -103,7 +103,8 @@ def site(
 def test_signed_link_downloads_without_session_and_hides_the_target(site: Site) -> None:
     url = site.links.signed_url("report", expires_in=60)
     assert url.startswith("/uploadmeter/d/l/")
-    assert "report" not in url and "q3" not in url  # an opaque token, no path
+    # An opaque token, no path: neither the target nor the file it resolves to.
+    assert "report" not in url and "q3-report" not in url
 
     status, headers, body = site.get(url)
     assert (status, body) == (200, CONTENT)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from uploadmeter.core._s3_errors import MISSING, REFUSED, s3_error_kind
 from uploadmeter.downloads._disposition import content_disposition, safe_filename
 from uploadmeter.exceptions import ObjectStoreError, RemoteError, SourceError, SourceNotFound
 
@@ -122,23 +123,19 @@ def head_object(obj: S3Object) -> ObjectHead:
 
 
 def object_store_error(exc: BaseException, obj: S3Object) -> SourceError:
-    """The download error for what the store (or boto3 on its way) raised: a missing
-    bucket or key is ``404``; another refusal (``403``, a bad request: the application's
-    configuration) ``502``; anything else -- unreachable, throttled, ``5xx``, timeouts -- is
-    temporary, ``503`` + ``Retry-After``.  Anything that is no store error is re-raised."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status == 404 or code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-            return SourceNotFound(f"{obj.filename} was not found.")
-        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
-            log.warning("uploadmeter: the object store refused %s/%s: %s", obj.bucket, obj.key, exc)
-            return RemoteError(f"The file store refused {obj.filename}.")
-    elif not isinstance(exc, BotoCoreError):
+    """The download error for what the store (or boto3 on its way) raised, by the one rule
+    of ``uploadmeter.core._s3_errors``: a missing key or bucket is ``404``; a refusal
+    (``403``, a bad request: the application's configuration) ``502``; temporary
+    trouble -- unreachable, throttled, ``5xx``, timeouts -- ``503`` + ``Retry-After``.
+    Anything that is no store error is re-raised."""
+    kind = s3_error_kind(exc)
+    if kind is None:
         raise exc
+    if kind == MISSING:
+        return SourceNotFound(f"{obj.filename} was not found.")
+    if kind == REFUSED:
+        log.warning("uploadmeter: the object store refused %s/%s: %s", obj.bucket, obj.key, exc)
+        return RemoteError(f"The file store refused {obj.filename}.")
     log.warning("uploadmeter: the object store failed for %s/%s: %s", obj.bucket, obj.key, exc)
     return ObjectStoreError("The file store is unavailable right now; try again shortly.")
 

@@ -110,6 +110,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
+from uploadmeter.core._s3_errors import MISSING, TEMPORARY, s3_error_kind
 from uploadmeter.exceptions import ObjectStoreError, _ObjectMissing
 from uploadmeter.resumable._storage import (
     BLOCK,
@@ -131,37 +132,6 @@ _NOTED_PARTS = 256  # beyond: one list_parts beats as many store reads
 _MULTIPART = ".multipart.json"
 _CHUNK_KEY = re.compile(r".*/chunks/(\d{1,9})")
 _PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
-# S3 error codes that mean "later": throttling and the server's own trouble.
-_TEMPORARY_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
-     "InternalError", "RequestTimeTooSkewed"}
-)  # fmt: skip
-_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchUpload", "404", "NotFound"})
-
-
-def _temporary(exc: BaseException) -> bool:
-    """Whether an error from boto3 is the store's temporary trouble (else a bug/config)."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):  # botocore's ClientError
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return code in _TEMPORARY_CODES or status >= 500
-    # botocore's connection errors (refused, reset, timeouts) and urllib3's mid-body ones.
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(
-        names
-        & {"HTTPClientError", "ConnectionError", "ProtocolError", "ReadTimeoutError",
-           "IncompleteRead", "ResponseStreamingError"}
-    ) or isinstance(exc, (ConnectionError, TimeoutError))  # fmt: skip
-
-
-def _missing(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return False
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return code in _MISSING_CODES or status == 404
 
 
 class S3Storage(Storage):
@@ -1252,9 +1222,10 @@ class _S3Writer:
 
 
 def _translate(exc: Exception, operation: str) -> Exception:
-    if _missing(exc):
+    kind = s3_error_kind(exc)
+    if kind == MISSING:
         return _ObjectMissing(str(exc))
-    if _temporary(exc):
+    if kind == TEMPORARY:
         log.warning("uploadmeter: object store unavailable (%s): %s", operation, exc)
         return ObjectStoreError(f"The object store failed ({operation}): {exc}")
     return exc
@@ -1266,6 +1237,6 @@ def _reading(key: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if _temporary(exc):
+        if s3_error_kind(exc) == TEMPORARY:
             raise ObjectStoreError(f"The object store failed reading {key}: {exc}") from exc
         raise
