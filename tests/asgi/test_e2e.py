@@ -345,4 +345,4 @@ def test_three_workers_share_progress_through_redis(
     import redis
 
     keys = redis.Redis.from_url(redis_url).keys("uploadmeter:upload:*")
-    assert len(keys) == 1
+    assert len(keys) == 2  # the two uploads' records, in Redis
