@@ -22,6 +22,8 @@ from tests.integration.test_e2e import (
     PidClient,
     check_progress,
     check_saved,
+    # The same test, collected here with this module's ``live`` (uvicorn, hypercorn).
+    test_another_session_can_neither_see_nor_cancel_a_live_upload,  # noqa: F401
     throttled_upload,
 )
 from tests.support.asgi_servers import run_hypercorn, run_uvicorn
@@ -275,22 +277,6 @@ def test_a_chunked_body_is_cut_at_the_limit(live: str, upload_dir: str) -> None:
     assert record["state"] == "error" and record["error"]["status"] == 413
     assert 64 * 1024 * 1024 < record["bytes_received"] <= len(big)
     assert os.listdir(upload_dir) == []
-
-
-def test_another_session_can_neither_see_nor_cancel_a_live_upload(live: str) -> None:
-    owner, stranger = Client(live), Client(live)
-    upload_id = new_upload_id()
-    owner.progress(upload_id)
-    upload = RawUpload(owner, f"/upload?uploadmeter_id={upload_id}", BODY, CTYPE)
-    upload.send(PIECE * 4)
-    wait_until(lambda: owner.progress(upload_id)["state"] == "uploading")
-    assert stranger.progress(upload_id)["state"] == "unknown"
-    status, _, data = stranger.request("POST", f"/uploadmeter/cancel?id={upload_id}")
-    assert status == 404 and json.loads(data)["state"] == "unknown"
-    assert owner.progress(upload_id)["state"] == "uploading"
-    upload.send_rest()
-    check_saved(upload.finish())
-    assert owner.progress(upload_id)["state"] == "done"
 
 
 # -- several processes: uvicorn --workers 3, on the default store and on Redis ---------
