@@ -184,16 +184,8 @@ def wrap(application: Any) -> Any:
     )
     wrapped: HasContext
     if _is_asgi(application):
-        # Imported by name: the ASGI shell is optional here, and only ASGI sites need it.
-        try:
-            asgi = importlib.import_module("uploadmeter.asgi")
-        except ModuleNotFoundError as exc:
-            if exc.name != "uploadmeter.asgi":
-                raise  # the shell is there; something it needs is not
-            raise ConfigurationError(
-                "wrap() of an ASGI application needs the ASGI shell, uploadmeter.asgi, "
-                "which this version of uploadmeter lacks."
-            ) from exc
+        from uploadmeter import asgi  # only ASGI sites load the ASGI shell
+
         wrapped = asgi.UploadMeterMiddleware(application, **options)
     else:
         wrapped = UploadMeterMiddleware(application, **options)
@@ -218,10 +210,8 @@ def current_upload(request: Any) -> UploadHandle | None:
     ``fail``, ``start_processing``)."""
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict):  # an ASGIRequest: the ASGI shell keeps the handle in the scope
-        try:
-            asgi = importlib.import_module("uploadmeter.asgi")
-        except ImportError:
-            return None
+        from uploadmeter import asgi
+
         return cast("UploadHandle | None", asgi.current_upload(scope))
     # A WSGIRequest's META is the WSGI environ itself.
     return _current_upload(request.META)
