@@ -38,12 +38,17 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   multipart upload's id), so answering which chunks are stored -- after every chunk --
   costs store reads, not a ``list_parts`` (which Swift answers slower as parts
   accumulate); the merge still lists the parts in S3.
-* **tus.**  A PATCH spools to local disk; each full ``part_size`` is uploaded as the next
-  part by a background thread (up to ``upload_concurrency`` at once, each with its
-  Content-MD5, which the store checks) while the PATCH reads on.  What is left when the
+* **tus.**  A PATCH fills a part in memory; each full ``part_size`` is uploaded as the
+  next part by a background thread (up to ``upload_concurrency`` at once) while the PATCH
+  reads on: at most ``part_size x (upload_concurrency + 1)`` bytes held (a PATCH with a
+  tus checksum, held until its end, rolls over to ``spool_dir``).  What is left when the
   body ends (less than a part) is kept as the object ``data.part.<N>`` (``N``: the part it
   will start), read back by the next PATCH on any server.  The offset is the parts' sizes
   plus that object's; a PATCH answers only once its parts and that object are stored.
+* **Parts are checked by the store.**  botocore signs each part's SHA-256 (SigV4,
+  ``x-amz-content-sha256``), which S3 and Swift verify; a client configured without
+  payload signing gets each part's Content-MD5 added instead.  One check per part, never
+  two (each costs a hash of every byte).
 * **Merge / verification.**  ``complete_multipart_upload`` makes the object, then one
   streaming GET (1 MiB blocks, never the whole file in memory) computes MD5 and SHA-256.
   Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
@@ -178,6 +183,7 @@ class S3Storage(Storage):
         if prefix.startswith("/") or ".." in prefix.split("/"):
             raise ValueError(f"not a key prefix: {prefix!r}")
         self.client = client
+        self._signs_payloads = _signs_payloads(client)
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
@@ -228,7 +234,13 @@ class S3Storage(Storage):
 
     def _put_file(self, key: str, path: str) -> None:
         with open(path, "rb") as f:
-            self._call("put_object", Key=key, Body=f, ContentLength=os.fstat(f.fileno()).st_size)
+            self._put(key, f)
+
+    def _put(self, key: str, body: IO[bytes]) -> None:
+        """Store ``body`` (a seekable file, read from its start) as the object ``key``."""
+        size = body.seek(0, os.SEEK_END)
+        body.seek(0)
+        self._call("put_object", Key=key, Body=body, ContentLength=size)
 
     def _delete(self, key: str) -> None:
         with contextlib.suppress(_ObjectMissing):
@@ -260,21 +272,37 @@ class S3Storage(Storage):
                 return parts
             marker = int(page["NextPartNumberMarker"])
 
-    def _upload_part(
-        self, state: Mapping[str, Any], number: int, path: str, md5: str | None = None
-    ) -> None:
-        """Upload a part from a local file (with its Content-MD5: the store checks it)."""
-        extra = {"ContentMD5": md5} if md5 else {}
+    def _upload_part(self, state: Mapping[str, Any], number: int, body: IO[bytes]) -> str:
+        """Upload part ``number`` from a seekable file (read from its start): its ETag.
+
+        The store checks every part's bytes: botocore signs each body's SHA-256 with
+        SigV4 (``x-amz-content-sha256``, which S3 and Swift verify) -- unless the
+        client's configuration turns payload signing off: then the part carries its
+        Content-MD5, computed here (one more read of the part).  Never both: either
+        check costs one hash of every byte."""
+        size = body.seek(0, os.SEEK_END)
+        body.seek(0)
+        extra: dict[str, str] = {}
+        if not self._signs_payloads:
+            md5 = hashlib.md5(usedforsecurity=False)
+            while block := body.read(BLOCK):
+                md5.update(block)
+            body.seek(0)
+            extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
+        result = self._call(
+            "upload_part",
+            Key=state["key"],
+            UploadId=state["id"],
+            PartNumber=number,
+            Body=body,
+            ContentLength=size,
+            **extra,
+        )
+        return str(result["ETag"])
+
+    def _upload_part_file(self, state: Mapping[str, Any], number: int, path: str) -> str:
         with open(path, "rb") as f:
-            self._call(
-                "upload_part",
-                Key=state["key"],
-                UploadId=state["id"],
-                PartNumber=number,
-                Body=f,
-                ContentLength=os.fstat(f.fileno()).st_size,
-                **extra,
-            )
+            return self._upload_part(state, number, f)
 
     def _complete(self, state: Mapping[str, Any]) -> None:
         parts = self._call("list_parts", Key=state["key"], UploadId=state["id"], MaxParts=10000)
@@ -440,7 +468,7 @@ class S3Storage(Storage):
         g = self._group(chunk_size)
         part = (number - 1) // g + 1
         if g == 1:
-            self._upload_part(state, part, received)  # the same part however often it comes
+            self._upload_part_file(state, part, received)  # the same part however often
             self._note_part(state, part)
             return True
         with self._lock(f"{location}#{part}"):
@@ -466,7 +494,7 @@ class S3Storage(Storage):
                     body = self._call("get_object", Key=have[n])["Body"]
                     with _reading(have[n]), contextlib.closing(body):
                         shutil.copyfileobj(body, out, BLOCK)
-            self._upload_part(state, part, path)
+            self._upload_part_file(state, part, path)
         finally:
             self.discard(path)
         self._note_part(state, part)
@@ -560,7 +588,8 @@ class S3Storage(Storage):
     ) -> tuple[str, Digests]:
         """Complete the multipart upload (idempotent: a retry after a fault finds the
         object) and hash the object -- or, with the ``known`` hashes of every byte as it
-        was sent (each part checked by its Content-MD5), check only its size."""
+        was sent (each part checked by the store, see ``_upload_part()``), check only its
+        size."""
         # _ObjectMissing: completed by an earlier attempt; the object is there (checked next).
         with contextlib.suppress(_ObjectMissing):
             self._complete(state)
@@ -742,25 +771,12 @@ class S3Storage(Storage):
             return str(result["CopyPartResult"]["ETag"])
         path, out = self.temp_file()
         try:
-            md5 = hashlib.md5(usedforsecurity=False)
             with out:
                 for source, start, end in ranges:
                     body = self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
                     with _reading(source), contextlib.closing(body["Body"]) as stream:
-                        while block := stream.read(BLOCK):
-                            md5.update(block)
-                            out.write(block)
-            with open(path, "rb") as f:
-                result = self._call(
-                    "upload_part",
-                    Key=state["key"],
-                    UploadId=state["id"],
-                    PartNumber=number,
-                    Body=f,
-                    ContentLength=os.fstat(f.fileno()).st_size,
-                    ContentMD5=base64.b64encode(md5.digest()).decode(),
-                )
-            return str(result["ETag"])
+                        shutil.copyfileobj(stream, out, BLOCK)
+            return self._upload_part_file(state, number, path)
         finally:
             self.discard(path)
 
@@ -1043,11 +1059,12 @@ class _Hasher:
 
 
 class _S3Writer:
-    """Appends a PATCH body: each full part is uploaded by a background thread (with its
-    Content-MD5, which the store checks) while the next one spools; what is left when
-    the body ends (less than a part) is kept as the pending object.  At most
-    ``upload_concurrency`` parts upload while one spools, all on local disk (not in
-    memory); their reads stream in botocore's 1 MiB-ish buffers.
+    """Appends a PATCH body: each full part is uploaded by a background thread while the
+    next one fills; what is left when the body ends (less than a part) is kept as the
+    pending object.  Parts fill in memory (a spool rolls over to a file in ``spool_dir``
+    only past ``part_size`` plus a block: a held PATCH, or huge blocks), so at most
+    ``upload_concurrency`` parts uploading and one filling are held: ``part_size x
+    (upload_concurrency + 1)`` bytes.
 
     When this process saw every byte of the upload from the first (one PATCH, or PATCHes
     that all reached it), the whole file's hashes are kept for :meth:`S3Storage.join_data`,
@@ -1083,27 +1100,25 @@ class _S3Writer:
         # Parts uploading, oldest first: (future, the offset at the part's end).
         self.uploading: list[tuple[concurrent.futures.Future[None], int]] = []
         self.pending_part = self.next_part  # the part that takes in the pending bytes
-        self._new_spool()
+        self.spool = self._new_spool()
         try:
             if pending is not None:  # the bytes before ``start``: the next part begins there
                 body = storage._call("get_object", Key=pending[0])["Body"]
                 with _reading(pending[0]), contextlib.closing(body):
-                    while block := body.read(BLOCK):
-                        self._spool(block)
+                    shutil.copyfileobj(body, self.spool, BLOCK)
             if self.base + self.spool.tell() != start:
                 raise FileNotFoundError(f"{location}: stored data changed")
         except BaseException:
             self.close()
             raise
 
-    def _new_spool(self) -> None:
-        self.spool_path, self.spool = self.s3.temp_file()
-
-    def _spool(self, data: bytes) -> None:
-        self.spool.write(data)
+    def _new_spool(self) -> IO[bytes]:
+        return tempfile.SpooledTemporaryFile(
+            max_size=self.s3.part_size + BLOCK, dir=self.s3.spool_dir
+        )
 
     def write(self, data: bytes) -> None:
-        self._spool(data)
+        self.spool.write(data)
         if self.hasher is not None:
             self.hasher.update(data)
         if not self.hold and self.spool.tell() >= self.s3.part_size:
@@ -1114,27 +1129,20 @@ class _S3Writer:
         parts are uploading)."""
         while len(self.uploading) >= self.s3.upload_concurrency:
             self._wait_oldest()
-        path, size, number = self.spool_path, self.spool.tell(), self.next_part
-        self.spool.close()
+        spool, number = self.spool, self.next_part
         self.next_part += 1
-        self.base += size
-        self._new_spool()
+        self.base += spool.tell()
+        self.spool = self._new_spool()
         if self.pool is None:
             workers = self.s3.upload_concurrency
             self.pool = concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-part")
-        future = self.pool.submit(self._upload, path, number)
+        future = self.pool.submit(self._upload, spool, number)
         self.uploading.append((future, self.base))
 
-    def _upload(self, path: str, number: int) -> None:
-        """(An uploading thread) the part's MD5 from its file, then the part."""
-        try:
-            md5 = hashlib.md5(usedforsecurity=False)
-            with open(path, "rb") as f:
-                while block := f.read(BLOCK):
-                    md5.update(block)
-            self.s3._upload_part(self.state, number, path, base64.b64encode(md5.digest()).decode())
-        finally:
-            self.s3.discard(path)
+    def _upload(self, spool: IO[bytes], number: int) -> None:
+        """(An uploading thread) upload the part, let go of its bytes."""
+        with spool:
+            self.s3._upload_part(self.state, number, spool)
         if number == self.pending_part and self.pending_key is not None:
             self.s3._delete(self.pending_key)  # its bytes are in this part now
             self.pending_key = None
@@ -1152,11 +1160,8 @@ class _S3Writer:
     def truncate(self, size: int) -> int:
         keep = max(size - self.base, 0)  # parts already handed off stay
         if keep < self.spool.tell():
-            self.spool.seek(0)
-            kept = self.spool.read(keep)
-            self.spool.seek(0)
-            self.spool.truncate()
-            self._spool(kept)
+            self.spool.truncate(keep)
+            self.spool.seek(keep)
             self._drop_hasher()  # it saw bytes that are not kept
         return self.base + self.spool.tell()
 
@@ -1168,9 +1173,9 @@ class _S3Writer:
             self._hand_off()  # the last part may be small
         self._wait()
         if self.spool.tell():
-            self.spool.flush()
             key = f"{self.location}/data.part.{self.next_part}"
-            self.s3._put_file(key, self.spool_path)
+            self.s3._put(key, self.spool)
+            self.spool.seek(0, os.SEEK_END)
             if self.pending_key is not None and self.pending_key != key:
                 self.s3._delete(self.pending_key)
             self.pending_key = key
@@ -1188,20 +1193,16 @@ class _S3Writer:
 
     def _split_spool(self) -> None:
         """(``hold``) The spool grew past a part: hand off its first ``part_size`` bytes."""
-        self.spool.flush()
-        with open(self.spool_path, "rb") as src:
-            first = src.read(self.s3.part_size)
-            rest_path, rest = self.s3.temp_file()
-            with rest:
-                shutil.copyfileobj(src, rest, BLOCK)
-        self.spool.seek(0)
-        self.spool.truncate()
-        self._spool(first)
+        whole = self.spool
+        whole.seek(0)
+        self.spool = self._new_spool()
+        left = self.s3.part_size
+        while left and (block := whole.read(min(left, BLOCK))):
+            self.spool.write(block)
+            left -= len(block)
         self._hand_off()
-        with open(rest_path, "rb") as src:
-            while block := src.read(BLOCK):
-                self._spool(block)
-        self.s3.discard(rest_path)
+        with whole:
+            shutil.copyfileobj(whole, self.spool, BLOCK)
 
     def close(self) -> None:
         self._drop_hasher()
@@ -1212,13 +1213,24 @@ class _S3Writer:
         if self.pool is not None:
             self.pool.shutdown()
         self.spool.close()
-        self.s3.discard(self.spool_path)
 
     def __enter__(self) -> _S3Writer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _signs_payloads(client: Any) -> bool:
+    """Whether botocore signs each request body's SHA-256 (SigV4 payload signing, which
+    the store verifies) for a part sent without Content-MD5: yes, unless the client's
+    ``Config(s3={"payload_signing_enabled": False})`` or another signature says no."""
+    config = getattr(getattr(client, "meta", None), "config", None)
+    if config is None:
+        return False
+    if getattr(config, "signature_version", None) not in (None, "s3v4", "v4"):
+        return False
+    return (getattr(config, "s3", None) or {}).get("payload_signing_enabled") is not False
 
 
 def _translate(exc: Exception, operation: str) -> Exception:
