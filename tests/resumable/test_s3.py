@@ -596,3 +596,39 @@ def test_every_part_carries_one_checksum_the_store_checks(
         assert set(shas) == {"UNSIGNED-PAYLOAD"}
     completed = read_completions(str(tmp_path))
     assert [d["sha256"] for d in completed] == [hashlib.sha256(data).hexdigest(), f.sha256]
+
+
+def test_chunks_hashed_as_they_come_are_not_read_back_at_the_merge(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    """Chunks that arrive in order are hashed as they come (the hash state in the
+    progress store, whichever process gets the next chunk): the merge reads nothing back.
+    A chunk ahead of its turn waits briefly, then leaves its bytes to the merge, which
+    reads back only from the first chunk not hashed (a range GET)."""
+    from tests.support.s3 import s3_client
+
+    bucket = swift.new_bucket()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path))
+    client = CountsCalls(s3_client(swift.endpoint))
+    gets: list[str | None] = []
+    get_object = client.client.get_object
+
+    def counting_get(**kwargs: Any) -> Any:
+        if "/blobs/" in kwargs["Key"]:
+            gets.append(kwargs.get("Range"))
+        return get_object(**kwargs)
+
+    client.client.get_object = counting_get
+    with serve_fast(make_s3_app(env, client=client)) as url:
+        c = ChunkClient(url)
+        c.start()
+        in_order = ChunkedFile.random(3 * 8 * MiB + 5, 8 * MiB)
+        assert c.upload(in_order, [1, 2, 3])["complete"] is True
+        assert gets == []  # verified without a read
+        shuffled = ChunkedFile.random(3 * 8 * MiB + 7, 8 * MiB)
+        assert c.upload(shuffled, [2, 1, 3])["complete"] is True  # 2 and 3 wait in vain
+        assert gets == [f"bytes={8 * MiB}-"]  # chunk 1 was hashed as it came
+    completed = read_completions(str(tmp_path))
+    assert [(d["sha256"], d["md5"]) for d in completed] == [
+        (f.sha256, hashlib.md5(f.data).hexdigest()) for f in (in_order, shuffled)
+    ]

@@ -49,11 +49,19 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   ``x-amz-content-sha256``), which S3 and Swift verify; a client configured without
   payload signing gets each part's Content-MD5 added instead.  One check per part, never
   two (each costs a hash of every byte).
-* **Merge / verification.**  ``complete_multipart_upload`` makes the object, then one
-  streaming GET (1 MiB blocks, never the whole file in memory) computes MD5 and SHA-256.
-  Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
-  one more write: chunk objects, then parts); a tus upload whose every byte reached one
-  process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads, 1.
+* **Merge / verification.**  ``complete_multipart_upload`` makes the object, whose MD5
+  and SHA-256 are then known or computed without the file in memory.  Chunks: each chunk
+  that arrives in order is hashed as it is stored, the hash state kept in the progress
+  store (``rehashes``, the ``s3`` extra: hash states another process resumes), so any
+  server can take the next chunk; a chunk ahead of its turn waits for the one before (at
+  most 2 s: parallel chunks of one client finish close together), and the merge hashes
+  what was not hashed in order with one range GET from there (1 MiB blocks).  Costs in
+  reads of the file: chunks that came in order (the npm clients' default of 3 at a time
+  included), 0 -- a size check; others, the part of the file from the first chunk not
+  hashed in order; chunks smaller than ``part_size`` add one write and one read (chunk
+  objects, then parts); without ``rehashes``, 1 more.  tus: an upload whose every byte
+  reached one process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads,
+  1 (one streaming GET).
 * **Deferred length** (``creation-defer-length``).  Until the length is declared every
   PATCH keeps its tail as ``data.part.<N>``; the PATCH that declares it may bring no
   bytes, so completing first makes that object the last part (read and uploaded: it is
@@ -98,6 +106,8 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import importlib
+import importlib.metadata
 import itertools
 import json
 import logging
@@ -116,7 +126,7 @@ from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._s3_errors import MISSING, TEMPORARY, s3_error_kind
-from uploadmeter.exceptions import ObjectStoreError, _ObjectMissing
+from uploadmeter.exceptions import ObjectStoreError, StoreError, _ObjectMissing
 from uploadmeter.resumable._storage import (
     BLOCK,
     CleanupStats,
@@ -137,6 +147,16 @@ _NOTED_PARTS = 256  # beyond: one list_parts beats as many store reads
 _MULTIPART = ".multipart.json"
 _CHUNK_KEY = re.compile(r".*/chunks/(\d{1,9})")
 _PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
+# How long a chunk that arrived before the one hashed next waits for it (see
+# S3Storage._hash_in_order); the merge reads back what was not hashed in order.
+_HASH_WAIT = 2.0
+_HASH_POLL = 0.01
+
+try:  # the s3 extra: MD5 and SHA-256 whose state another process can resume
+    _rehashes: Any = importlib.import_module("rehashes")
+    _REHASHES = importlib.metadata.version("rehashes")
+except ImportError:  # pragma: no cover - then every merge reads its object back
+    _rehashes, _REHASHES = None, ""
 
 
 class S3Storage(Storage):
@@ -201,6 +221,9 @@ class S3Storage(Storage):
         # Hashes of tus uploads this process received from their first byte, by location.
         self._hashes: dict[str, _Hashes] = {}
         self._chunk_states: dict[str, dict[str, Any]] = {}
+        # Parts this process saw noted, by note prefix (which names the multipart upload:
+        # a part once stored stays stored while its upload lives).
+        self._parts_seen: dict[str, set[int]] = {}
         # Multipart uploads of joins that failed while the store was down: aborted later.
         self._orphans: list[dict[str, Any]] = []
 
@@ -320,12 +343,16 @@ class S3Storage(Storage):
             MultipartUpload={"Parts": listed},
         )
 
-    def _hash_object(self, key: str, progress: Callable[[int], None] | None) -> Digests:
-        """One streaming GET: MD5, SHA-256 and size.  A thread reads 1 MiB blocks (at most
-        8 ahead) while this one hashes them (hashlib lets go of the GIL)."""
-        hashes = _Hashes()
+    def _hash_object(
+        self, key: str, progress: Callable[[int], None] | None, hashes: _Hashes | None = None
+    ) -> Digests:
+        """One streaming GET: MD5, SHA-256 and size -- or, given the ``hashes`` of the
+        object's first bytes, of the bytes after them (a range GET).  A thread reads 1 MiB
+        blocks (at most 8 ahead) while this one hashes them (hashlib lets go of the GIL)."""
+        hashes = _Hashes() if hashes is None else hashes
         blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-        body = self._call("get_object", Key=key)["Body"]
+        extra = {"Range": f"bytes={hashes.size}-"} if hashes.size else {}
+        body = self._call("get_object", Key=key, **extra)["Body"]
         stop = threading.Event()
 
         def read() -> None:
@@ -419,6 +446,7 @@ class S3Storage(Storage):
             raise
         if self._store is not None and location.startswith(self.partial_root + "/"):
             self._store.set(self._note_key(location, ""), upload_id, self.expire_after)
+            self._save_frontier(location, upload_id, 1, _Hashes.resumable())
 
     def exists(self, location: str) -> bool:
         return next(iter(self._list(location + "/")), None) is not None
@@ -465,26 +493,45 @@ class S3Storage(Storage):
         chunk_size: int,
         total_chunks: int,
     ) -> bool:
+        """Store chunk ``number`` once: a chunk sent again (a retry, another server) while
+        its first copy is stored changes nothing, so bytes hashed in order (see
+        :meth:`_hash_in_order`) stay the bytes of the object."""
         g = self._group(chunk_size)
         part = (number - 1) // g + 1
-        if g == 1:
-            self._upload_part_file(state, part, received)  # the same part however often
-            self._note_part(state, part)
-            return True
         with self._lock(f"{location}#{part}"):
-            if part in self._parts(state):
-                return True  # its group is already a part: this chunk is a duplicate
-            self._put_file(f"{location}/chunks/{number}", received)
-            self._assemble(location, state, part, g, total_chunks)
+            if g == 1:
+                if self._part_stored(location, state, part):
+                    return True  # a duplicate
+                self._upload_part_file(state, part, received)
+                self._note_part(state, part)
+            else:
+                if part in self._parts(state):
+                    return True  # its group is already a part: this chunk is a duplicate
+                have = self._chunk_objects(location)
+                if number in have:
+                    return True  # a duplicate
+                have[number] = f"{location}/chunks/{number}"
+                self._put_file(have[number], received)
+                self._assemble(location, state, part, g, total_chunks, have)
+        # This request stored the chunk: its bytes are the object's.  (Outside the lock:
+        # the chunk before may wait for it, in the same part.)
+        self._hash_in_order(location, state, number, received)
         return True
 
     def _assemble(
-        self, location: str, state: Mapping[str, Any], part: int, g: int, total_chunks: int
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        part: int,
+        g: int,
+        total_chunks: int,
+        have: dict[int, str] | None = None,
     ) -> bool:
-        """Upload part ``part`` from its chunk objects when all are there (part's lock
-        held); delete them after.  Whether the part is stored."""
+        """Upload part ``part`` from its chunk objects (``have``: listed already) when
+        all are there (part's lock held); delete them after.  Whether the part is
+        stored."""
         first, last = (part - 1) * g + 1, min(part * g, total_chunks)
-        have = self._chunk_objects(location)
+        have = self._chunk_objects(location) if have is None else have
         if any(n not in have for n in range(first, last + 1)):
             return False
         path, out = self.temp_file()
@@ -552,7 +599,88 @@ class S3Storage(Storage):
             return set(self._parts(state))
         assert self._store is not None
         prefix = self._note_key(location, f"#{state['id']}:")
-        return {n for n in range(1, count + 1) if self._store.get(f"{prefix}{n}") is not None}
+        if len(self._parts_seen) > 1000:
+            self._parts_seen.clear()
+        seen = self._parts_seen.setdefault(prefix, set())
+        for n in range(1, count + 1):
+            if n not in seen and self._store.get(f"{prefix}{n}") is not None:
+                seen.add(n)
+        return {n for n in seen if n <= count}
+
+    def _part_stored(self, location: str, state: Mapping[str, Any], number: int) -> bool:
+        """Whether part ``number`` is stored: from its note when the store holds the
+        upload's current id, else from ``list_parts``."""
+        current = None if self._store is None else self._store.get(self._note_key(location, ""))
+        if current != state["id"]:
+            return number in self._parts(state)
+        assert self._store is not None
+        return self._store.get(self._note_key(location, f"#{state['id']}:{number}")) is not None
+
+    # The whole file's MD5 and SHA-256, hashed as chunks arrive in order (the frontier),
+    # their state kept in the progress store (``rehashes``: hash states that another
+    # process resumes), so the merge reads back only the bytes after the frontier --
+    # none when every chunk was hashed as it came.  A chunk that arrives before the next
+    # one to hash waits for it (at most _HASH_WAIT; parallel chunks of one client
+    # finish close together); one that waited in vain marks the frontier stalled, and
+    # later chunks do not wait on that gap.  The bytes hashed are the request's own,
+    # which the store checked as the part's (``_upload_part()``), and a chunk is stored
+    # once (``_put_chunk()``): the hashes are the object's.
+
+    def _frontier_key(self, location: str, upload_id: str, suffix: str = "") -> str:
+        return self._note_key(location, f"#{upload_id}:hashed{suffix}")
+
+    def _save_frontier(self, location: str, upload_id: str, next_chunk: int, h: _Hashes) -> None:
+        if self._store is None or _rehashes is None:
+            return
+        value = json.dumps(dict(h.state() or {}, next=next_chunk, v=_REHASHES))
+        self._store.set(self._frontier_key(location, upload_id), value, self.expire_after)
+
+    def _frontier(self, location: str, upload_id: str) -> tuple[int, _Hashes] | None:
+        """``(the next chunk to hash, the hashes of those before)``, or ``None``."""
+        if self._store is None or _rehashes is None:
+            return None
+        raw = self._store.get(self._frontier_key(location, upload_id))
+        try:
+            data = json.loads(raw) if raw else None
+            if not isinstance(data, dict) or data.get("v") != _REHASHES:
+                return None
+            return int(data["next"]), _Hashes.resume(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("uploadmeter: unreadable hash state of %s", location)
+            return None
+
+    def _hash_in_order(
+        self, location: str, state: Mapping[str, Any], number: int, received: str
+    ) -> None:
+        """(Chunk ``number`` just stored, its part's lock held) add its bytes to the
+        whole file's hashes if it is the next chunk -- waiting briefly for the ones
+        before it.  Best effort: a store error leaves the bytes to the merge."""
+        upload_id = str(state["id"])
+        stalled = self._frontier_key(location, upload_id, "-stalled")
+        deadline = time.monotonic() + _HASH_WAIT
+        try:
+            while True:
+                frontier = self._frontier(location, upload_id)
+                if frontier is None or frontier[0] > number:
+                    return
+                if frontier[0] == number:
+                    break
+                assert self._store is not None
+                if self._store.get(stalled) == str(frontier[0]):
+                    return  # a gap another chunk waited on in vain
+                if time.monotonic() >= deadline:
+                    self._store.set(stalled, str(frontier[0]), self.expire_after)
+                    return
+                time.sleep(_HASH_POLL)
+            hashes = frontier[1]
+            with open(received, "rb") as f:
+                while block := f.read(BLOCK):
+                    hashes.update(block)
+            self._save_frontier(location, upload_id, number + 1, hashes)
+        except StoreError as exc:
+            log.warning(
+                "uploadmeter: chunk %d of %s hashed at the merge: %s", number, location, exc
+            )
 
     def join_chunks(
         self,
@@ -577,7 +705,13 @@ class S3Storage(Storage):
                         location, state, part, g, total
                     ):
                         raise FileNotFoundError(f"{location}: part {part} is missing")
-        return self._finish_multipart(location, state, progress)
+        frontier = self._frontier(location, str(state["id"]))
+        known = None
+        if frontier is not None and (
+            frontier[0] == total + 1 or frontier[1].size == (frontier[0] - 1) * chunk_size
+        ):
+            known = frontier[1]  # chunks 1 .. next - 1, as they came (the last: any size)
+        return self._finish_multipart(location, state, progress, known)
 
     def _finish_multipart(
         self,
@@ -587,9 +721,9 @@ class S3Storage(Storage):
         known: _Hashes | None = None,
     ) -> tuple[str, Digests]:
         """Complete the multipart upload (idempotent: a retry after a fault finds the
-        object) and hash the object -- or, with the ``known`` hashes of every byte as it
-        was sent (each part checked by the store, see ``_upload_part()``), check only its
-        size."""
+        object) and hash the object -- or, with the ``known`` hashes of its first bytes as
+        they were sent (each part checked by the store, see ``_upload_part()``), only the
+        bytes after those (none: then its size is checked)."""
         # _ObjectMissing: completed by an earlier attempt; the object is there (checked next).
         with contextlib.suppress(_ObjectMissing):
             self._complete(state)
@@ -602,6 +736,8 @@ class S3Storage(Storage):
                 if progress is not None:
                     progress(known.size)
                 return state["key"], known.digests()
+            if int(head["ContentLength"]) > known.size:
+                return state["key"], self._hash_object(state["key"], progress, known)
         return state["key"], self._hash_object(state["key"], progress)
 
     # -- tus data ------------------------------------------------------------------------
@@ -1018,12 +1154,38 @@ def _concat_plan(sizes: Sequence[int], part_size: int) -> list[list[tuple[int, i
 
 
 class _Hashes:
-    """MD5 and SHA-256 of an upload's first ``size`` bytes, as they streamed through."""
+    """MD5 and SHA-256 of an upload's first ``size`` bytes, as they streamed through:
+    hashlib's, or (:meth:`resumable`) rehashes', whose :meth:`state` another process
+    resumes."""
 
-    def __init__(self) -> None:
-        self.size = 0
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.sha256 = hashlib.sha256()
+    def __init__(self, size: int = 0, md5: Any = None, sha256: Any = None) -> None:
+        self.size = size
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 is None else md5
+        self.sha256 = hashlib.sha256() if sha256 is None else sha256
+
+    @classmethod
+    def resumable(cls) -> _Hashes:
+        if _rehashes is None:
+            return cls()
+        return cls(0, _rehashes.PyMd5(), _rehashes.PySha256())
+
+    @classmethod
+    def resume(cls, state: Mapping[str, Any]) -> _Hashes:
+        md5 = _rehashes.PyMd5.deserialize(base64.b64decode(state["md5"]))
+        sha256 = _rehashes.PySha256.deserialize(base64.b64decode(state["sha256"]))
+        return cls(int(state["size"]), md5, sha256)
+
+    def state(self) -> dict[str, Any] | None:
+        """The state to :meth:`resume` from, or ``None`` (hashlib's cannot be kept)."""
+        md5: Any = self.md5
+        sha256: Any = self.sha256
+        if not hasattr(md5, "serialize"):
+            return None
+        return {
+            "size": self.size,
+            "md5": base64.b64encode(md5.serialize()).decode(),
+            "sha256": base64.b64encode(sha256.serialize()).decode(),
+        }
 
     def update(self, data: bytes) -> None:
         self.size += len(data)
@@ -1031,7 +1193,12 @@ class _Hashes:
         self.sha256.update(data)
 
     def digests(self) -> Digests:
-        return Digests(self.size, self.md5.hexdigest(), self.sha256.hexdigest())
+        return Digests(self.size, _hex(self.md5), _hex(self.sha256))
+
+
+def _hex(h: Any) -> str:
+    """The hex digest of a hashlib or a rehashes hash (``finalize()``)."""
+    return str(h.hexdigest() if hasattr(h, "hexdigest") else h.finalize())
 
 
 class _Hasher:
