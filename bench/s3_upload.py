@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -48,6 +49,7 @@ from _common import MiB, load_average, machine_info, summary, table  # noqa: E40
 from tests.support.chunked_support import CHUNKS, ChunkClient, ChunkedFile  # noqa: E402
 from tests.support.s3 import running_swift, s3_client  # noqa: E402
 from tests.support.servers import gunicorn_process, run_redis  # noqa: E402
+from uploadmeter import S3Storage  # noqa: E402
 
 PART = 8 * MiB
 
@@ -224,10 +226,13 @@ def main() -> None:
             rows,
         )
     )
-    bound = PART * args.concurrency / MiB + 16
+    # A tus PATCH holds S3Storage.upload_concurrency (3) parts uploading and one filling.
+    held = inspect.signature(S3Storage).parameters["upload_concurrency"].default + 1
+    bound = PART * held / MiB + 16
     print(
         f"peak worker RSS {peak:.0f} MiB; after warm-up {base:.0f} MiB; growth "
-        f"{peak - base:.0f} MiB; bound part_size x concurrency + 16 MiB = {bound:.0f} MiB"
+        f"{peak - base:.0f} MiB; bound part_size x {held} (parts uploading + filling) "
+        f"+ 16 MiB = {bound:.0f} MiB"
     )
     print("load after:", load_average())
 

@@ -1205,7 +1205,7 @@ class _Hasher:
     """Feeds :class:`_Hashes` from a thread, in order, at most ``ahead`` blocks behind
     (hashlib lets go of the GIL: the request thread reads on meanwhile)."""
 
-    def __init__(self, hashes: _Hashes, ahead: int = 32) -> None:
+    def __init__(self, hashes: _Hashes, ahead: int = 8) -> None:
         self.hashes = hashes
         self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
         self.thread = threading.Thread(target=self._run, name="uploadmeter-s3-hash", daemon=True)
