@@ -38,12 +38,14 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   multipart upload's id), so answering which chunks are stored -- after every chunk --
   costs store reads, not a ``list_parts`` (which Swift answers slower as parts
   accumulate); the merge still lists the parts in S3.
-* **tus.**  A PATCH fills a part in memory; each full ``part_size`` is uploaded as the
-  next part by a background thread (up to ``upload_concurrency`` at once) while the PATCH
-  reads on: at most ``part_size x (upload_concurrency + 1)`` bytes held (a PATCH with a
-  tus checksum, held until its end, rolls over to ``spool_dir``).  What is left when the
-  body ends (less than a part) is kept as the object ``data.part.<N>`` (``N``: the part it
-  will start), read back by the next PATCH on any server.  The offset is the parts' sizes
+* **tus.**  A PATCH spools to local disk (unnamed temp files in ``spool_dir``); each
+  full ``part_size`` is uploaded as the next part by a background thread (up to
+  ``upload_concurrency`` at once) while the PATCH reads on: at most ``part_size x
+  (upload_concurrency + 1)`` bytes spooled.  The whole file's MD5 and SHA-256 are
+  computed as the body streams in; each part is read back only by botocore (its signed
+  SHA-256, then the send).  What is left when the body ends (less than a part) is kept
+  as the object ``data.part.<N>`` (``N``: the part it will start), read back by the next
+  PATCH on any server.  The offset is the parts' sizes
   plus that object's; a PATCH answers only once its parts and that object are stored.
 * **Parts are checked by the store.**  botocore signs each part's SHA-256 (SigV4,
   ``x-amz-content-sha256``), which S3 and Swift verify; a client configured without
@@ -1227,11 +1229,10 @@ class _Hasher:
 
 class _S3Writer:
     """Appends a PATCH body: each full part is uploaded by a background thread while the
-    next one fills; what is left when the body ends (less than a part) is kept as the
-    pending object.  Parts fill in memory (a spool rolls over to a file in ``spool_dir``
-    only past ``part_size`` plus a block: a held PATCH, or huge blocks), so at most
-    ``upload_concurrency`` parts uploading and one filling are held: ``part_size x
-    (upload_concurrency + 1)`` bytes.
+    next one spools (an unnamed temp file in ``spool_dir``); what is left when the body
+    ends (less than a part) is kept as the pending object.  At most ``upload_concurrency``
+    parts upload while one spools: ``part_size x (upload_concurrency + 1)`` bytes there,
+    each part read once (botocore's signed SHA-256 and the send share its page cache).
 
     When this process saw every byte of the upload from the first (one PATCH, or PATCHes
     that all reached it), the whole file's hashes are kept for :meth:`S3Storage.join_data`,
@@ -1280,9 +1281,9 @@ class _S3Writer:
             raise
 
     def _new_spool(self) -> IO[bytes]:
-        return tempfile.SpooledTemporaryFile(
-            max_size=self.s3.part_size + BLOCK, dir=self.s3.spool_dir
-        )
+        # Unnamed (gone with the process): the page cache holds it, not the heap, where
+        # freed part-sized buffers stay (glibc) and grow the RSS past the parts in flight.
+        return tempfile.TemporaryFile(dir=self.s3.spool_dir)
 
     def write(self, data: bytes) -> None:
         self.spool.write(data)
