@@ -34,9 +34,10 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   part directly; otherwise it waits as ``chunks/<n>`` until its group is complete, and the
   request that completes the group (under a store lock per part) reads the group in order,
   uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
-  or its part exists.  Each stored part is also noted in the progress store (under the
-  multipart upload's id), so answering which chunks are stored -- after every chunk --
-  costs store reads, not a ``list_parts`` (which Swift answers slower as parts
+  or its part exists; a chunk that is its own part is stored once (a copy sent again
+  meanwhile changes nothing).  Each stored part is also noted in the progress store
+  (under the multipart upload's id), so answering which chunks are stored -- after every
+  chunk -- costs store reads, not a ``list_parts`` (which Swift answers slower as parts
   accumulate); the merge still lists the parts in S3.
 * **tus.**  A PATCH spools to local disk (unnamed temp files in ``spool_dir``); each
   full ``part_size`` is uploaded as the next part by a background thread (up to
@@ -52,18 +53,18 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   payload signing gets each part's Content-MD5 added instead.  One check per part, never
   two (each costs a hash of every byte).
 * **Merge / verification.**  ``complete_multipart_upload`` makes the object, whose MD5
-  and SHA-256 are then known or computed without the file in memory.  Chunks: each chunk
-  that arrives in order is hashed as it is stored, the hash state kept in the progress
-  store (``rehashes``, the ``s3`` extra: hash states another process resumes), so any
-  server can take the next chunk; a chunk ahead of its turn waits for the one before (at
-  most 2 s: parallel chunks of one client finish close together), and the merge hashes
-  what was not hashed in order with one range GET from there (1 MiB blocks).  Costs in
-  reads of the file: chunks that came in order (the npm clients' default of 3 at a time
-  included), 0 -- a size check; others, the part of the file from the first chunk not
-  hashed in order; chunks smaller than ``part_size`` add one write and one read (chunk
-  objects, then parts); without ``rehashes``, 1 more.  tus: an upload whose every byte
-  reached one process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads,
-  1 (one streaming GET).
+  and SHA-256 are then known or computed without the file in memory.  Chunks of
+  ``part_size`` or more: each one that arrives in order is hashed as it is stored, the
+  hash state kept in the progress store (``rehashes``, the ``s3`` extra: hash states
+  another process resumes), so any server can take the next chunk; a chunk ahead of its
+  turn waits for the one before (at most 2 s: parallel chunks of one client finish close
+  together), and the merge hashes what was not hashed in order with one range GET from
+  there (1 MiB blocks).  Costs in reads of the file: chunks of ``part_size`` or more that
+  came in order (the npm clients' default of 3 at a time included), 0 -- a size check;
+  others, the part of the file from the first chunk not hashed in order (without
+  ``rehashes``: 1); smaller chunks, 2 (and one more write: chunk objects, then parts).
+  tus: an upload whose every byte reached one process (one PATCH), 0 -- hashed as it
+  streamed to S3; other tus uploads, 1 (one streaming GET).
 * **Deferred length** (``creation-defer-length``).  Until the length is declared every
   PATCH keeps its tail as ``data.part.<N>``; the PATCH that declares it may bring no
   bytes, so completing first makes that object the last part (read and uploaded: it is
@@ -495,45 +496,35 @@ class S3Storage(Storage):
         chunk_size: int,
         total_chunks: int,
     ) -> bool:
-        """Store chunk ``number`` once: a chunk sent again (a retry, another server) while
-        its first copy is stored changes nothing, so bytes hashed in order (see
-        :meth:`_hash_in_order`) stay the bytes of the object."""
+        """Store chunk ``number``.  A chunk of a part of its own is stored once: sent
+        again (a retry, another server) while its part is stored, it changes nothing, so
+        its bytes hashed in order (:meth:`_hash_in_order`) stay the bytes of the object.
+        Smaller chunks are hashed by the merge (their group is read back to make the
+        part anyway; waiting for each other's turn would cost more than it saves)."""
         g = self._group(chunk_size)
         part = (number - 1) // g + 1
-        with self._lock(f"{location}#{part}"):
-            if g == 1:
+        if g == 1:
+            with self._lock(f"{location}#{part}"):
                 if self._part_stored(location, state, part):
                     return True  # a duplicate
                 self._upload_part_file(state, part, received)
                 self._note_part(state, part)
-            else:
-                if part in self._parts(state):
-                    return True  # its group is already a part: this chunk is a duplicate
-                have = self._chunk_objects(location)
-                if number in have:
-                    return True  # a duplicate
-                have[number] = f"{location}/chunks/{number}"
-                self._put_file(have[number], received)
-                self._assemble(location, state, part, g, total_chunks, have)
-        # This request stored the chunk: its bytes are the object's.  (Outside the lock:
-        # the chunk before may wait for it, in the same part.)
-        self._hash_in_order(location, state, number, received)
+            self._hash_in_order(location, state, number, received)
+            return True
+        with self._lock(f"{location}#{part}"):
+            if part in self._parts(state):
+                return True  # its group is already a part: this chunk is a duplicate
+            self._put_file(f"{location}/chunks/{number}", received)
+            self._assemble(location, state, part, g, total_chunks)
         return True
 
     def _assemble(
-        self,
-        location: str,
-        state: Mapping[str, Any],
-        part: int,
-        g: int,
-        total_chunks: int,
-        have: dict[int, str] | None = None,
+        self, location: str, state: Mapping[str, Any], part: int, g: int, total_chunks: int
     ) -> bool:
-        """Upload part ``part`` from its chunk objects (``have``: listed already) when
-        all are there (part's lock held); delete them after.  Whether the part is
-        stored."""
+        """Upload part ``part`` from its chunk objects when all are there (part's lock
+        held); delete them after.  Whether the part is stored."""
         first, last = (part - 1) * g + 1, min(part * g, total_chunks)
-        have = self._chunk_objects(location) if have is None else have
+        have = self._chunk_objects(location)
         if any(n not in have for n in range(first, last + 1)):
             return False
         path, out = self.temp_file()
