@@ -557,3 +557,78 @@ def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_stor
         assert client.calls["list_parts"] <= 2  # the merge asks S3, the truth
         (done,) = read_completions(str(tmp_path))
         assert done["sha256"] == f.sha256
+
+
+@pytest.mark.parametrize("payload_signing", [None, False])
+def test_every_part_carries_one_checksum_the_store_checks(
+    swift: Swift, redis_url: str, tmp_path: Any, payload_signing: bool | None
+) -> None:
+    """Each part's bytes are checked by the store once: by the SHA-256 botocore signs
+    (SigV4 over HTTP), or -- where the client turns payload signing off -- by the
+    Content-MD5 uploadmeter adds.  Never both (each costs a hash of every byte)."""
+    from tests.support.s3 import s3_client
+
+    options = {} if payload_signing is None else {"payload_signing_enabled": payload_signing}
+    client = s3_client(swift.endpoint, **options)
+    sent: list[tuple[bool, str]] = []
+
+    def note(request: Any, **_: Any) -> None:
+        headers = request.headers
+        sent.append(("Content-MD5" in headers, headers.get("X-Amz-Content-SHA256", b"")))
+
+    client.meta.events.register("before-send.s3.UploadPart", note)
+    bucket = swift.new_bucket()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path))
+    with serve_fast(make_s3_app(env, client=client)) as url:
+        c = ChunkClient(url)
+        c.start()
+        data = os.urandom(20 * MiB)
+        tus_upload(c, data, len(data))  # one PATCH: parts 8 + 8 + 4 MiB
+        f = ChunkedFile.random(16 * MiB + 7, 8 * MiB)  # two chunks, each a part
+        assert c.upload(f, [1, 2])["complete"] is True
+    shas = [h.decode() if isinstance(h, bytes) else h for _, h in sent]
+    assert len(sent) == 5
+    if payload_signing is None:  # signed: no Content-MD5 on top
+        assert [md5 for md5, _ in sent] == [False] * 5
+        assert all(len(h) == 64 and int(h, 16) >= 0 for h in shas), shas
+    else:
+        assert [md5 for md5, _ in sent] == [True] * 5
+        assert set(shas) == {"UNSIGNED-PAYLOAD"}
+    completed = read_completions(str(tmp_path))
+    assert [d["sha256"] for d in completed] == [hashlib.sha256(data).hexdigest(), f.sha256]
+
+
+def test_chunks_hashed_as_they_come_are_not_read_back_at_the_merge(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    """Chunks that arrive in order are hashed as they come (the hash state in the
+    progress store, whichever process gets the next chunk): the merge reads nothing back.
+    A chunk ahead of its turn waits briefly, then leaves its bytes to the merge, which
+    reads back only from the first chunk not hashed (a range GET)."""
+    from tests.support.s3 import s3_client
+
+    bucket = swift.new_bucket()
+    env = s3_env(swift, redis_url, bucket, str(tmp_path), str(tmp_path))
+    client = CountsCalls(s3_client(swift.endpoint))
+    gets: list[str | None] = []
+    get_object = client.client.get_object
+
+    def counting_get(**kwargs: Any) -> Any:
+        if "/blobs/" in kwargs["Key"]:
+            gets.append(kwargs.get("Range"))
+        return get_object(**kwargs)
+
+    client.client.get_object = counting_get
+    with serve_fast(make_s3_app(env, client=client)) as url:
+        c = ChunkClient(url)
+        c.start()
+        in_order = ChunkedFile.random(3 * 8 * MiB + 5, 8 * MiB)
+        assert c.upload(in_order, [1, 2, 3])["complete"] is True
+        assert gets == []  # verified without a read
+        shuffled = ChunkedFile.random(3 * 8 * MiB + 7, 8 * MiB)
+        assert c.upload(shuffled, [2, 1, 3])["complete"] is True  # 2 and 3 wait in vain
+        assert gets == [f"bytes={8 * MiB}-"]  # chunk 1 was hashed as it came
+    completed = read_completions(str(tmp_path))
+    assert [(d["sha256"], d["md5"]) for d in completed] == [
+        (f.sha256, hashlib.md5(f.data).hexdigest()) for f in (in_order, shuffled)
+    ]

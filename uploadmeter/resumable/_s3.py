@@ -34,21 +34,37 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   part directly; otherwise it waits as ``chunks/<n>`` until its group is complete, and the
   request that completes the group (under a store lock per part) reads the group in order,
   uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
-  or its part exists.  Each stored part is also noted in the progress store (under the
-  multipart upload's id), so answering which chunks are stored -- after every chunk --
-  costs store reads, not a ``list_parts`` (which Swift answers slower as parts
+  or its part exists; a chunk that is its own part is stored once (a copy sent again
+  meanwhile changes nothing).  Each stored part is also noted in the progress store
+  (under the multipart upload's id), so answering which chunks are stored -- after every
+  chunk -- costs store reads, not a ``list_parts`` (which Swift answers slower as parts
   accumulate); the merge still lists the parts in S3.
-* **tus.**  A PATCH spools to local disk; each full ``part_size`` is uploaded as the next
-  part by a background thread (up to ``upload_concurrency`` at once, each with its
-  Content-MD5, which the store checks) while the PATCH reads on.  What is left when the
-  body ends (less than a part) is kept as the object ``data.part.<N>`` (``N``: the part it
-  will start), read back by the next PATCH on any server.  The offset is the parts' sizes
+* **tus.**  A PATCH spools to local disk (unnamed temp files in ``spool_dir``); each
+  full ``part_size`` is uploaded as the next part by a background thread (up to
+  ``upload_concurrency`` at once) while the PATCH reads on: at most ``part_size x
+  (upload_concurrency + 1)`` bytes spooled.  The whole file's MD5 and SHA-256 are
+  computed as the body streams in; each part is read back only by botocore (its signed
+  SHA-256, then the send).  What is left when the body ends (less than a part) is kept
+  as the object ``data.part.<N>`` (``N``: the part it will start), read back by the next
+  PATCH on any server.  The offset is the parts' sizes
   plus that object's; a PATCH answers only once its parts and that object are stored.
-* **Merge / verification.**  ``complete_multipart_upload`` makes the object, then one
-  streaming GET (1 MiB blocks, never the whole file in memory) computes MD5 and SHA-256.
-  Costs in reads of the file: chunks of ``part_size`` or more, 1; smaller chunks, 2 (and
-  one more write: chunk objects, then parts); a tus upload whose every byte reached one
-  process (one PATCH), 0 -- hashed as it streamed to S3; other tus uploads, 1.
+* **Parts are checked by the store.**  botocore signs each part's SHA-256 (SigV4,
+  ``x-amz-content-sha256``), which S3 and Swift verify; a client configured without
+  payload signing gets each part's Content-MD5 added instead.  One check per part, never
+  two (each costs a hash of every byte).
+* **Merge / verification.**  ``complete_multipart_upload`` makes the object, whose MD5
+  and SHA-256 are then known or computed without the file in memory.  Chunks of
+  ``part_size`` or more: each one that arrives in order is hashed as it is stored, the
+  hash state kept in the progress store (``rehashes``, the ``s3`` extra: hash states
+  another process resumes), so any server can take the next chunk; a chunk ahead of its
+  turn waits for the one before (at most 2 s: parallel chunks of one client finish close
+  together), and the merge hashes what was not hashed in order with one range GET from
+  there (1 MiB blocks).  Costs in reads of the file: chunks of ``part_size`` or more that
+  came in order (the npm clients' default of 3 at a time included), 0 -- a size check;
+  others, the part of the file from the first chunk not hashed in order (without
+  ``rehashes``: 1); smaller chunks, 2 (and one more write: chunk objects, then parts).
+  tus: an upload whose every byte reached one process (one PATCH), 0 -- hashed as it
+  streamed to S3; other tus uploads, 1 (one streaming GET).
 * **Deferred length** (``creation-defer-length``).  Until the length is declared every
   PATCH keeps its tail as ``data.part.<N>``; the PATCH that declares it may bring no
   bytes, so completing first makes that object the last part (read and uploaded: it is
@@ -93,6 +109,8 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import importlib
+import importlib.metadata
 import itertools
 import json
 import logging
@@ -111,7 +129,7 @@ from typing import IO, Any
 
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._s3_errors import MISSING, TEMPORARY, s3_error_kind
-from uploadmeter.exceptions import ObjectStoreError, _ObjectMissing
+from uploadmeter.exceptions import ObjectStoreError, StoreError, _ObjectMissing
 from uploadmeter.resumable._storage import (
     BLOCK,
     CleanupStats,
@@ -132,6 +150,16 @@ _NOTED_PARTS = 256  # beyond: one list_parts beats as many store reads
 _MULTIPART = ".multipart.json"
 _CHUNK_KEY = re.compile(r".*/chunks/(\d{1,9})")
 _PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
+# How long a chunk that arrived before the one hashed next waits for it (see
+# S3Storage._hash_in_order); the merge reads back what was not hashed in order.
+_HASH_WAIT = 2.0
+_HASH_POLL = 0.01
+
+try:  # the s3 extra: MD5 and SHA-256 whose state another process can resume
+    _rehashes: Any = importlib.import_module("rehashes")
+    _REHASHES = importlib.metadata.version("rehashes")
+except ImportError:  # pragma: no cover - then every merge reads its object back
+    _rehashes, _REHASHES = None, ""
 
 
 class S3Storage(Storage):
@@ -178,6 +206,7 @@ class S3Storage(Storage):
         if prefix.startswith("/") or ".." in prefix.split("/"):
             raise ValueError(f"not a key prefix: {prefix!r}")
         self.client = client
+        self._signs_payloads = _signs_payloads(client)
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
@@ -195,6 +224,9 @@ class S3Storage(Storage):
         # Hashes of tus uploads this process received from their first byte, by location.
         self._hashes: dict[str, _Hashes] = {}
         self._chunk_states: dict[str, dict[str, Any]] = {}
+        # Parts this process saw noted, by note prefix (which names the multipart upload:
+        # a part once stored stays stored while its upload lives).
+        self._parts_seen: dict[str, set[int]] = {}
         # Multipart uploads of joins that failed while the store was down: aborted later.
         self._orphans: list[dict[str, Any]] = []
 
@@ -228,7 +260,13 @@ class S3Storage(Storage):
 
     def _put_file(self, key: str, path: str) -> None:
         with open(path, "rb") as f:
-            self._call("put_object", Key=key, Body=f, ContentLength=os.fstat(f.fileno()).st_size)
+            self._put(key, f)
+
+    def _put(self, key: str, body: IO[bytes]) -> None:
+        """Store ``body`` (a seekable file, read from its start) as the object ``key``."""
+        size = body.seek(0, os.SEEK_END)
+        body.seek(0)
+        self._call("put_object", Key=key, Body=body, ContentLength=size)
 
     def _delete(self, key: str) -> None:
         with contextlib.suppress(_ObjectMissing):
@@ -260,21 +298,37 @@ class S3Storage(Storage):
                 return parts
             marker = int(page["NextPartNumberMarker"])
 
-    def _upload_part(
-        self, state: Mapping[str, Any], number: int, path: str, md5: str | None = None
-    ) -> None:
-        """Upload a part from a local file (with its Content-MD5: the store checks it)."""
-        extra = {"ContentMD5": md5} if md5 else {}
+    def _upload_part(self, state: Mapping[str, Any], number: int, body: IO[bytes]) -> str:
+        """Upload part ``number`` from a seekable file (read from its start): its ETag.
+
+        The store checks every part's bytes: botocore signs each body's SHA-256 with
+        SigV4 (``x-amz-content-sha256``, which S3 and Swift verify) -- unless the
+        client's configuration turns payload signing off: then the part carries its
+        Content-MD5, computed here (one more read of the part).  Never both: either
+        check costs one hash of every byte."""
+        size = body.seek(0, os.SEEK_END)
+        body.seek(0)
+        extra: dict[str, str] = {}
+        if not self._signs_payloads:
+            md5 = hashlib.md5(usedforsecurity=False)
+            while block := body.read(BLOCK):
+                md5.update(block)
+            body.seek(0)
+            extra["ContentMD5"] = base64.b64encode(md5.digest()).decode()
+        result = self._call(
+            "upload_part",
+            Key=state["key"],
+            UploadId=state["id"],
+            PartNumber=number,
+            Body=body,
+            ContentLength=size,
+            **extra,
+        )
+        return str(result["ETag"])
+
+    def _upload_part_file(self, state: Mapping[str, Any], number: int, path: str) -> str:
         with open(path, "rb") as f:
-            self._call(
-                "upload_part",
-                Key=state["key"],
-                UploadId=state["id"],
-                PartNumber=number,
-                Body=f,
-                ContentLength=os.fstat(f.fileno()).st_size,
-                **extra,
-            )
+            return self._upload_part(state, number, f)
 
     def _complete(self, state: Mapping[str, Any]) -> None:
         parts = self._call("list_parts", Key=state["key"], UploadId=state["id"], MaxParts=10000)
@@ -292,12 +346,16 @@ class S3Storage(Storage):
             MultipartUpload={"Parts": listed},
         )
 
-    def _hash_object(self, key: str, progress: Callable[[int], None] | None) -> Digests:
-        """One streaming GET: MD5, SHA-256 and size.  A thread reads 1 MiB blocks (at most
-        8 ahead) while this one hashes them (hashlib lets go of the GIL)."""
-        hashes = _Hashes()
+    def _hash_object(
+        self, key: str, progress: Callable[[int], None] | None, hashes: _Hashes | None = None
+    ) -> Digests:
+        """One streaming GET: MD5, SHA-256 and size -- or, given the ``hashes`` of the
+        object's first bytes, of the bytes after them (a range GET).  A thread reads 1 MiB
+        blocks (at most 8 ahead) while this one hashes them (hashlib lets go of the GIL)."""
+        hashes = _Hashes() if hashes is None else hashes
         blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-        body = self._call("get_object", Key=key)["Body"]
+        extra = {"Range": f"bytes={hashes.size}-"} if hashes.size else {}
+        body = self._call("get_object", Key=key, **extra)["Body"]
         stop = threading.Event()
 
         def read() -> None:
@@ -391,6 +449,7 @@ class S3Storage(Storage):
             raise
         if self._store is not None and location.startswith(self.partial_root + "/"):
             self._store.set(self._note_key(location, ""), upload_id, self.expire_after)
+            self._save_frontier(location, upload_id, 1, _Hashes.resumable())
 
     def exists(self, location: str) -> bool:
         return next(iter(self._list(location + "/")), None) is not None
@@ -437,11 +496,20 @@ class S3Storage(Storage):
         chunk_size: int,
         total_chunks: int,
     ) -> bool:
+        """Store chunk ``number``.  A chunk of a part of its own is stored once: sent
+        again (a retry, another server) while its part is stored, it changes nothing, so
+        its bytes hashed in order (:meth:`_hash_in_order`) stay the bytes of the object.
+        Smaller chunks are hashed by the merge (their group is read back to make the
+        part anyway; waiting for each other's turn would cost more than it saves)."""
         g = self._group(chunk_size)
         part = (number - 1) // g + 1
         if g == 1:
-            self._upload_part(state, part, received)  # the same part however often it comes
-            self._note_part(state, part)
+            with self._lock(f"{location}#{part}"):
+                if self._part_stored(location, state, part):
+                    return True  # a duplicate
+                self._upload_part_file(state, part, received)
+                self._note_part(state, part)
+            self._hash_in_order(location, state, number, received)
             return True
         with self._lock(f"{location}#{part}"):
             if part in self._parts(state):
@@ -466,7 +534,7 @@ class S3Storage(Storage):
                     body = self._call("get_object", Key=have[n])["Body"]
                     with _reading(have[n]), contextlib.closing(body):
                         shutil.copyfileobj(body, out, BLOCK)
-            self._upload_part(state, part, path)
+            self._upload_part_file(state, part, path)
         finally:
             self.discard(path)
         self._note_part(state, part)
@@ -524,7 +592,88 @@ class S3Storage(Storage):
             return set(self._parts(state))
         assert self._store is not None
         prefix = self._note_key(location, f"#{state['id']}:")
-        return {n for n in range(1, count + 1) if self._store.get(f"{prefix}{n}") is not None}
+        if len(self._parts_seen) > 1000:
+            self._parts_seen.clear()
+        seen = self._parts_seen.setdefault(prefix, set())
+        for n in range(1, count + 1):
+            if n not in seen and self._store.get(f"{prefix}{n}") is not None:
+                seen.add(n)
+        return {n for n in seen if n <= count}
+
+    def _part_stored(self, location: str, state: Mapping[str, Any], number: int) -> bool:
+        """Whether part ``number`` is stored: from its note when the store holds the
+        upload's current id, else from ``list_parts``."""
+        current = None if self._store is None else self._store.get(self._note_key(location, ""))
+        if current != state["id"]:
+            return number in self._parts(state)
+        assert self._store is not None
+        return self._store.get(self._note_key(location, f"#{state['id']}:{number}")) is not None
+
+    # The whole file's MD5 and SHA-256, hashed as chunks arrive in order (the frontier),
+    # their state kept in the progress store (``rehashes``: hash states that another
+    # process resumes), so the merge reads back only the bytes after the frontier --
+    # none when every chunk was hashed as it came.  A chunk that arrives before the next
+    # one to hash waits for it (at most _HASH_WAIT; parallel chunks of one client
+    # finish close together); one that waited in vain marks the frontier stalled, and
+    # later chunks do not wait on that gap.  The bytes hashed are the request's own,
+    # which the store checked as the part's (``_upload_part()``), and a chunk is stored
+    # once (``_put_chunk()``): the hashes are the object's.
+
+    def _frontier_key(self, location: str, upload_id: str, suffix: str = "") -> str:
+        return self._note_key(location, f"#{upload_id}:hashed{suffix}")
+
+    def _save_frontier(self, location: str, upload_id: str, next_chunk: int, h: _Hashes) -> None:
+        if self._store is None or _rehashes is None:
+            return
+        value = json.dumps(dict(h.state() or {}, next=next_chunk, v=_REHASHES))
+        self._store.set(self._frontier_key(location, upload_id), value, self.expire_after)
+
+    def _frontier(self, location: str, upload_id: str) -> tuple[int, _Hashes] | None:
+        """``(the next chunk to hash, the hashes of those before)``, or ``None``."""
+        if self._store is None or _rehashes is None:
+            return None
+        raw = self._store.get(self._frontier_key(location, upload_id))
+        try:
+            data = json.loads(raw) if raw else None
+            if not isinstance(data, dict) or data.get("v") != _REHASHES:
+                return None
+            return int(data["next"]), _Hashes.resume(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("uploadmeter: unreadable hash state of %s", location)
+            return None
+
+    def _hash_in_order(
+        self, location: str, state: Mapping[str, Any], number: int, received: str
+    ) -> None:
+        """(Chunk ``number`` just stored, its part's lock held) add its bytes to the
+        whole file's hashes if it is the next chunk -- waiting briefly for the ones
+        before it.  Best effort: a store error leaves the bytes to the merge."""
+        upload_id = str(state["id"])
+        stalled = self._frontier_key(location, upload_id, "-stalled")
+        deadline = time.monotonic() + _HASH_WAIT
+        try:
+            while True:
+                frontier = self._frontier(location, upload_id)
+                if frontier is None or frontier[0] > number:
+                    return
+                if frontier[0] == number:
+                    break
+                assert self._store is not None
+                if self._store.get(stalled) == str(frontier[0]):
+                    return  # a gap another chunk waited on in vain
+                if time.monotonic() >= deadline:
+                    self._store.set(stalled, str(frontier[0]), self.expire_after)
+                    return
+                time.sleep(_HASH_POLL)
+            hashes = frontier[1]
+            with open(received, "rb") as f:
+                while block := f.read(BLOCK):
+                    hashes.update(block)
+            self._save_frontier(location, upload_id, number + 1, hashes)
+        except StoreError as exc:
+            log.warning(
+                "uploadmeter: chunk %d of %s hashed at the merge: %s", number, location, exc
+            )
 
     def join_chunks(
         self,
@@ -549,7 +698,13 @@ class S3Storage(Storage):
                         location, state, part, g, total
                     ):
                         raise FileNotFoundError(f"{location}: part {part} is missing")
-        return self._finish_multipart(location, state, progress)
+        frontier = self._frontier(location, str(state["id"]))
+        known = None
+        if frontier is not None and (
+            frontier[0] == total + 1 or frontier[1].size == (frontier[0] - 1) * chunk_size
+        ):
+            known = frontier[1]  # chunks 1 .. next - 1, as they came (the last: any size)
+        return self._finish_multipart(location, state, progress, known)
 
     def _finish_multipart(
         self,
@@ -559,8 +714,9 @@ class S3Storage(Storage):
         known: _Hashes | None = None,
     ) -> tuple[str, Digests]:
         """Complete the multipart upload (idempotent: a retry after a fault finds the
-        object) and hash the object -- or, with the ``known`` hashes of every byte as it
-        was sent (each part checked by its Content-MD5), check only its size."""
+        object) and hash the object -- or, with the ``known`` hashes of its first bytes as
+        they were sent (each part checked by the store, see ``_upload_part()``), only the
+        bytes after those (none: then its size is checked)."""
         # _ObjectMissing: completed by an earlier attempt; the object is there (checked next).
         with contextlib.suppress(_ObjectMissing):
             self._complete(state)
@@ -573,6 +729,8 @@ class S3Storage(Storage):
                 if progress is not None:
                     progress(known.size)
                 return state["key"], known.digests()
+            if int(head["ContentLength"]) > known.size:
+                return state["key"], self._hash_object(state["key"], progress, known)
         return state["key"], self._hash_object(state["key"], progress)
 
     # -- tus data ------------------------------------------------------------------------
@@ -742,25 +900,12 @@ class S3Storage(Storage):
             return str(result["CopyPartResult"]["ETag"])
         path, out = self.temp_file()
         try:
-            md5 = hashlib.md5(usedforsecurity=False)
             with out:
                 for source, start, end in ranges:
                     body = self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
                     with _reading(source), contextlib.closing(body["Body"]) as stream:
-                        while block := stream.read(BLOCK):
-                            md5.update(block)
-                            out.write(block)
-            with open(path, "rb") as f:
-                result = self._call(
-                    "upload_part",
-                    Key=state["key"],
-                    UploadId=state["id"],
-                    PartNumber=number,
-                    Body=f,
-                    ContentLength=os.fstat(f.fileno()).st_size,
-                    ContentMD5=base64.b64encode(md5.digest()).decode(),
-                )
-            return str(result["ETag"])
+                        shutil.copyfileobj(stream, out, BLOCK)
+            return self._upload_part_file(state, number, path)
         finally:
             self.discard(path)
 
@@ -1002,12 +1147,38 @@ def _concat_plan(sizes: Sequence[int], part_size: int) -> list[list[tuple[int, i
 
 
 class _Hashes:
-    """MD5 and SHA-256 of an upload's first ``size`` bytes, as they streamed through."""
+    """MD5 and SHA-256 of an upload's first ``size`` bytes, as they streamed through:
+    hashlib's, or (:meth:`resumable`) rehashes', whose :meth:`state` another process
+    resumes."""
 
-    def __init__(self) -> None:
-        self.size = 0
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.sha256 = hashlib.sha256()
+    def __init__(self, size: int = 0, md5: Any = None, sha256: Any = None) -> None:
+        self.size = size
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 is None else md5
+        self.sha256 = hashlib.sha256() if sha256 is None else sha256
+
+    @classmethod
+    def resumable(cls) -> _Hashes:
+        if _rehashes is None:
+            return cls()
+        return cls(0, _rehashes.PyMd5(), _rehashes.PySha256())
+
+    @classmethod
+    def resume(cls, state: Mapping[str, Any]) -> _Hashes:
+        md5 = _rehashes.PyMd5.deserialize(base64.b64decode(state["md5"]))
+        sha256 = _rehashes.PySha256.deserialize(base64.b64decode(state["sha256"]))
+        return cls(int(state["size"]), md5, sha256)
+
+    def state(self) -> dict[str, Any] | None:
+        """The state to :meth:`resume` from, or ``None`` (hashlib's cannot be kept)."""
+        md5: Any = self.md5
+        sha256: Any = self.sha256
+        if not hasattr(md5, "serialize"):
+            return None
+        return {
+            "size": self.size,
+            "md5": base64.b64encode(md5.serialize()).decode(),
+            "sha256": base64.b64encode(sha256.serialize()).decode(),
+        }
 
     def update(self, data: bytes) -> None:
         self.size += len(data)
@@ -1015,14 +1186,19 @@ class _Hashes:
         self.sha256.update(data)
 
     def digests(self) -> Digests:
-        return Digests(self.size, self.md5.hexdigest(), self.sha256.hexdigest())
+        return Digests(self.size, _hex(self.md5), _hex(self.sha256))
+
+
+def _hex(h: Any) -> str:
+    """The hex digest of a hashlib or a rehashes hash (``finalize()``)."""
+    return str(h.hexdigest() if hasattr(h, "hexdigest") else h.finalize())
 
 
 class _Hasher:
     """Feeds :class:`_Hashes` from a thread, in order, at most ``ahead`` blocks behind
     (hashlib lets go of the GIL: the request thread reads on meanwhile)."""
 
-    def __init__(self, hashes: _Hashes, ahead: int = 32) -> None:
+    def __init__(self, hashes: _Hashes, ahead: int = 8) -> None:
         self.hashes = hashes
         self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=ahead)
         self.thread = threading.Thread(target=self._run, name="uploadmeter-s3-hash", daemon=True)
@@ -1043,11 +1219,11 @@ class _Hasher:
 
 
 class _S3Writer:
-    """Appends a PATCH body: each full part is uploaded by a background thread (with its
-    Content-MD5, which the store checks) while the next one spools; what is left when
-    the body ends (less than a part) is kept as the pending object.  At most
-    ``upload_concurrency`` parts upload while one spools, all on local disk (not in
-    memory); their reads stream in botocore's 1 MiB-ish buffers.
+    """Appends a PATCH body: each full part is uploaded by a background thread while the
+    next one spools (an unnamed temp file in ``spool_dir``); what is left when the body
+    ends (less than a part) is kept as the pending object.  At most ``upload_concurrency``
+    parts upload while one spools: ``part_size x (upload_concurrency + 1)`` bytes there,
+    each part read once (botocore's signed SHA-256 and the send share its page cache).
 
     When this process saw every byte of the upload from the first (one PATCH, or PATCHes
     that all reached it), the whole file's hashes are kept for :meth:`S3Storage.join_data`,
@@ -1083,27 +1259,25 @@ class _S3Writer:
         # Parts uploading, oldest first: (future, the offset at the part's end).
         self.uploading: list[tuple[concurrent.futures.Future[None], int]] = []
         self.pending_part = self.next_part  # the part that takes in the pending bytes
-        self._new_spool()
+        self.spool = self._new_spool()
         try:
             if pending is not None:  # the bytes before ``start``: the next part begins there
                 body = storage._call("get_object", Key=pending[0])["Body"]
                 with _reading(pending[0]), contextlib.closing(body):
-                    while block := body.read(BLOCK):
-                        self._spool(block)
+                    shutil.copyfileobj(body, self.spool, BLOCK)
             if self.base + self.spool.tell() != start:
                 raise FileNotFoundError(f"{location}: stored data changed")
         except BaseException:
             self.close()
             raise
 
-    def _new_spool(self) -> None:
-        self.spool_path, self.spool = self.s3.temp_file()
-
-    def _spool(self, data: bytes) -> None:
-        self.spool.write(data)
+    def _new_spool(self) -> IO[bytes]:
+        # Unnamed (gone with the process): the page cache holds it, not the heap, where
+        # freed part-sized buffers stay (glibc) and grow the RSS past the parts in flight.
+        return tempfile.TemporaryFile(dir=self.s3.spool_dir)
 
     def write(self, data: bytes) -> None:
-        self._spool(data)
+        self.spool.write(data)
         if self.hasher is not None:
             self.hasher.update(data)
         if not self.hold and self.spool.tell() >= self.s3.part_size:
@@ -1114,27 +1288,20 @@ class _S3Writer:
         parts are uploading)."""
         while len(self.uploading) >= self.s3.upload_concurrency:
             self._wait_oldest()
-        path, size, number = self.spool_path, self.spool.tell(), self.next_part
-        self.spool.close()
+        spool, number = self.spool, self.next_part
         self.next_part += 1
-        self.base += size
-        self._new_spool()
+        self.base += spool.tell()
+        self.spool = self._new_spool()
         if self.pool is None:
             workers = self.s3.upload_concurrency
             self.pool = concurrent.futures.ThreadPoolExecutor(workers, "uploadmeter-s3-part")
-        future = self.pool.submit(self._upload, path, number)
+        future = self.pool.submit(self._upload, spool, number)
         self.uploading.append((future, self.base))
 
-    def _upload(self, path: str, number: int) -> None:
-        """(An uploading thread) the part's MD5 from its file, then the part."""
-        try:
-            md5 = hashlib.md5(usedforsecurity=False)
-            with open(path, "rb") as f:
-                while block := f.read(BLOCK):
-                    md5.update(block)
-            self.s3._upload_part(self.state, number, path, base64.b64encode(md5.digest()).decode())
-        finally:
-            self.s3.discard(path)
+    def _upload(self, spool: IO[bytes], number: int) -> None:
+        """(An uploading thread) upload the part, let go of its bytes."""
+        with spool:
+            self.s3._upload_part(self.state, number, spool)
         if number == self.pending_part and self.pending_key is not None:
             self.s3._delete(self.pending_key)  # its bytes are in this part now
             self.pending_key = None
@@ -1152,11 +1319,8 @@ class _S3Writer:
     def truncate(self, size: int) -> int:
         keep = max(size - self.base, 0)  # parts already handed off stay
         if keep < self.spool.tell():
-            self.spool.seek(0)
-            kept = self.spool.read(keep)
-            self.spool.seek(0)
-            self.spool.truncate()
-            self._spool(kept)
+            self.spool.truncate(keep)
+            self.spool.seek(keep)
             self._drop_hasher()  # it saw bytes that are not kept
         return self.base + self.spool.tell()
 
@@ -1168,9 +1332,9 @@ class _S3Writer:
             self._hand_off()  # the last part may be small
         self._wait()
         if self.spool.tell():
-            self.spool.flush()
             key = f"{self.location}/data.part.{self.next_part}"
-            self.s3._put_file(key, self.spool_path)
+            self.s3._put(key, self.spool)
+            self.spool.seek(0, os.SEEK_END)
             if self.pending_key is not None and self.pending_key != key:
                 self.s3._delete(self.pending_key)
             self.pending_key = key
@@ -1188,20 +1352,16 @@ class _S3Writer:
 
     def _split_spool(self) -> None:
         """(``hold``) The spool grew past a part: hand off its first ``part_size`` bytes."""
-        self.spool.flush()
-        with open(self.spool_path, "rb") as src:
-            first = src.read(self.s3.part_size)
-            rest_path, rest = self.s3.temp_file()
-            with rest:
-                shutil.copyfileobj(src, rest, BLOCK)
-        self.spool.seek(0)
-        self.spool.truncate()
-        self._spool(first)
+        whole = self.spool
+        whole.seek(0)
+        self.spool = self._new_spool()
+        left = self.s3.part_size
+        while left and (block := whole.read(min(left, BLOCK))):
+            self.spool.write(block)
+            left -= len(block)
         self._hand_off()
-        with open(rest_path, "rb") as src:
-            while block := src.read(BLOCK):
-                self._spool(block)
-        self.s3.discard(rest_path)
+        with whole:
+            shutil.copyfileobj(whole, self.spool, BLOCK)
 
     def close(self) -> None:
         self._drop_hasher()
@@ -1212,13 +1372,24 @@ class _S3Writer:
         if self.pool is not None:
             self.pool.shutdown()
         self.spool.close()
-        self.s3.discard(self.spool_path)
 
     def __enter__(self) -> _S3Writer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _signs_payloads(client: Any) -> bool:
+    """Whether botocore signs each request body's SHA-256 (SigV4 payload signing, which
+    the store verifies) for a part sent without Content-MD5: yes, unless the client's
+    ``Config(s3={"payload_signing_enabled": False})`` or another signature says no."""
+    config = getattr(getattr(client, "meta", None), "config", None)
+    if config is None:
+        return False
+    if getattr(config, "signature_version", None) not in (None, "s3v4", "v4"):
+        return False
+    return (getattr(config, "s3", None) or {}).get("payload_signing_enabled") is not False
 
 
 def _translate(exc: Exception, operation: str) -> Exception:

@@ -32,15 +32,16 @@ SECRET = "s3-test-secret"
 DOWNLOAD = "/s3-download"  # ?key=um/blobs/...: the stored object, through the downloads API
 
 
-def s3_client(endpoint: str, *, attempts: int = 1) -> Any:
+def s3_client(endpoint: str, *, attempts: int = 1, **s3: Any) -> Any:
     """A boto3 client for the test server: path-style, SigV4 for us-east-1, checksums only
     where required (Swift 2.30 takes no flexible checksums over HTTP); ``attempts=1``
-    makes a stopped server an error at once (the client retries, not boto3)."""
+    makes a stopped server an error at once (the client retries, not boto3); ``s3``:
+    more of botocore's S3 options (``payload_signing_enabled=False``)."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        s3={"addressing_style": "path"},
+        s3={"addressing_style": "path", **s3},
         signature_version="s3v4",
         retries={"max_attempts": attempts, "mode": "standard"},
         connect_timeout=2,
