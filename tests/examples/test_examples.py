@@ -25,7 +25,14 @@ import pytest
 
 from tests.support.asgi_servers import serve_asgi_in_thread
 from tests.support.browser_support import make_file, running_chromium, sha256_of
-from tests.support.servers import ROOT, Client, multipart_body, new_upload_id, serve_in_thread
+from tests.support.servers import (
+    ROOT,
+    Client,
+    multipart_body,
+    new_upload_id,
+    serve_in_thread,
+    wait_until,
+)
 
 EXAMPLES = os.path.join(ROOT, "examples")
 NODE_MODULES = os.path.join(ROOT, "tests", "js", "node_modules")
@@ -201,7 +208,11 @@ def test_download_links_example(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) 
             "GET", f"/files/report.bin?uploadmeter_id={download_id}"
         )
         assert (status, body) == (200, content)
-        record = browser_client.progress(download_id)
+        # The server writes the outcome once the response is closed, which may be just
+        # after the client has read the last byte.
+        record = wait_until(
+            lambda: (r := browser_client.progress(download_id))["state"] != "uploading" and r
+        )
         assert record["state"] == "done" and record["result"]["bytes"] == len(content)
         status, _, body = browser_client.request(
             "GET", "/selection.zip?name=report.bin&name=notes.txt"
