@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,75 @@ def test_docs_build_is_documented_as_the_suite_runs_it() -> None:
     assert command in README.read_text(encoding="utf-8")
     assert command in (DOCS / "installation.rst").read_text(encoding="utf-8")
     assert os.path.isfile(DOCS / "conf.py")
+
+
+# -- the Django quick start -------------------------------------------------------------------
+
+DJANGO_SETTINGS = """
+SECRET_KEY = "docs"
+DEBUG = False
+ALLOWED_HOSTS = ["localhost"]
+INSTALLED_APPS = ["uploadmeter.django", "mysite"]
+MIDDLEWARE = ["django.middleware.csrf.CsrfViewMiddleware"]
+ROOT_URLCONF = "mysite.urls"
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+"""
+
+DJANGO_CHECK = """
+import io, os, re
+from mysite.wsgi import application   # the page's wsgi.py
+from werkzeug.test import Client
+
+client = Client(application)
+page = client.get("/")
+assert page.status_code == 200 and b'id="document_component"' in page.data, page.data[:300]
+token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page.data).group(1).decode()
+data = os.urandom(100_000)
+answer = client.post(
+    "/upload?uploadmeter_id=abcdefgh12345678",
+    data={"csrfmiddlewaretoken": token, "document": (io.BytesIO(data), "a.pdf")},
+    headers={"Accept": "application/json"},
+)
+assert answer.status_code == 200, answer.data[:300]
+saved = answer.json["saved"]
+with open(os.path.join("uploads", saved), "rb") as f:
+    assert f.read() == data
+record = client.get("/uploadmeter/progress?id=abcdefgh12345678").json
+assert record["state"] == "done" and record["result"] == {"saved": saved}, record
+print("quick start ok")
+"""
+
+
+def test_django_quick_start_runs(tmp_path: Path) -> None:
+    """The page's wsgi.py, views, URLs and template, as a project: the page renders the
+    widget, a tracked upload with Django's CSRF token is saved and its record is done."""
+    pytest.importorskip("django")
+    page = (DOCS / "django.rst").read_text(encoding="utf-8")
+
+    def block(start: str, end: str) -> str:
+        text = page[page.index(start) : page.index(end, page.index(start))]
+        return textwrap.dedent(text)
+
+    project = tmp_path / "mysite"
+    (project / "templates").mkdir(parents=True)
+    (project / "__init__.py").write_text("")
+    (project / "settings.py").write_text(DJANGO_SETTINGS)
+    (project / "wsgi.py").write_text(block("    import os\n", "``asgi.py`` is the same"))
+    code = block("    # mysite/views.py", "The template, ``mysite/templates/index.html``")
+    views, urls = code.split("# mysite/urls.py")
+    (project / "views.py").write_text(views)
+    (project / "urls.py").write_text(urls)
+    template = block("    {% load uploadmeter %}\n    <!doctype", "Run it with ``python manage.py")
+    (project / "templates" / "index.html").write_text(template)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([ROOT, str(tmp_path)]),
+        "TMPDIR": str(tmp_path),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # the page's wsgi.py sets it
+    result = subprocess.run(
+        [sys.executable, "-c", DJANGO_CHECK], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "quick start ok" in result.stdout
