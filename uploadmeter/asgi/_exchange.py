@@ -13,9 +13,9 @@ them with a blocking read; this module drives them on the event loop:
   app), so the loop never blocks and a slow client holds no thread while its bytes trickle
   in: it costs a suspended generator and its buffer.
 
-The request is given to the exchange as a PEP 3333 environ built from the scope (no body
-stream: the body comes through the generator), with the scope under
-:data:`~uploadmeter.resumable._completion.ASGI_SCOPE` for the ``session_id`` hook; the
+The request is given to the exchange as a PEP 3333 environ built from the scope
+(``_requests.wsgi_environ``; no body stream: the body comes through the generator), with
+the scope under ``"asgi.scope"`` for the ``session_id`` hook; the
 response it returns (a werkzeug response) is written exactly as the WSGI shell writes it:
 same status, same headers, same body.
 """
@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol, runtime_checkable
 
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Response
 
-from uploadmeter.asgi._requests import route_path, scope_headers
+from uploadmeter.asgi._requests import wsgi_environ
 from uploadmeter.asgi._types import Receive, Scope, Send
 from uploadmeter.core._exchange import Exchange, advance
-from uploadmeter.resumable._completion import ASGI_SCOPE
 
 # Worker threads per mounted app for the exchanges' steps.  A step is short (one piece
 # written and hashed, a store write) but may wait: a lock (tus: up to lock_wait), a merge
@@ -48,34 +45,6 @@ class ExchangeFeature(Protocol):
     """A feature whose requests are exchanges (:meth:`exchange`)."""
 
     def exchange(self, environ: dict[str, Any]) -> Exchange[Response]: ...
-
-
-def scope_environ(scope: Scope) -> dict[str, Any]:
-    """A PEP 3333 environ for ``scope``, without a body (an empty ``wsgi.input``)."""
-    server = scope.get("server") or ("localhost", 80)
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": scope.get("method", "GET"),
-        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
-        "PATH_INFO": route_path(scope).encode("utf-8").decode("latin-1"),
-        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-        "SERVER_NAME": server[0],
-        "SERVER_PORT": str(server[1] or 80),
-        "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        ASGI_SCOPE: scope,
-    }
-    if scope.get("client"):
-        environ["REMOTE_ADDR"] = scope["client"][0]
-    for name, value in scope_headers(scope).items():
-        key = name.upper().replace("-", "_")
-        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
-    return environ
 
 
 class ReceivedBody:
@@ -132,7 +101,7 @@ class ExchangeApp:
             mounted_at(path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        environ = scope_environ(scope)
+        environ = wsgi_environ(scope)
         response = await self.drive(self.feature.exchange(environ), ReceivedBody(receive))
         body, status, headers = response.get_wsgi_response(environ)
         # Bytes, in memory: these answers are short JSON (or empty).

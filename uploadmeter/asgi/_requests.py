@@ -6,8 +6,16 @@ counterpart of :mod:`uploadmeter.wsgi._requests`).
 
 from __future__ import annotations
 
+import io
+import sys
+from typing import Any
+
 from uploadmeter.asgi._types import Scope, Send
 from uploadmeter.core._http import Reply, RequestHead
+
+#: Where an environ built by :func:`wsgi_environ` keeps its scope: the ``session_id``
+#: hook of an ASGI app is called with the scope, whatever feature reads the environ.
+ASGI_SCOPE = "asgi.scope"
 
 
 def scope_headers(scope: Scope) -> dict[str, str]:
@@ -53,3 +61,37 @@ async def send_reply(send: Send, reply: Reply, *, head_only: bool = False) -> No
         headers.append((b"content-length", str(len(reply.body)).encode("ascii")))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head_only else reply.body})
+
+
+def wsgi_environ(scope: Scope, body: bytes = b"") -> dict[str, Any]:
+    """The WSGI environ a WSGI server would build for this request (``body`` as its
+    input); ``SCRIPT_NAME`` is the scope's ``root_path``, ``PATH_INFO`` what follows."""
+    server = scope.get("server") or ("127.0.0.1", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        # WSGI strings are latin-1 text of the raw bytes: the path's UTF-8, re-read.
+        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
+        "PATH_INFO": route_path(scope).encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        ASGI_SCOPE: scope,
+    }
+    for name, value in scope_headers(scope).items():
+        if name == "content-type":
+            environ["CONTENT_TYPE"] = value
+        elif name == "content-length":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return environ

@@ -5,7 +5,7 @@ which headers (``Range``, ``ETag``, 304, 416, the disposition, the zip's length)
 bytes -- as a werkzeug :class:`~werkzeug.wrappers.Response` whose body is an iterator.
 Under WSGI the server iterates it on the request's thread.  Here:
 
-* the request is read into a WSGI environ (:func:`wsgi_environ`: the same names a WSGI
+* the request is read into a WSGI environ (``_requests.wsgi_environ``: the same names a WSGI
   server gives, with the scope under ``"asgi.scope"``) and the response is decided on a
   worker thread (it may stat files, ask an object store, write a progress record);
 * the body is pumped with backpressure (:func:`pump_body`): each piece is read on a
@@ -21,58 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from werkzeug.wrappers import Response
 
-from uploadmeter.asgi._requests import route_path, scope_headers
+from uploadmeter.asgi._requests import wsgi_environ
 from uploadmeter.asgi._types import Receive, Scope, Send
 from uploadmeter.exceptions import DownloadCancelled
 
-__all__ = ["WerkzeugApp", "pump_body", "wsgi_environ"]
+__all__ = ["WerkzeugApp", "pump_body"]
 
 Respond = Callable[[dict[str, Any]], Response]
 _END = object()
 # Bytes read per thread hop: a file body comes in 8 KiB pieces (werkzeug's FileWrapper),
 # and a hop per 8 KiB caps a download at ~40 MiB/s; 256 KiB per hop lets the disk set it.
 PIECE = 256 * 1024
-
-
-def wsgi_environ(scope: Scope, body: bytes = b"") -> dict[str, Any]:
-    """The WSGI environ a WSGI server would build for this request (``body`` as its
-    input); ``SCRIPT_NAME`` is the scope's ``root_path``, ``PATH_INFO`` what follows."""
-    server = scope.get("server") or ("127.0.0.1", 80)
-    client = scope.get("client") or ("", 0)
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": scope.get("method", "GET"),
-        # WSGI strings are latin-1 text of the raw bytes: the path's UTF-8, re-read.
-        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
-        "PATH_INFO": route_path(scope).encode("utf-8").decode("latin-1"),
-        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-        "SERVER_NAME": str(server[0]),
-        "SERVER_PORT": str(server[1]),
-        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
-        "REMOTE_ADDR": str(client[0]),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "asgi.scope": scope,
-    }
-    for name, value in scope_headers(scope).items():
-        if name == "content-type":
-            environ["CONTENT_TYPE"] = value
-        elif name == "content-length":
-            environ["CONTENT_LENGTH"] = value
-        else:
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
-    return environ
 
 
 async def read_small_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from uploadmeter.core import _endpoints
 from uploadmeter.core._context import HasContext, MeterContext, context_of
 from uploadmeter.core._locks import StoreLock
 from uploadmeter.core._record import shown_text
@@ -24,28 +23,12 @@ from uploadmeter.exceptions import CompletionFailed, UploadRejected
 from uploadmeter.processing import ProcessingTask
 from uploadmeter.resumable._storage import FileInfo, FileStore, Storage
 from uploadmeter.stores._base import ProgressStore
-from uploadmeter.wsgi._requests import request_head
+from uploadmeter.wsgi._requests import session_for as issue_session
+from uploadmeter.wsgi._requests import session_of as request_session
 
 log = logging.getLogger("uploadmeter")
 
 __all__ = ["OnComplete", "ResumableEndpoint", "deliver", "issue_session", "request_session"]
-
-# The ASGI shell's scope, in the environ it builds for the protocol code (what the
-# middleware's ``session_id`` hook is called with there).
-ASGI_SCOPE = "uploadmeter.asgi_scope"
-
-
-def request_session(context: MeterContext, environ: dict[str, Any]) -> str | None:
-    """The request's session, or ``None``; never issues one (chunks)."""
-    native = environ.get(ASGI_SCOPE, environ)
-    return _endpoints.session_of(context, request_head(environ), native)
-
-
-def issue_session(context: MeterContext, environ: dict[str, Any]) -> tuple[str, str | None]:
-    """``(session, Set-Cookie value or None)``; issues one when the request has none."""
-    native = environ.get(ASGI_SCOPE, environ)
-    return _endpoints.session_for(context, request_head(environ), native)
-
 
 OnComplete = Callable[[FileInfo], "Mapping[str, Any] | ProcessingTask | None"]
 
