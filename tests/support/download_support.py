@@ -187,11 +187,6 @@ def local_header_zip64(data: bytes, info: zipfile.ZipInfo) -> bool:
     return False
 
 
-def request_threads() -> list[threading.Thread]:
-    """Request handlers still running in this process's werkzeug servers."""
-    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
-
-
 def sparse_file(path: Any, size: int) -> None:
     """A ``size``-byte file of zeros that takes no disk space."""
     with open(path, "wb") as fp:

@@ -48,7 +48,7 @@ from uploadmeter.exceptions import (
 try:
     import urllib3
     from urllib3.exceptions import HTTPError as Urllib3Error
-    from urllib3.exceptions import NewConnectionError
+    from urllib3.exceptions import NewConnectionError, ProtocolError
     from urllib3.exceptions import TimeoutError as Urllib3Timeout
 except ImportError as exc:
     raise MissingDependency("uploadmeter's remote sources", "urllib3", "downloads") from exc
@@ -381,15 +381,7 @@ class RemoteFetcher:
         }
         with pool:
             try:
-                response = pool.urlopen(
-                    "GET",
-                    target,
-                    headers=headers,
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    assert_same_host=False,
-                )
+                response = self._open(pool, target, headers)
             except NewConnectionError as exc:  # a subclass of the connect timeout, but not one
                 raise RemoteError(f"Cannot connect to {_public(url)}.") from exc
             except Urllib3Timeout as exc:
@@ -400,6 +392,36 @@ class RemoteFetcher:
                 yield response
             finally:
                 response.close()
+
+    @staticmethod
+    def _open(
+        pool: urllib3.HTTPConnectionPool, target: str, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        """Send the GET; once more if the connection dropped before any answer came.
+
+        A server may close an idle or overloaded connection just as the request goes out
+        (browsers resend a GET then too).  urllib3's own ``Retry`` is not used: it would
+        also repeat read timeouts, doubling how long a dripping server holds a worker.
+        """
+
+        def send() -> urllib3.BaseHTTPResponse:
+            return pool.urlopen(
+                "GET",
+                target,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                assert_same_host=False,
+            )
+
+        try:
+            return send()
+        except ProtocolError as exc:  # ("Connection aborted.", the socket's error)
+            cause = exc.args[-1] if exc.args else None
+            if not isinstance(cause, OSError) or isinstance(cause, TimeoutError):
+                raise
+        return send()
 
     def _read_body(self, url: str, response: urllib3.BaseHTTPResponse, deadline: float) -> Fetched:
         declared = response.headers.get("Content-Length")
@@ -462,4 +484,7 @@ def _public(url: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", None)
+    if reason is None and isinstance(exc, ProtocolError) and exc.args:
+        # ("Connection aborted.", RemoteDisconnected(...)): say which drop it was.
+        return f"connection dropped ({type(exc.args[-1]).__name__})"
     return str(reason or exc.__class__.__name__)
