@@ -5,6 +5,7 @@ completion."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -521,20 +522,26 @@ class CountsCalls:
 
     def __init__(self, client: Any) -> None:
         self.client, self.calls = client, Counter[str]()
+        self.keys: list[tuple[str, str]] = []  # (operation, key) of every call with a key
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.client, name)
 
         def call(**kwargs: Any) -> Any:
             self.calls[name] += 1
+            if "Key" in kwargs:
+                self.keys.append((name, kwargs["Key"]))
             return method(**kwargs)
 
         return call
 
 
-def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_store(
+@contextlib.contextmanager
+def counted_app(
     swift: Swift, redis_url: str, tmp_path: Any
-) -> None:
+) -> Iterator[tuple[CountsCalls, ChunkClient, str]]:
+    """The S3 app on a client that counts its calls: ``(calls, a chunk client, bucket)``;
+    completions are logged in ``tmp_path``."""
     from tests.support.s3 import s3_client
 
     bucket = swift.new_bucket()
@@ -543,6 +550,13 @@ def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_stor
     with serve_fast(make_s3_app(env, client=client)) as url:
         c = ChunkClient(url)
         c.start()
+        yield client, c, bucket
+
+
+def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_store(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    with counted_app(swift, redis_url, tmp_path) as (client, c, _):
         f = ChunkedFile.random(8 * 8 * MiB + 5, 8 * MiB)  # 9 chunks, one part each
         order = list(range(1, f.total_chunks + 1))
         random.Random(3).shuffle(order)
@@ -557,6 +571,67 @@ def test_chunks_cost_no_list_parts_each_the_parts_are_noted_in_the_progress_stor
         assert client.calls["list_parts"] <= 2  # the merge asks S3, the truth
         (done,) = read_completions(str(tmp_path))
         assert done["sha256"] == f.sha256
+
+
+def test_small_chunks_cost_no_listing_each_and_the_merge_reads_nothing_back(
+    swift: Swift, redis_url: str, tmp_path: Any
+) -> None:
+    """1 MiB chunks (the npm clients' default) into 8 MiB parts: which chunks wait as
+    objects is noted in the progress store (no list per chunk), each chunk object is read
+    once to make its part, and each part is hashed as it is made, in order, so the merge
+    reads nothing of the file back."""
+    with counted_app(swift, redis_url, tmp_path) as (client, c, bucket):
+        f = ChunkedFile.random(20 * MiB + 5, MiB)  # 20 chunks: parts of 8 + 8 + 4
+        for n in range(1, f.total_chunks):
+            status, body = c.post_chunk(f, n)
+            assert status == 200 and body["complete"] is False, body
+            if n == 1:  # the upload's start lists (quota, the first cleanup); then none
+                first = Counter(client.calls)
+        status, test = c.test(f.params())
+        assert sorted(test["uploaded"]) == list(range(1, f.total_chunks))  # type: ignore[index]
+        listed = client.calls["list_objects_v2"] - first["list_objects_v2"]
+        assert (client.calls["list_parts"], listed) == (0, 0)
+        status, body = c.post_chunk(f, f.total_chunks)
+        assert status == 200 and body["complete"] is True, body
+    (done,) = read_completions(str(tmp_path))
+    assert done["sha256"] == f.sha256
+    key = done["path"].removeprefix(f"s3://{bucket}/")
+    assert ("get_object", key) not in client.keys  # verified without reading it back
+    chunk_reads = [k for op, k in client.keys if op == "get_object" and "/chunks/" in k]
+    numbers = sorted(int(k.rsplit("/", 1)[1]) for k in chunk_reads)
+    assert numbers == list(range(1, f.total_chunks + 1))  # each chunk object read once
+    assert client.calls["upload_part"] == 3
+    assert [k for k in list_keys(client.client, bucket) if "/chunks/" in k] == []
+
+
+def test_small_chunks_complete_exactly_when_the_stores_notes_are_lost(app: S3App) -> None:
+    """The notes are a shortcut, S3 the truth: a store that lost them midway (flushed,
+    evicted) makes the chunk objects listed again, and the file is still exact."""
+    import redis
+
+    f = ChunkedFile.random(19 * MiB + 7, MiB)  # 20 chunks: parts of 8 + 8 + 4
+    c = app.client()
+    order = list(range(1, f.total_chunks + 1))
+    random.Random(11).shuffle(order)
+    c.upload(f, order[:11])
+    server = redis.Redis.from_url(app.redis)
+    lost = list(server.scan_iter("*s3-parts:*"))
+    assert lost  # the notes were there
+    server.delete(*lost)
+    assert c.test(f.params())[0] == 200  # answered from a listing now
+    body = c.upload(f, order[11:])
+    assert body["complete"] is True, body
+    (done,) = read_completions(app.log_dir)
+    assert done["sha256"] == f.sha256
+    key = done["path"].removeprefix(f"s3://{app.bucket}/")
+    assert app.object_sha256(key) == f.sha256
+    assert app.multipart_uploads() == []
+    assert [k for k in app.object_keys() if "/partial/" in k] == []
+
+
+def list_keys(client: Any, bucket: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 @pytest.mark.parametrize("payload_signing", [None, False])

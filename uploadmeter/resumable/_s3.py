@@ -31,9 +31,12 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   ``n`` belongs to part ``(n - 1) // g + 1`` where ``g = ceil(part_size / chunk_size)``:
   the part number is a function of the chunk number, so a chunk sent twice (a retry, another
   server) lands in the same part, never in two.  With ``g == 1`` a chunk is uploaded as its
-  part directly; otherwise it waits as ``chunks/<n>`` until its group is complete, and the
-  request that completes the group (under a store lock per part) reads the group in order,
-  uploads it as the part and deletes the chunk objects.  A chunk is stored while its object
+  part directly; otherwise it waits as ``chunks/<n>`` until its group is complete.  Which
+  chunk objects are stored is noted in the progress store (a note per chunk, a count per
+  group), so a chunk costs its ``put_object`` and a few store calls, no listing and no
+  lock; the request whose note makes the group whole takes the part's store lock,
+  fetches the group's other chunk objects at once (8 threads), uploads the group as the
+  part and deletes them.  A chunk is stored while its object
   or its part exists; a chunk that is its own part is stored once (a copy sent again
   meanwhile changes nothing).  Each stored part is also noted in the progress store
   (under the multipart upload's id), so answering which chunks are stored -- after every
@@ -59,10 +62,12 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   another process resumes), so any server can take the next chunk; a chunk ahead of its
   turn waits for the one before (at most 2 s: parallel chunks of one client finish close
   together), and the merge hashes what was not hashed in order with one range GET from
-  there (1 MiB blocks).  Costs in reads of the file: chunks of ``part_size`` or more that
-  came in order (the npm clients' default of 3 at a time included), 0 -- a size check;
-  others, the part of the file from the first chunk not hashed in order (without
-  ``rehashes``: 1); smaller chunks, 2 (and one more write: chunk objects, then parts).
+  there (1 MiB blocks).  Smaller chunks are hashed the same way, a part at a time, by
+  the request that makes the part.  Costs in reads of the file: chunks that came in
+  order (the npm clients' default of 3 at a time included), 0 -- a size check -- plus,
+  for chunks smaller than a part, the one read that makes the parts (and one more write:
+  chunk objects, then parts); others, the part of the file from the first chunk not
+  hashed in order (without ``rehashes``: 1).
   tus: an upload whose every byte reached one process (one PATCH), 0 -- hashed as it
   streamed to S3; other tus uploads, 1 (one streaming GET).
 * **Deferred length** (``creation-defer-length``).  Until the length is declared every
@@ -154,6 +159,7 @@ _PENDING = re.compile(r".*/data\.part\.(\d{1,5})")
 # S3Storage._hash_in_order); the merge reads back what was not hashed in order.
 _HASH_WAIT = 2.0
 _HASH_POLL = 0.01
+_IO_THREADS = 8  # S3 calls of one request at once (see S3Storage._pool)
 
 try:  # the s3 extra: MD5 and SHA-256 whose state another process can resume
     _rehashes: Any = importlib.import_module("rehashes")
@@ -229,6 +235,8 @@ class S3Storage(Storage):
         self._parts_seen: dict[str, set[int]] = {}
         # Multipart uploads of joins that failed while the store was down: aborted later.
         self._orphans: list[dict[str, Any]] = []
+        self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def cleanup_name(self) -> str:
@@ -499,8 +507,9 @@ class S3Storage(Storage):
         """Store chunk ``number``.  A chunk of a part of its own is stored once: sent
         again (a retry, another server) while its part is stored, it changes nothing, so
         its bytes hashed in order (:meth:`_hash_in_order`) stay the bytes of the object.
-        Smaller chunks are hashed by the merge (their group is read back to make the
-        part anyway; waiting for each other's turn would cost more than it saves)."""
+        Smaller chunks wait as objects, noted in the progress store, until their group is
+        whole; the request that completes it makes the part (:meth:`_assemble`) and
+        hashes it in order like a chunk of its own part."""
         g = self._group(chunk_size)
         part = (number - 1) // g + 1
         if g == 1:
@@ -511,36 +520,84 @@ class S3Storage(Storage):
                 self._note_part(state, part)
             self._hash_in_order(location, state, number, received)
             return True
+        if self._part_stored(location, state, part):
+            return True  # its group is already a part: this chunk is a duplicate
+        # Stored and noted without the part's lock: the chunks of a group arrive together.
+        # A copy that lands after its group became the part is a stray object, removed
+        # with the upload; the part holds the same bytes.
+        self._put_file(f"{location}/chunks/{number}", received)
+        self._note_chunk(state, number, part)
+        first, last = (part - 1) * g + 1, min(part * g, total_chunks)
+        noted = self._noted_chunks(state, range(first, last + 1))
+        if noted is not None and len(noted) <= last - first:
+            return True  # not whole yet: the chunk noted last finds it whole
         with self._lock(f"{location}#{part}"):
-            if part in self._parts(state):
-                return True  # its group is already a part: this chunk is a duplicate
-            self._put_file(f"{location}/chunks/{number}", received)
-            self._assemble(location, state, part, g, total_chunks)
+            if not self._part_stored(location, state, part):
+                self._assemble(
+                    location, state, part, chunk_size, total_chunks, noted=noted is not None
+                )
         return True
 
     def _assemble(
-        self, location: str, state: Mapping[str, Any], part: int, g: int, total_chunks: int
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        part: int,
+        chunk_size: int,
+        total_chunks: int,
+        *,
+        noted: bool = False,
     ) -> bool:
         """Upload part ``part`` from its chunk objects when all are there (part's lock
-        held); delete them after.  Whether the part is stored."""
+        held); delete them after.  Whether the part is stored.
+
+        ``noted``: the chunk notes say the group is whole (no listing), and the part is
+        hashed in order.  Otherwise (the merge, lost notes) S3 is asked.
+        """
+        g = self._group(chunk_size)
         first, last = (part - 1) * g + 1, min(part * g, total_chunks)
-        have = self._chunk_objects(location)
-        if any(n not in have for n in range(first, last + 1)):
-            return False
+        numbers = range(first, last + 1)
+        if noted:
+            have = {n: f"{location}/chunks/{n}" for n in numbers}
+        else:
+            have = self._chunk_objects(location)
+            if any(n not in have for n in numbers):
+                return False
         path, out = self.temp_file()
         try:
             with out:
-                for n in range(first, last + 1):
-                    body = self._call("get_object", Key=have[n])["Body"]
-                    with _reading(have[n]), contextlib.closing(body):
-                        shutil.copyfileobj(body, out, BLOCK)
+                # Every chunk but the upload's last has chunk_size bytes (the endpoint
+                # checks): each one is fetched at once and written at its offset.
+                offsets = {n: (n - first) * chunk_size for n in numbers}
+                _results(
+                    [self._pool().submit(self._get_at, have[n], out, offsets[n]) for n in numbers]
+                )
             self._upload_part_file(state, part, path)
+            self._note_part(state, part)
+            if noted:
+                self._hash_in_order(location, state, first, path, next_chunk=last + 1)
         finally:
             self.discard(path)
-        self._note_part(state, part)
-        for n in range(first, last + 1):
-            self._delete(have[n])
+        _results([self._pool().submit(self._delete, have[n]) for n in numbers])
         return True
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for the S3 calls of one request that can run at once (a part's chunk
+        objects fetched, then deleted): each is a round trip, and Swift or S3 answers
+        several as fast as one.  Made on first use: after a server forked its workers."""
+        with self._pool_lock:
+            if self._io_pool is None:
+                self._io_pool = concurrent.futures.ThreadPoolExecutor(
+                    _IO_THREADS, thread_name_prefix="uploadmeter-s3"
+                )
+            return self._io_pool
+
+    def _get_at(self, key: str, out: IO[bytes], offset: int) -> None:
+        """Write the object ``key`` into ``out`` at ``offset``."""
+        body = self._call("get_object", Key=key)["Body"]
+        with _reading(key), contextlib.closing(body):
+            while block := body.read(BLOCK):
+                offset += os.pwrite(out.fileno(), block, offset)
 
     def _chunk_objects(self, location: str) -> dict[int, str]:
         found: dict[int, str] = {}
@@ -562,7 +619,10 @@ class S3Storage(Storage):
                 self._chunk_states.pop(location, None)
                 continue
             # With one chunk per part no chunk waits as an object.
-            numbers = set(self._chunk_objects(location)) if g > 1 else set()
+            numbers: set[int] = set()
+            if g > 1:
+                waiting = self._waiting_chunks(state, g, total_chunks, parts)
+                numbers = set(self._chunk_objects(location)) if waiting is None else waiting
             for part in parts:
                 numbers.update(range((part - 1) * g + 1, part * g + 1))
             return sorted(n for n in numbers if 1 <= n <= total_chunks)
@@ -584,11 +644,52 @@ class S3Storage(Storage):
             key = self._note_key(str(state["location"]), f"#{state['id']}:{number}")
             self._store.set(key, "1", self.expire_after)
 
+    def _note_chunk(self, state: Mapping[str, Any], number: int, part: int) -> None:
+        """Note chunk ``number`` stored as an object; count it in its group once."""
+        if self._store is not None:
+            prefix = self._note_key(str(state["location"]), f"#{state['id']}:")
+            if self._store.add(f"{prefix}c{number}", "1", self.expire_after):
+                self._store.incr(f"{prefix}g{part}", self.expire_after)
+
+    def _notes_current(self, state: Mapping[str, Any]) -> bool:
+        """Whether the store's notes are those of ``state``'s multipart upload."""
+        if self._store is None:
+            return False
+        current = self._store.get(self._note_key(str(state["location"]), ""))
+        return current is not None and current == state["id"]
+
+    def _noted_chunks(self, state: Mapping[str, Any], numbers: Iterable[int]) -> set[int] | None:
+        """The chunks among ``numbers`` noted as objects; ``None``: the notes cannot tell."""
+        if not self._notes_current(state):
+            return None
+        assert self._store is not None
+        prefix = self._note_key(str(state["location"]), f"#{state['id']}:c")
+        return {n for n in numbers if self._store.get(f"{prefix}{n}") is not None}
+
+    def _waiting_chunks(
+        self, state: Mapping[str, Any], g: int, total_chunks: int, parts: set[int]
+    ) -> set[int] | None:
+        """The chunks stored as objects of the parts not in ``parts``, from the notes: a
+        group's count first, its chunks' notes only when the count is not 0 (a few groups
+        fill at a time).  ``None``: the notes cannot tell.  A crash between a chunk's note
+        and its count under-reports that chunk: its client sends it again, its group is
+        still made whole by the notes (:meth:`_assemble`)."""
+        if not self._notes_current(state):
+            return None
+        assert self._store is not None
+        prefix = self._note_key(str(state["location"]), f"#{state['id']}:")
+        found: set[int] = set()
+        for part in range(1, math.ceil(total_chunks / g) + 1):
+            if part in parts or not self._store.get(f"{prefix}g{part}"):
+                continue
+            numbers = range((part - 1) * g + 1, min(part * g, total_chunks) + 1)
+            found.update(n for n in numbers if self._store.get(f"{prefix}c{n}") is not None)
+        return found
+
     def _noted_parts(self, location: str, state: Mapping[str, Any], count: int) -> set[int]:
         """The stored parts among ``1..count``: from the notes when the store holds the
         upload's current id, else :meth:`_parts`."""
-        current = None if self._store is None else self._store.get(self._note_key(location, ""))
-        if current != state["id"] or count > _NOTED_PARTS:
+        if count > _NOTED_PARTS or not self._notes_current(state):
             return set(self._parts(state))
         assert self._store is not None
         prefix = self._note_key(location, f"#{state['id']}:")
@@ -603,8 +704,7 @@ class S3Storage(Storage):
     def _part_stored(self, location: str, state: Mapping[str, Any], number: int) -> bool:
         """Whether part ``number`` is stored: from its note when the store holds the
         upload's current id, else from ``list_parts``."""
-        current = None if self._store is None else self._store.get(self._note_key(location, ""))
-        if current != state["id"]:
+        if not self._notes_current(state):
             return number in self._parts(state)
         assert self._store is not None
         return self._store.get(self._note_key(location, f"#{state['id']}:{number}")) is not None
@@ -643,11 +743,18 @@ class S3Storage(Storage):
             return None
 
     def _hash_in_order(
-        self, location: str, state: Mapping[str, Any], number: int, received: str
+        self,
+        location: str,
+        state: Mapping[str, Any],
+        number: int,
+        received: str,
+        *,
+        next_chunk: int | None = None,
     ) -> None:
-        """(Chunk ``number`` just stored, its part's lock held) add its bytes to the
-        whole file's hashes if it is the next chunk -- waiting briefly for the ones
-        before it.  Best effort: a store error leaves the bytes to the merge."""
+        """(Chunk ``number`` just stored, or the part of chunks ``number`` to
+        ``next_chunk - 1``, its lock held) add the bytes of the file ``received`` to the
+        whole file's hashes if ``number`` is the next chunk -- waiting briefly for the
+        ones before it.  Best effort: a store error leaves the bytes to the merge."""
         upload_id = str(state["id"])
         stalled = self._frontier_key(location, upload_id, "-stalled")
         deadline = time.monotonic() + _HASH_WAIT
@@ -669,7 +776,7 @@ class S3Storage(Storage):
             with open(received, "rb") as f:
                 while block := f.read(BLOCK):
                     hashes.update(block)
-            self._save_frontier(location, upload_id, number + 1, hashes)
+            self._save_frontier(location, upload_id, next_chunk or number + 1, hashes)
         except StoreError as exc:
             log.warning(
                 "uploadmeter: chunk %d of %s hashed at the merge: %s", number, location, exc
@@ -695,7 +802,7 @@ class S3Storage(Storage):
             if part not in parts:  # its last chunk came, its assembly did not (yet)
                 with self._lock(f"{location}#{part}"):
                     if part not in self._parts(state) and not self._assemble(
-                        location, state, part, g, total
+                        location, state, part, chunk_size, total
                     ):
                         raise FileNotFoundError(f"{location}: part {part} is missing")
         frontier = self._frontier(location, str(state["id"]))
@@ -1411,3 +1518,11 @@ def _reading(key: str) -> Iterator[None]:
         if s3_error_kind(exc) == TEMPORARY:
             raise ObjectStoreError(f"The object store failed reading {key}: {exc}") from exc
         raise
+
+
+def _results(jobs: Sequence[concurrent.futures.Future[Any]]) -> None:
+    """Wait for every job (none may still write once this returns), then raise the first
+    failure."""
+    concurrent.futures.wait(jobs)
+    for job in jobs:
+        job.result()
