@@ -11,6 +11,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -627,6 +628,50 @@ def test_small_chunks_complete_exactly_when_the_stores_notes_are_lost(app: S3App
     assert app.object_sha256(key) == f.sha256
     assert app.multipart_uploads() == []
     assert [k for k in app.object_keys() if "/partial/" in k] == []
+
+
+def test_a_chunk_object_lost_under_its_note_is_asked_for_again(app: S3App) -> None:
+    """The note says a chunk object is stored, S3 says it is not (deleted behind the
+    upload's back, or by a request that made the part meanwhile): the part is not made
+    of a hole, the chunk's note goes, the client is asked for it again, and the file is
+    exact."""
+    f = ChunkedFile.random(10 * MiB + 3, MiB)  # 10 chunks: parts of 8 + 2
+    c = app.client()
+    c.upload(f, list(range(1, 8)))
+    (lost,) = [k for k in app.object_keys() if k.endswith("/chunks/3")]
+    app.s3.delete_object(Bucket=app.bucket, Key=lost)
+    status, body = c.post_chunk(f, 8)  # completes the group, as the notes say
+    assert status == 200 and body["complete"] is False, body
+    status, test = c.test(f.params())
+    assert sorted(test["uploaded"]) == [1, 2, 4, 5, 6, 7, 8]  # type: ignore[index]
+    body = c.upload(f, [9, 10, 3])
+    assert body["complete"] is True, body
+    (done,) = read_completions(app.log_dir)
+    key = done["path"].removeprefix(f"s3://{app.bucket}/")
+    assert done["sha256"] == f.sha256 == app.object_sha256(key)
+    assert app.multipart_uploads() == []
+    assert [k for k in app.object_keys() if "/partial/" in k] == []
+
+
+def test_a_storage_used_before_a_fork_still_runs_its_s3_calls_in_the_child(app: S3App) -> None:
+    """A server that forks its workers after the storage did S3 work (gunicorn
+    ``--preload`` with start-up work): a thread pool made before the fork has no threads
+    in the child, and a part waiting on it would hang with its lock held.  (The pool is
+    private; a fork at the right moment is not reachable through the endpoints.)"""
+    import multiprocessing
+
+    storage = app.storage()
+    storage._run_all([(time.sleep, 0)])  # in the parent: the pool exists, a thread idles
+
+    def child() -> None:
+        storage._run_all([(time.sleep, 0)])
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(20)
+    if process.exitcode is None:
+        process.kill()
+    assert process.exitcode == 0
 
 
 def list_keys(client: Any, bucket: str) -> list[str]:

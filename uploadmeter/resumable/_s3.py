@@ -35,7 +35,7 @@ How uploads map onto S3 (the design of tusd's ``s3store``)::
   chunk objects are stored is noted in the progress store (a note per chunk, a count per
   group), so a chunk costs its ``put_object`` and a few store calls, no listing and no
   lock; the request whose note makes the group whole takes the part's store lock,
-  fetches the group's other chunk objects at once (8 threads), uploads the group as the
+  fetches the group's chunk objects at once (8 threads), uploads the group as the
   part and deletes them.  A chunk is stored while its object
   or its part exists; a chunk that is its own part is stored once (a copy sent again
   meanwhile changes nothing).  Each stored part is also noted in the progress store
@@ -236,6 +236,7 @@ class S3Storage(Storage):
         # Multipart uploads of joins that failed while the store was down: aborted later.
         self._orphans: list[dict[str, Any]] = []
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._pool_lock = threading.Lock()
 
     @property
@@ -523,8 +524,8 @@ class S3Storage(Storage):
         if self._part_stored(location, state, part):
             return True  # its group is already a part: this chunk is a duplicate
         # Stored and noted without the part's lock: the chunks of a group arrive together.
-        # A copy that lands after its group became the part is a stray object, removed
-        # with the upload; the part holds the same bytes.
+        # A copy that lands after its group became the part is a stray object (removed
+        # with the upload, or by the cleanup); the part holds the same bytes.
         self._put_file(f"{location}/chunks/{number}", received)
         self._note_chunk(state, number, part)
         first, last = (part - 1) * g + 1, min(part * g, total_chunks)
@@ -551,45 +552,88 @@ class S3Storage(Storage):
         """Upload part ``part`` from its chunk objects when all are there (part's lock
         held); delete them after.  Whether the part is stored.
 
-        ``noted``: the chunk notes say the group is whole (no listing), and the part is
-        hashed in order.  Otherwise (the merge, lost notes) S3 is asked.
+        ``noted``: the chunk notes say the group is whole, so its objects are not listed
+        and the part is hashed in order; should an object be missing after all (a note
+        outlived it), S3 is asked, as it is without ``noted`` (the merge, lost notes).
         """
         g = self._group(chunk_size)
         first, last = (part - 1) * g + 1, min(part * g, total_chunks)
         numbers = range(first, last + 1)
         if noted:
-            have = {n: f"{location}/chunks/{n}" for n in numbers}
-        else:
-            have = self._chunk_objects(location)
-            if any(n not in have for n in numbers):
-                return False
+            keys = [f"{location}/chunks/{n}" for n in numbers]
+            try:
+                self._make_part(state, part, keys, chunk_size, hash_from=first)
+                return True
+            except _ObjectMissing:  # made by another request meanwhile, or a note is wrong
+                if part in self._parts(state):
+                    return True
+        have = self._chunk_objects(location)
+        if any(n not in have for n in numbers):
+            # A note without its object would report the chunk stored for ever: dropped,
+            # so that its client sends it again.
+            self._drop_chunk_notes(state, [n for n in numbers if n not in have])
+            return False
+        self._make_part(state, part, [have[n] for n in numbers], chunk_size)
+        return True
+
+    def _make_part(
+        self,
+        state: Mapping[str, Any],
+        part: int,
+        keys: Sequence[str],
+        chunk_size: int,
+        *,
+        hash_from: int | None = None,
+    ) -> None:
+        """Upload the chunk objects ``keys`` (in order) as part ``part``, then delete them;
+        ``hash_from``: the first chunk's number, to hash the part in order."""
         path, out = self.temp_file()
         try:
             with out:
                 # Every chunk but the upload's last has chunk_size bytes (the endpoint
                 # checks): each one is fetched at once and written at its offset.
-                offsets = {n: (n - first) * chunk_size for n in numbers}
-                _results(
-                    [self._pool().submit(self._get_at, have[n], out, offsets[n]) for n in numbers]
+                self._run_all(
+                    [(self._get_at, key, out, i * chunk_size) for i, key in enumerate(keys)]
                 )
             self._upload_part_file(state, part, path)
             self._note_part(state, part)
-            if noted:
-                self._hash_in_order(location, state, first, path, next_chunk=last + 1)
+            if hash_from is not None:
+                location = str(state["location"])
+                self._hash_in_order(
+                    location, state, hash_from, path, next_chunk=hash_from + len(keys)
+                )
         finally:
             self.discard(path)
-        _results([self._pool().submit(self._delete, have[n]) for n in numbers])
-        return True
+        try:  # the part is stored: an object left behind is the cleanup's
+            self._run_all([(self._delete, key) for key in keys])
+        except ObjectStoreError as exc:
+            log.warning("uploadmeter: chunk objects left to the cleanup: %s", exc)
+
+    def _run_all(self, calls: Sequence[tuple[Any, ...]]) -> None:
+        """Run ``(function, *args)`` calls on the pool at once; return once every one has
+        ended (none may still write into a file the caller closes next), raising the
+        first failure."""
+        jobs: list[concurrent.futures.Future[Any]] = []
+        try:
+            pool = self._pool()
+            for fn, *args in calls:
+                jobs.append(pool.submit(fn, *args))
+        finally:
+            concurrent.futures.wait(jobs)
+        for job in jobs:
+            job.result()
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for the S3 calls of one request that can run at once (a part's chunk
         objects fetched, then deleted): each is a round trip, and Swift or S3 answers
-        several as fast as one.  Made on first use: after a server forked its workers."""
+        several as fast as one."""
         with self._pool_lock:
-            if self._io_pool is None:
+            # A pool made before a fork has no threads in the child: made again there.
+            if self._io_pool is None or self._pool_pid != os.getpid():
                 self._io_pool = concurrent.futures.ThreadPoolExecutor(
                     _IO_THREADS, thread_name_prefix="uploadmeter-s3"
                 )
+                self._pool_pid = os.getpid()
             return self._io_pool
 
     def _get_at(self, key: str, out: IO[bytes], offset: int) -> None:
@@ -651,6 +695,12 @@ class S3Storage(Storage):
             if self._store.add(f"{prefix}c{number}", "1", self.expire_after):
                 self._store.incr(f"{prefix}g{part}", self.expire_after)
 
+    def _drop_chunk_notes(self, state: Mapping[str, Any], numbers: Iterable[int]) -> None:
+        if self._store is not None:
+            prefix = self._note_key(str(state["location"]), f"#{state['id']}:c")
+            for n in numbers:
+                self._store.delete(f"{prefix}{n}")
+
     def _notes_current(self, state: Mapping[str, Any]) -> bool:
         """Whether the store's notes are those of ``state``'s multipart upload."""
         if self._store is None:
@@ -671,15 +721,17 @@ class S3Storage(Storage):
     ) -> set[int] | None:
         """The chunks stored as objects of the parts not in ``parts``, from the notes: a
         group's count first, its chunks' notes only when the count is not 0 (a few groups
-        fill at a time).  ``None``: the notes cannot tell.  A crash between a chunk's note
-        and its count under-reports that chunk: its client sends it again, its group is
-        still made whole by the notes (:meth:`_assemble`)."""
-        if not self._notes_current(state):
-            return None
+        fill at a time).  ``None``: the notes cannot tell, or more than ``_NOTED_PARTS``
+        groups would cost more reads than one listing.  A crash between a chunk's note and
+        its count under-reports that chunk: its client sends it again, and its group is
+        still found whole by the chunk notes (:meth:`_put_chunk`)."""
+        groups = math.ceil(total_chunks / g)
+        if groups > _NOTED_PARTS or not self._notes_current(state):
+            return None  # then listing the waiting objects costs less than the reads
         assert self._store is not None
         prefix = self._note_key(str(state["location"]), f"#{state['id']}:")
         found: set[int] = set()
-        for part in range(1, math.ceil(total_chunks / g) + 1):
+        for part in range(1, groups + 1):
             if part in parts or not self._store.get(f"{prefix}g{part}"):
                 continue
             numbers = range((part - 1) * g + 1, min(part * g, total_chunks) + 1)
@@ -1518,11 +1570,3 @@ def _reading(key: str) -> Iterator[None]:
         if s3_error_kind(exc) == TEMPORARY:
             raise ObjectStoreError(f"The object store failed reading {key}: {exc}") from exc
         raise
-
-
-def _results(jobs: Sequence[concurrent.futures.Future[Any]]) -> None:
-    """Wait for every job (none may still write once this returns), then raise the first
-    failure."""
-    concurrent.futures.wait(jobs)
-    for job in jobs:
-        job.result()
