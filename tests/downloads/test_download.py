@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -789,8 +790,6 @@ def dropping_server(drops: int) -> Iterator[tuple[str, list[int]]]:
     """A server that reads each request and closes the first ``drops`` connections without
     an answer (an idle connection closed by the server as the request went out), then
     answers ``dropped body``.  Yields its URL and the running count of connections."""
-    import socket
-
     listener = socket.create_server(("127.0.0.1", 0))
     seen = [0]
 

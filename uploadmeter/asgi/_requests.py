@@ -11,11 +11,8 @@ import sys
 from typing import Any
 
 from uploadmeter.asgi._types import Scope, Send
+from uploadmeter.core._endpoints import ASGI_SCOPE
 from uploadmeter.core._http import Reply, RequestHead
-
-#: Where an environ built by :func:`wsgi_environ` keeps its scope: the ``session_id``
-#: hook of an ASGI app is called with the scope, whatever feature reads the environ.
-ASGI_SCOPE = "asgi.scope"
 
 
 def scope_headers(scope: Scope) -> dict[str, str]:

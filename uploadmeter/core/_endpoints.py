@@ -62,6 +62,11 @@ _T = TypeVar("_T")
 
 NO_SUCH_ENDPOINT = "No such uploadmeter endpoint."
 
+#: Where a WSGI environ that the ASGI shell built to run a feature (downloads, links, the
+#: resumable protocols) keeps the request's scope: the ``session_id`` hook of an ASGI app
+#: is called with the scope, whatever code reads the environ.
+ASGI_SCOPE = "asgi.scope"
+
 
 def app_session(context: MeterContext, request: Any) -> str | None:
     """The app's own session id for ``request`` (the shell's request: a WSGI environ, an

@@ -515,13 +515,13 @@ class S3Storage(Storage):
         part = (number - 1) // g + 1
         if g == 1:
             with self._lock(f"{location}#{part}"):
-                if self._part_stored(location, state, part):
+                if self._part_stored(state, part):
                     return True  # a duplicate
                 self._upload_part_file(state, part, received)
                 self._note_part(state, part)
             self._hash_in_order(location, state, number, received)
             return True
-        if self._part_stored(location, state, part):
+        if self._part_stored(state, part):
             return True  # its group is already a part: this chunk is a duplicate
         # Stored and noted without the part's lock: the chunks of a group arrive together.
         # A copy that lands after its group became the part is a stray object (removed
@@ -533,7 +533,7 @@ class S3Storage(Storage):
         if noted is not None and len(noted) <= last - first:
             return True  # not whole yet: the chunk noted last finds it whole
         with self._lock(f"{location}#{part}"):
-            if not self._part_stored(location, state, part):
+            if not self._part_stored(state, part):
                 self._assemble(
                     location, state, part, chunk_size, total_chunks, noted=noted is not None
                 )
@@ -658,7 +658,7 @@ class S3Storage(Storage):
             if state is None:
                 return []
             try:
-                parts = self._noted_parts(location, state, math.ceil(total_chunks / g))
+                parts = self._noted_parts(state, math.ceil(total_chunks / g))
             except _ObjectMissing:
                 self._chunk_states.pop(location, None)
                 continue
@@ -683,23 +683,27 @@ class S3Storage(Storage):
     def _note_key(self, location: str, suffix: str) -> str:
         return "s3-parts:" + digest_name(self.cleanup_name, location) + suffix
 
+    def _notes(self, state: Mapping[str, Any]) -> str:
+        """The prefix of the notes of ``state``'s multipart upload: then ``<n>`` for part
+        n, ``c<n>`` for chunk object n, ``g<n>`` for the count of group n."""
+        return self._note_key(str(state["location"]), f"#{state['id']}:")
+
     def _note_part(self, state: Mapping[str, Any], number: int) -> None:
         if self._store is not None:
-            key = self._note_key(str(state["location"]), f"#{state['id']}:{number}")
-            self._store.set(key, "1", self.expire_after)
+            self._store.set(f"{self._notes(state)}{number}", "1", self.expire_after)
 
     def _note_chunk(self, state: Mapping[str, Any], number: int, part: int) -> None:
         """Note chunk ``number`` stored as an object; count it in its group once."""
         if self._store is not None:
-            prefix = self._note_key(str(state["location"]), f"#{state['id']}:")
+            prefix = self._notes(state)
             if self._store.add(f"{prefix}c{number}", "1", self.expire_after):
                 self._store.incr(f"{prefix}g{part}", self.expire_after)
 
     def _drop_chunk_notes(self, state: Mapping[str, Any], numbers: Iterable[int]) -> None:
         if self._store is not None:
-            prefix = self._note_key(str(state["location"]), f"#{state['id']}:c")
+            prefix = self._notes(state)
             for n in numbers:
-                self._store.delete(f"{prefix}{n}")
+                self._store.delete(f"{prefix}c{n}")
 
     def _notes_current(self, state: Mapping[str, Any]) -> bool:
         """Whether the store's notes are those of ``state``'s multipart upload."""
@@ -713,8 +717,8 @@ class S3Storage(Storage):
         if not self._notes_current(state):
             return None
         assert self._store is not None
-        prefix = self._note_key(str(state["location"]), f"#{state['id']}:c")
-        return {n for n in numbers if self._store.get(f"{prefix}{n}") is not None}
+        prefix = self._notes(state)
+        return {n for n in numbers if self._store.get(f"{prefix}c{n}") is not None}
 
     def _waiting_chunks(
         self, state: Mapping[str, Any], g: int, total_chunks: int, parts: set[int]
@@ -729,7 +733,7 @@ class S3Storage(Storage):
         if groups > _NOTED_PARTS or not self._notes_current(state):
             return None  # then listing the waiting objects costs less than the reads
         assert self._store is not None
-        prefix = self._note_key(str(state["location"]), f"#{state['id']}:")
+        prefix = self._notes(state)
         found: set[int] = set()
         for part in range(1, groups + 1):
             if part in parts or not self._store.get(f"{prefix}g{part}"):
@@ -738,13 +742,13 @@ class S3Storage(Storage):
             found.update(n for n in numbers if self._store.get(f"{prefix}c{n}") is not None)
         return found
 
-    def _noted_parts(self, location: str, state: Mapping[str, Any], count: int) -> set[int]:
+    def _noted_parts(self, state: Mapping[str, Any], count: int) -> set[int]:
         """The stored parts among ``1..count``: from the notes when the store holds the
         upload's current id, else :meth:`_parts`."""
         if count > _NOTED_PARTS or not self._notes_current(state):
             return set(self._parts(state))
         assert self._store is not None
-        prefix = self._note_key(location, f"#{state['id']}:")
+        prefix = self._notes(state)
         if len(self._parts_seen) > 1000:
             self._parts_seen.clear()
         seen = self._parts_seen.setdefault(prefix, set())
@@ -753,13 +757,13 @@ class S3Storage(Storage):
                 seen.add(n)
         return {n for n in seen if n <= count}
 
-    def _part_stored(self, location: str, state: Mapping[str, Any], number: int) -> bool:
+    def _part_stored(self, state: Mapping[str, Any], number: int) -> bool:
         """Whether part ``number`` is stored: from its note when the store holds the
         upload's current id, else from ``list_parts``."""
         if not self._notes_current(state):
             return number in self._parts(state)
         assert self._store is not None
-        return self._store.get(self._note_key(location, f"#{state['id']}:{number}")) is not None
+        return self._store.get(f"{self._notes(state)}{number}") is not None
 
     # The whole file's MD5 and SHA-256, hashed as chunks arrive in order (the frontier),
     # their state kept in the progress store (``rehashes``: hash states that another

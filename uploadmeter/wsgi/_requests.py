@@ -92,7 +92,7 @@ def _hook_request(environ: dict[str, Any]) -> Any:
     """What the ``session_id`` hook is called with: the environ, or -- for an environ the
     ASGI shell built to run a feature (downloads, links) -- the ASGI scope, as every other
     request of an ASGI app."""
-    return environ.get("asgi.scope", environ)  # asgi._requests.ASGI_SCOPE (no shell import)
+    return environ.get(_endpoints.ASGI_SCOPE, environ)
 
 
 def page_needs_cookie(context: MeterContext, environ: dict[str, Any]) -> bool:
